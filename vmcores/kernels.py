@@ -1,0 +1,412 @@
+"""Kernel registry: which arm64 kernels the recipe can boot, and how to get them.
+
+Two kinds of kernel:
+
+* ``debian``: Debian's packaged arm64 kernels with their ``-dbg`` vmlinux, fetched
+  with ``apt-get download`` (the arm64 foreign architecture must be enabled and
+  ``apt-get update`` run), unpacked with ``dpkg-deb`` and kept, with checksums,
+  under ``$MMINSPECT_CACHE/kernels/<kernel-id>/``.
+* ``built``: debug kernels built from source by ``vmcores.build`` (another
+  module, imported lazily so this one works without it).
+
+Every kernel is handed out as a :class:`KernelFiles`, the one shape both kinds
+share (``vmcores.build`` imports it from here).
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cache import RecipeError, kernels_dir, progress, read_json, sha256_file, write_json
+
+DEFAULT_CPU = "cortex-a57"
+
+
+@dataclass
+class KernelFiles:
+    """The files needed to boot a kernel and to read its dumps."""
+
+    kernel_id: str
+    image: Path  # arm64 Image (EFI stub) or gzip'ed vmlinuz; QEMU -kernel takes both
+    vmlinux: Path  # with DWARF
+    modules: dict[str, Path]  # module name -> .ko path (empty when built in)
+    config: Path  # the full .config
+    cpu: str = DEFAULT_CPU
+    append: str = ""  # extra kernel command-line words for this kernel
+    release: str | None = None  # uname -r, when known
+    info: dict = field(default_factory=dict)  # packages, versions, checksums
+
+    def config_value(self, name: str) -> str | None:
+        """``CONFIG_<name>``'s value from the config ("y", "m", "48", ...), or None."""
+        key = name if name.startswith("CONFIG_") else "CONFIG_" + name
+        for line in self.config.read_text(errors="replace").splitlines():
+            if line.startswith(key + "="):
+                return line.split("=", 1)[1].strip('"')
+        return None
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    kernel_id: str
+    kind: str  # "debian" or "built"
+    description: str
+    cpu: str = DEFAULT_CPU
+    # Debian only:
+    flavour: str | None = None  # "arm64", "cloud-arm64", "arm64-16k"
+    layout: str = "bookworm"  # "bookworm": linux-image-*-unsigned; "sid": linux-binary-*
+    series: str = "6.1"  # upstream series, the first part of the package ABI name
+    append: str = ""
+    # Modules to put into the initramfs (name -> loaded in this order).
+    modules: tuple[str, ...] = ("qemu_fw_cfg",)
+
+
+# The Debian kernels. The ABI number (6.1.0-NN) is whatever the registry has
+# newest when the kernel is first fetched; the cache then keeps it (see
+# kernel.json), and MMINSPECT_DEBIAN_ABI_<ID> (ID upper-cased, "-"/"." -> "_")
+# pins another one, e.g. MMINSPECT_DEBIAN_ABI_DEBIAN_6_1_CLOUD_ARM64=53.
+_SPECS: list[KernelSpec] = [
+    KernelSpec(
+        "debian-6.1-cloud-arm64",
+        "debian",
+        "Debian 12 bookworm linux-image-6.1.0-NN-cloud-arm64 (4K pages, 48-bit VA, 4 levels; "
+        "ACPI memory hotplug built in)",
+        flavour="cloud-arm64",
+    ),
+    KernelSpec(
+        "debian-6.1-arm64",
+        "debian",
+        "Debian 12 bookworm linux-image-6.1.0-NN-arm64, the generic flavour (4K pages, 48-bit "
+        "VA, 4 levels; no CONFIG_ACPI_HOTPLUG_MEMORY, so boot scenario only)",
+        flavour="arm64",
+    ),
+    KernelSpec(
+        "debian-sid-arm64",
+        "debian",
+        "Debian sid linux-binary-*-arm64, the newest generic flavour (needs the arm64-only sid "
+        "apt source of vmcores/README.md)",
+        flavour="arm64",
+        layout="sid",
+        series="",
+    ),
+    KernelSpec(
+        "debian-sid-arm64-16k",
+        "debian",
+        "Debian sid linux-binary-*-arm64-16k (16 KiB pages; needs the sid apt source)",
+        flavour="arm64-16k",
+        layout="sid",
+        series="",
+    ),
+]
+
+
+def _built_ids() -> list[str]:
+    try:
+        from . import build  # noqa: PLC0415  (written by another helper; optional)
+    except ImportError:
+        return []
+    return list(getattr(build, "KERNELS", []))
+
+
+def registry() -> dict[str, KernelSpec]:
+    specs = {s.kernel_id: s for s in _SPECS}
+    for kid in _built_ids():
+        specs.setdefault(kid, KernelSpec(kid, "built", f"debug kernel built by vmcores.build ({kid})"))
+    return specs
+
+
+def kernel_ids() -> list[str]:
+    return list(registry())
+
+
+def get_spec(kernel_id: str) -> KernelSpec:
+    specs = registry()
+    if kernel_id not in specs:
+        raise RecipeError(f"unknown kernel id {kernel_id!r}; known: {', '.join(specs)}")
+    return specs[kernel_id]
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def kernel_dir(kernel_id: str) -> Path:
+    return kernels_dir() / kernel_id
+
+
+def cached_kernel(kernel_id: str) -> KernelFiles | None:
+    """The cached kernel, or None (never downloads or builds)."""
+    spec = get_spec(kernel_id)
+    if spec.kind == "built":
+        try:
+            from . import build  # noqa: PLC0415
+        except ImportError:
+            return None
+        cached = getattr(build, "cached_kernel", None)
+        if cached is not None:
+            return cached(kernel_id)
+        return None
+    d = kernel_dir(kernel_id)
+    meta = d / "kernel.json"
+    if not meta.exists():
+        return None
+    info = read_json(meta)
+    kf = KernelFiles(
+        kernel_id=kernel_id,
+        image=d / info["files"]["image"],
+        vmlinux=d / info["files"]["vmlinux"],
+        modules={k: d / v for k, v in info["files"]["modules"].items()},
+        config=d / info["files"]["config"],
+        cpu=spec.cpu,
+        append=spec.append,
+        release=info.get("release"),
+        info=info,
+    )
+    for p in (kf.image, kf.vmlinux, kf.config, *kf.modules.values()):
+        if not p.exists():
+            return None
+    return kf
+
+
+def ensure_kernel(kernel_id: str) -> KernelFiles:
+    """The kernel's files, fetching (Debian) or building (built) them if needed."""
+    spec = get_spec(kernel_id)
+    if spec.kind == "built":
+        try:
+            from . import build  # noqa: PLC0415
+        except ImportError as e:
+            raise RecipeError(f"{kernel_id}: vmcores.build is not available ({e})") from None
+        return build.ensure_kernel(kernel_id)
+    kf = cached_kernel(kernel_id)
+    if kf is not None:
+        return kf
+    return _fetch_debian(spec)
+
+
+# --------------------------------------------------------------------------- Debian
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+    except FileNotFoundError:
+        raise RecipeError(f"{cmd[0]} not found (this recipe needs a Debian host with apt and dpkg)") from None
+    except subprocess.CalledProcessError as e:
+        msg = (e.stderr or e.stdout or "").strip().splitlines()
+        raise RecipeError(f"{' '.join(cmd[:3])}... failed: {msg[-1] if msg else e.returncode}") from None
+
+
+def _pkg_version(pkg: str) -> str | None:
+    """The candidate version of an arm64 package, or None if apt has none."""
+    try:
+        out = subprocess.run(
+            ["apt-cache", "show", "--no-all-versions", f"{pkg}:arm64"], text=True, capture_output=True
+        )
+    except FileNotFoundError:
+        raise RecipeError("apt-cache not found (this recipe needs a Debian host)") from None
+    if out.returncode != 0:
+        return None
+    m = re.search(r"^Version: (\S+)", out.stdout, re.M)
+    return m.group(1) if m else None
+
+
+def _abi_env(kernel_id: str) -> str | None:
+    return os.environ.get("MMINSPECT_DEBIAN_ABI_" + re.sub(r"[-.]", "_", kernel_id).upper())
+
+
+def _search(pattern: str) -> list[str]:
+    out = _run(["apt-cache", "search", "--names-only", pattern]).stdout
+    return [line.split(" ", 1)[0] for line in out.splitlines() if line.strip()]
+
+
+def _resolve_bookworm(spec: KernelSpec) -> tuple[str, dict[str, str]]:
+    """-> (abiname like 6.1.0-56, {role: package name}) for the newest ABI with a -dbg."""
+    fl = re.escape(spec.flavour)
+    rx = re.compile(rf"^linux-image-({re.escape(spec.series)}\.0-(\d+))-{fl}-unsigned$")
+    cands = []
+    for name in _search(rf"^linux-image-{re.escape(spec.series)}\.0-[0-9]+-{fl}-unsigned$"):
+        m = rx.match(name)
+        if m:
+            cands.append((int(m.group(2)), m.group(1)))
+    pin = _abi_env(spec.kernel_id)
+    if pin:
+        cands = [c for c in cands if str(c[0]) == pin]
+    for _, abi in sorted(cands, reverse=True):
+        pk = {
+            "image": f"linux-image-{abi}-{spec.flavour}-unsigned",
+            "dbg": f"linux-image-{abi}-{spec.flavour}-dbg",
+        }
+        vi, vd = _pkg_version(pk["image"]), _pkg_version(pk["dbg"])
+        if vi and vi == vd:
+            return abi, pk
+    raise RecipeError(
+        f"{spec.kernel_id}: apt knows no linux-image-{spec.series}.0-NN-{spec.flavour}-unsigned with a "
+        "matching -dbg for arm64 (run: dpkg --add-architecture arm64 && apt-get update)"
+    )
+
+
+def _resolve_sid(spec: KernelSpec) -> tuple[str, dict[str, str]]:
+    fl = re.escape(spec.flavour)
+    rx = re.compile(rf"^linux-binary-(\d+\.\d+\.\d+(?:-\d+)?(?:\+[a-z0-9]+)?)-{fl}$")
+    cands = []
+    for name in _search(rf"^linux-binary-[0-9.+a-z-]+-{fl}$"):
+        m = rx.match(name)
+        if m:
+            cands.append(m.group(1))
+
+    def key(v: str):
+        return [int(x) for x in re.findall(r"\d+", v)]
+
+    pin = _abi_env(spec.kernel_id)
+    if pin:
+        cands = [c for c in cands if c == pin]
+    for ver in sorted(cands, key=key, reverse=True):
+        pk = {
+            "image": f"linux-binary-{ver}-{spec.flavour}",
+            "modules": f"linux-modules-{ver}-{spec.flavour}",
+            "dbg": f"linux-image-{ver}-{spec.flavour}-dbg",
+        }
+        vs = {_pkg_version(p) for p in pk.values()}
+        if None not in vs and len(vs) == 1:
+            return ver, pk
+    raise RecipeError(
+        f"{spec.kernel_id}: apt knows no linux-binary-*-{spec.flavour} with modules and -dbg for arm64 "
+        "(add the arm64-only sid source described in vmcores/README.md, then apt-get update)"
+    )
+
+
+def _apt_download(pkgs: list[str], dest: Path) -> dict[str, Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    progress(f"apt-get download {' '.join(pkgs)}")
+    _run(
+        ["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", *(p + ":arm64" for p in pkgs)],
+        cwd=dest,
+    )
+    found = {}
+    for p in pkgs:
+        debs = sorted(dest.glob(f"{p}_*_arm64.deb"))
+        if not debs:
+            raise RecipeError(f"apt-get download {p}: no .deb appeared in {dest}")
+        found[p] = debs[-1]
+    return found
+
+
+def _extract(deb: Path, wanted: dict[str, re.Pattern], dest: Path) -> dict[str, Path]:
+    """Extract the members of a .deb whose paths match; stop reading as soon as
+    every pattern has matched once (the -dbg packages are GBs uncompressed).
+    Symlinks are skipped. -> {key: extracted path}."""
+    got: dict[str, Path] = {}
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                name = member.name.lstrip("./")
+                for key, rx in wanted.items():
+                    if key not in got and rx.search(name):
+                        out = dest / Path(name).name
+                        src = tf.extractfile(member)
+                        with open(out, "wb") as f:
+                            shutil.copyfileobj(src, f, 1 << 20)
+                        got[key] = out
+                if len(got) == len(wanted):
+                    break
+    finally:
+        proc.kill()
+        proc.wait()
+    missing = set(wanted) - set(got)
+    if missing:
+        raise RecipeError(f"{deb.name}: no member matching {', '.join(wanted[k].pattern for k in missing)}")
+    return got
+
+
+def _fetch_debian(spec: KernelSpec) -> KernelFiles:
+    if not shutil.which("dpkg-deb"):
+        raise RecipeError("dpkg-deb not found (this recipe needs a Debian host)")
+    if spec.layout == "bookworm":
+        abi, pk = _resolve_bookworm(spec)
+        release = f"{abi}-{spec.flavour}"
+    else:
+        abi, pk = _resolve_sid(spec)
+        release = f"{abi}-{spec.flavour}"
+    d = kernel_dir(spec.kernel_id)
+    if d.exists():
+        shutil.rmtree(d)
+    work = d / "debs"
+    debs = _apt_download(list(pk.values()), work)
+    packages = []
+    for role, name in pk.items():
+        deb = debs[name]
+        packages.append(
+            {
+                "role": role,
+                "package": name,
+                "version": _pkg_version(name),
+                "deb": deb.name,
+                "deb_size": deb.stat().st_size,
+                "deb_sha256": sha256_file(deb),
+            }
+        )
+    rel = re.escape(release)
+    files: dict[str, Path] = {}
+    mods_wanted = {f"mod:{m}": re.compile(rf"/{re.escape(m)}\.ko(\.xz)?$") for m in spec.modules}
+    if spec.layout == "bookworm":
+        progress(f"extracting {debs[pk['image']].name}")
+        files |= _extract(
+            debs[pk["image"]],
+            {
+                "image": re.compile(rf"^boot/vmlinuz-{rel}$"),
+                "config": re.compile(rf"^boot/config-{rel}$"),
+                **mods_wanted,
+            },
+            d,
+        )
+    else:
+        progress(f"extracting {debs[pk['image']].name}")
+        files |= _extract(
+            debs[pk["image"]],
+            {
+                "image": re.compile(rf"modules/{rel}/vmlinuz$"),
+                "config": re.compile(rf"(boot/config-{rel}|modules/{rel}/config)$"),
+            },
+            d,
+        )
+        progress(f"extracting {debs[pk['modules']].name}")
+        files |= _extract(debs[pk["modules"]], mods_wanted, d)
+    progress(f"extracting vmlinux from {debs[pk['dbg']].name} (large)")
+    files |= _extract(debs[pk["dbg"]], {"vmlinux": re.compile(rf"^usr/lib/debug/(boot/)?vmlinux-{rel}$")}, d)
+    modules = {}
+    for key, path in list(files.items()):
+        if key.startswith("mod:"):
+            if path.suffix == ".xz":
+                plain = path.with_suffix("")
+                plain.write_bytes(lzma.decompress(path.read_bytes()))
+                path.unlink()
+                path = plain
+            modules[key[4:]] = path
+    if os.environ.get("MMINSPECT_KEEP_DEBS") != "1":
+        shutil.rmtree(work)
+    info = {
+        "kernel_id": spec.kernel_id,
+        "kind": "debian",
+        "release": release,
+        "packages": packages,
+        "files": {
+            "image": files["image"].name,
+            "vmlinux": files["vmlinux"].name,
+            "config": files["config"].name,
+            "modules": {k: v.name for k, v in modules.items()},
+        },
+        "sha256": {p.name: sha256_file(p) for p in (files["image"], files["vmlinux"], files["config"], *modules.values())},
+    }
+    write_json(d / "kernel.json", info)
+    progress(f"{spec.kernel_id}: cached {release} in {d}")
+    kf = cached_kernel(spec.kernel_id)
+    assert kf is not None
+    return kf
