@@ -54,10 +54,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+if __package__:
+    from .cache import RecipeError
+    from .kernels import KernelFiles
+else:  # run as a script: python vmcores/build.py
+    sys.path.insert(0, str(HERE.parent))
+    from vmcores.cache import RecipeError
+    from vmcores.kernels import KernelFiles
 CONFIG_DIR = HERE / "configs"
 ARTIFACT_DIR = HERE / "kernels"
 
@@ -84,37 +92,28 @@ KEEP_SECTIONS = (
 )
 
 
-@dataclass
-class KernelSpec:
+@dataclass(frozen=True)
+class BuildSpec:
     kernel_id: str
     source_package: str  # Debian package that ships /usr/src/<package>.tar.xz
     cpu: str  # a QEMU -cpu that supports the granule (and VA size) of the kernel
 
 
-@dataclass
-class KernelFiles:
-    kernel_id: str
-    image: Path  # arm64 Image (EFI stub) bootable by edk2 via qemu -kernel
-    vmlinux: Path  # with DWARF (types/symbols load in drgn 0.3.0)
-    modules: dict[str, Path] = field(default_factory=dict)  # empty: all built in
-    config: Path = Path()  # the full .config
-    cpu: str = "cortex-a57"
-
-
-SPECS: dict[str, KernelSpec] = {
+# KernelFiles (the shape handed to the recipe) is defined in vmcores.kernels.
+SPECS: dict[str, BuildSpec] = {
     s.kernel_id: s
     for s in (
         # 4 KiB granule, 48-bit VA, 4 levels.
-        KernelSpec("debug-6.12-4k", "linux-source-6.12", "cortex-a57"),
+        BuildSpec("debug-6.12-4k", "linux-source-6.12", "cortex-a57"),
         # 16 KiB granule, 48-bit VA, 4 levels with a 2-entry PGD.  Cortex-A57
         # has no 16 KiB granule (the EFI stub refuses to boot); A76 has.
-        KernelSpec("debug-6.12-16k", "linux-source-6.12", "cortex-a76"),
+        BuildSpec("debug-6.12-16k", "linux-source-6.12", "cortex-a76"),
         # 64 KiB granule, 52-bit VA (FEAT_LVA), 3 levels with a 1024-entry
         # PGD.  Only "max" has FEAT_LVA in QEMU 7.2; on other CPUs the kernel
         # falls back to 48-bit VA.
-        KernelSpec("debug-6.12-64k", "linux-source-6.12", "max"),
+        BuildSpec("debug-6.12-64k", "linux-source-6.12", "max"),
         # Linux 6.1: old page_type encoding, PG_table.
-        KernelSpec("debug-6.1-4k", "linux-source-6.1", "cortex-a57"),
+        BuildSpec("debug-6.1-4k", "linux-source-6.1", "cortex-a57"),
     )
 }
 
@@ -122,7 +121,7 @@ SPECS: dict[str, KernelSpec] = {
 KERNELS: list[str] = [k for k in SPECS if (ARTIFACT_DIR / k / "SHA256SUMS").exists()]
 
 
-class BuildError(RuntimeError):
+class BuildError(RecipeError):
     pass
 
 
@@ -480,6 +479,7 @@ def _install(art: Path, kdir: Path) -> None:
 
 
 def _files(kernel_id: str, kdir: Path) -> KernelFiles:
+    info = json.loads((kdir / "BUILDINFO.json").read_text())
     return KernelFiles(
         kernel_id=kernel_id,
         image=kdir / "Image",
@@ -487,16 +487,33 @@ def _files(kernel_id: str, kdir: Path) -> KernelFiles:
         modules={},
         config=kdir / "config",
         cpu=SPECS[kernel_id].cpu,
+        release=info.get("kernel_release"),
+        info=info,
     )
 
 
 def _cache_ok(kdir: Path, art: Path | None) -> bool:
     stamp = kdir / "SHA256SUMS"
-    if not all((kdir / n).exists() for n in ("Image", "vmlinux", "config", "SHA256SUMS")):
+    names = ("Image", "vmlinux", "config", "BUILDINFO.json", "SHA256SUMS")
+    if not all((kdir / n).exists() for n in names):
         return False
     if art is not None and (art / "SHA256SUMS").read_bytes() != stamp.read_bytes():
         return False  # committed artifact changed since it was unpacked
     return True
+
+
+def _committed(kernel_id: str) -> Path | None:
+    d = ARTIFACT_DIR / kernel_id
+    return d if (d / "SHA256SUMS").exists() else None
+
+
+def cached_kernel(kernel_id: str) -> KernelFiles | None:
+    """The unpacked kernel if the cache holds it (and it matches the
+    committed artifact); never unpacks or builds."""
+    kdir = cache_dir() / "kernels" / kernel_id
+    if kernel_id in SPECS and _cache_ok(kdir, _committed(kernel_id)):
+        return _files(kernel_id, kdir)
+    return None
 
 
 def ensure_kernel(kernel_id: str, *, rebuild: bool = False, jobs: int | None = None) -> KernelFiles:
@@ -509,8 +526,7 @@ def ensure_kernel(kernel_id: str, *, rebuild: bool = False, jobs: int | None = N
         raise KeyError(f"unknown kernel id {kernel_id!r}; known: {', '.join(SPECS)}")
     kroot = cache_dir() / "kernels"
     kdir = kroot / kernel_id
-    committed = ARTIFACT_DIR / kernel_id
-    art = committed if (committed / "SHA256SUMS").exists() else None
+    art = _committed(kernel_id)
     with locked(kroot / f".{kernel_id}.lock"):
         if not rebuild and _cache_ok(kdir, art):
             return _files(kernel_id, kdir)

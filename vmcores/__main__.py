@@ -1,0 +1,89 @@
+"""python -m vmcores make|list|path ... (see vmcores/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cache import RecipeError, cache_dir, dir_size, human_size, progress
+from .kernels import cached_kernel, kernel_ids, registry
+from .scenarios import SCENARIOS, find, make
+
+
+def _cmd_make(args) -> int:
+    explicit = bool(args.kernel)
+    ids = args.kernel or kernel_ids()
+    failed = made = 0
+    for kid in ids:
+        try:
+            dumps = make(kid, args.scenario or None, cpu=args.cpu, force=args.force)
+            made += 1
+            for d in dumps:
+                print(d.dir)
+        except RecipeError as e:
+            failed += 1
+            print(f"vmcores: {kid}: {e}" if not str(e).startswith(kid) else f"vmcores: {e}", file=sys.stderr)
+    if explicit:
+        return 1 if failed else 0
+    return 0 if made else 1
+
+
+def _cmd_list(args) -> int:
+    print(f"cache: {cache_dir()}")
+    for kid, spec in registry().items():
+        try:
+            kf = cached_kernel(kid)
+        except RecipeError:
+            kf = None
+        if kf is None:
+            print(f"{kid}: not cached ({spec.kind}: {spec.description})")
+            continue
+        ksize = sum(p.stat().st_size for p in (kf.image, kf.vmlinux, kf.config, *kf.modules.values()))
+        print(f"{kid}: {kf.release or '?'}, kernel files {human_size(ksize)}")
+        for sc in SCENARIOS:
+            d = find(kid, sc)
+            if d is None:
+                print(f"  {sc:10} -")
+            else:
+                print(f"  {sc:10} {human_size(dir_size(d.dir)):>10}  {d.meta.get('created', '')}  {d.dir}")
+    return 0
+
+
+def _cmd_path(args) -> int:
+    d = find(args.kernel, args.scenario)
+    if d is None:
+        print(f"vmcores: no cached {args.kernel}/{args.scenario}", file=sys.stderr)
+        return 1
+    print(d.dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vmcores", description="real arm64 vmcores for mminspect")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make", help="make (missing) dumps")
+    m.add_argument("--kernel", action="append", metavar="ID",
+                   help="kernel id (repeatable; default: every registered kernel that can be obtained)")
+    m.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable; default: all")
+    m.add_argument("--cpu", help="QEMU -cpu (default: the kernel's, e.g. cortex-a57)")
+    m.add_argument("--force", action="store_true", help="remake dumps that are cached")
+    m.set_defaults(fn=_cmd_make)
+    l = sub.add_parser("list", help="what is cached, with sizes")
+    l.set_defaults(fn=_cmd_list)
+    p = sub.add_parser("path", help="print a dump's directory, or exit 1")
+    p.add_argument("kernel")
+    p.add_argument("scenario", choices=SCENARIOS)
+    p.set_defaults(fn=_cmd_path)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except RecipeError as e:
+        print(f"vmcores: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

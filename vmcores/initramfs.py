@@ -1,0 +1,183 @@
+"""A tiny busybox initramfs with a command agent on the serial console.
+
+Contents: /bin/busybox (from Debian's busybox-static:arm64, fetched with
+``apt-get download`` and cached), the kernel's modules that must be loaded
+(qemu_fw_cfg, so that ``-device vmcoreinfo`` gets the guest's VMCOREINFO), /init,
+/bin/agent and /bin/capture-truth. The cpio (newc) archive is written in Python,
+so no cpio binary is needed.
+
+Agent protocol (one line each way, on the serial console, after
+``@@AGENT READY <release>``):
+
+* host -> guest: ``<id> <base64 of a shell script>``; a long script is sent as
+  ``+ <base64 chunk>`` lines first, then the ``<id> <last chunk>`` line;
+* guest -> host: ``@@OUT <id>``, the script's stdout in base64, ``@@ERR <id>``,
+  its stderr in base64, ``@@END <id> <exit status>``.
+
+The kernel's console log level is dropped to 1 once the agent runs, so kernel
+messages do not interleave with the agent's lines (dmesg keeps them all).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from .cache import RecipeError, cache_dir, progress, sha256_file, write_json
+from .kernels import KernelFiles
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /truth /sbin /usr/bin /usr/sbin /mnt
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+for m in $(cat /lib/modules/load-order 2>/dev/null); do
+    insmod /lib/modules/$m.ko || echo "@@INIT insmod $m failed"
+done
+echo "@@INIT done $(cat /proc/uptime)"
+exec /bin/busybox sh /bin/agent
+"""
+
+AGENT = r"""#!/bin/busybox sh
+# mminspect guest agent: runs scripts sent by the host on the serial console.
+stty -echo 2>/dev/null
+dmesg -n 1
+cd /
+echo
+echo "@@AGENT READY $(cat /proc/sys/kernel/osrelease)"
+buf=
+while read -r id chunk; do
+    case "$id" in
+        "") continue ;;
+        +) buf="$buf$chunk"; continue ;;
+    esac
+    echo "$buf$chunk" | base64 -d > /tmp/.cmd 2>/dev/null
+    buf=
+    /bin/busybox sh /tmp/.cmd > /tmp/.out 2> /tmp/.err < /dev/null
+    rc=$?
+    echo "@@OUT $id"
+    base64 /tmp/.out
+    echo "@@ERR $id"
+    base64 /tmp/.err
+    echo "@@END $id $rc"
+    rm -f /tmp/.cmd /tmp/.out /tmp/.err
+done
+echo "@@AGENT EOF"
+"""
+
+# Ground truth, recorded inside the guest; $1 is the scenario name. Runs with
+# nothing else alive in the guest but the agent's shell.
+CAPTURE = r"""#!/bin/busybox sh
+T=/truth/$1
+rm -rf "$T"
+mkdir -p "$T/memory"
+cat /proc/uptime > "$T/uptime"
+# The debugfs page-table dumps first, while the fewest things have changed.
+for f in kernel_page_tables efi_page_tables; do
+    [ -r /sys/kernel/debug/$f ] && cat /sys/kernel/debug/$f > "$T/$f"
+done
+for f in vmstat meminfo iomem cmdline version zoneinfo buddyinfo pagetypeinfo cpuinfo modules; do
+    cat /proc/$f > "$T/$f" 2>/dev/null
+done
+cat /sys/devices/system/memory/block_size_bytes > "$T/memory/block_size_bytes"
+for d in /sys/devices/system/memory/memory*; do
+    n=${d##*/}
+    mkdir "$T/memory/$n"
+    for f in state valid_zones phys_index removable phys_device online; do
+        [ -r "$d/$f" ] && cat "$d/$f" > "$T/memory/$n/$f" 2>/dev/null
+    done
+done
+dmesg > "$T/dmesg"
+grep -E ' (_text|_stext|_etext|_sdata|_edata|_end|__init_begin|__init_end|swapper_pg_dir|idmap_pg_dir|tramp_pg_dir|init_mm|efi_mm|vmemmap|memstart_addr|kimage_voffset|mem_section|vmcoreinfo_data|init_uts_ns|totalram_pages|_totalram_pages|vm_node_stat|vm_zone_stat)$' /proc/kallsyms > "$T/kallsyms_subset"
+cat /sys/kernel/vmcoreinfo > "$T/sys_kernel_vmcoreinfo" 2>/dev/null
+uname -a > "$T/uname"
+cat /proc/uptime > "$T/uptime_end"
+"""
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes, int, int]]) -> bytes:
+    """entries: (name, mode, data, rdevmajor, rdevminor) -> a newc archive."""
+    out = io.BytesIO()
+
+    def pad4():
+        out.write(b"\0" * (-out.tell() % 4))
+
+    ino = 1
+    for name, mode, data, rmaj, rmin in [*entries, ("TRAILER!!!", 0, b"", 0, 0)]:
+        nb = name.encode() + b"\0"
+        nlink = 2 if stat.S_ISDIR(mode) else 1
+        fields = [ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rmaj, rmin, len(nb), 0]
+        out.write(b"070701" + b"".join(b"%08X" % f for f in fields))
+        out.write(nb)
+        pad4()
+        out.write(data)
+        pad4()
+        ino += 1
+    return out.getvalue()
+
+
+def busybox_path() -> Path:
+    """An aarch64 static busybox, from Debian's busybox-static:arm64 (cached)."""
+    d = cache_dir() / "busybox"
+    bb = d / "busybox"
+    if bb.exists():
+        return bb
+    d.mkdir(parents=True, exist_ok=True)
+    progress("apt-get download busybox-static:arm64")
+    try:
+        subprocess.run(
+            ["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", "busybox-static:arm64"],
+            cwd=d, check=True, capture_output=True, text=True,
+        )
+    except FileNotFoundError:
+        raise RecipeError("apt-get not found: cannot fetch busybox-static:arm64") from None
+    except subprocess.CalledProcessError as e:
+        raise RecipeError(
+            "apt-get download busybox-static:arm64 failed (run: dpkg --add-architecture arm64 && "
+            f"apt-get update): {e.stderr.strip().splitlines()[-1] if e.stderr.strip() else e.returncode}"
+        ) from None
+    deb = sorted(d.glob("busybox-static_*_arm64.deb"))[-1]
+    x = d / "x"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(x)], check=True)
+    shutil.copy2(x / "bin" / "busybox", bb)
+    shutil.rmtree(x)
+    m = re.match(r"busybox-static_(.*)_arm64\.deb", deb.name)
+    write_json(d / "busybox.json", {"deb": deb.name, "version": m.group(1).replace("%3a", ":") if m else None,
+                                    "sha256": sha256_file(bb)})
+    deb.unlink()
+    return bb
+
+
+def build_initramfs(kernel: KernelFiles, out: Path) -> Path:
+    """Write a gzip'ed newc initramfs for this kernel to ``out``."""
+    bb = busybox_path().read_bytes()
+    d755, f755, f644 = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755, stat.S_IFREG | 0o644
+    entries: list[tuple[str, int, bytes, int, int]] = [
+        (name, d755, b"", 0, 0)
+        for name in ("bin", "dev", "proc", "sys", "tmp", "truth", "lib", "lib/modules", "etc")
+    ]
+    entries += [
+        ("dev/console", stat.S_IFCHR | 0o600, b"", 5, 1),
+        ("dev/null", stat.S_IFCHR | 0o666, b"", 1, 3),
+        ("bin/busybox", f755, bb, 0, 0),
+        ("bin/sh", stat.S_IFLNK | 0o777, b"busybox", 0, 0),
+        ("init", f755, INIT.encode(), 0, 0),
+        ("bin/agent", f755, AGENT.encode(), 0, 0),
+        ("bin/capture-truth", f755, CAPTURE.encode(), 0, 0),
+    ]
+    order = []
+    for name, path in kernel.modules.items():
+        entries.append((f"lib/modules/{name}.ko", f644, Path(path).read_bytes(), 0, 0))
+        order.append(name)
+    entries.append(("lib/modules/load-order", f644, ("\n".join(order) + "\n").encode(), 0, 0))
+    data = gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
+    out.write_bytes(data)
+    return out

@@ -1,0 +1,403 @@
+"""Booting an arm64 guest under QEMU (TCG, UEFI) and driving it over QMP and the
+serial-console agent of :mod:`vmcores.initramfs`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .cache import RecipeError, progress
+from .initramfs import build_initramfs
+from .kernels import KernelFiles
+
+QEMU = "qemu-system-aarch64"
+AAVMF_DIRS = [Path("/usr/share/AAVMF"), Path("/usr/share/qemu-efi-aarch64")]
+APPEND = "console=ttyAMA0 memhp_default_state=online_movable panic=-1"
+GiB = 1 << 30
+
+
+def find_firmware() -> tuple[Path, Path]:
+    for d in AAVMF_DIRS:
+        code, vars_ = d / "AAVMF_CODE.fd", d / "AAVMF_VARS.fd"
+        if code.exists() and vars_.exists():
+            return code, vars_
+    raise RecipeError("UEFI firmware AAVMF_CODE.fd/AAVMF_VARS.fd not found (apt-get install qemu-efi-aarch64)")
+
+
+def qemu_binary() -> str:
+    path = shutil.which(QEMU)
+    if not path:
+        raise RecipeError(f"{QEMU} not found (apt-get install qemu-system-arm)")
+    return path
+
+
+def qemu_version() -> str:
+    out = subprocess.run([qemu_binary(), "--version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else "?"
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QMP:
+    """A minimal synchronous QMP client over a Unix socket."""
+
+    def __init__(self, path: Path, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise RecipeError(f"QMP socket {path} did not come up") from None
+                time.sleep(0.05)
+        self.file = self.sock.makefile("rwb", buffering=0)
+        self.events: list[dict] = []
+        self.greeting = self._read(timeout)
+        self.execute("qmp_capabilities")
+
+    def _read(self, timeout: float | None) -> dict:
+        self.sock.settimeout(timeout)
+        line = self.file.readline()
+        if not line:
+            raise RecipeError("QMP connection closed (QEMU exited?)")
+        return json.loads(line)
+
+    def execute(self, cmd: str, timeout: float = 120.0, **args) -> object:
+        msg = {"execute": cmd}
+        if args:
+            msg["arguments"] = args
+        self.file.write(json.dumps(msg).encode() + b"\n")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                r = self._read(max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                raise RecipeError(f"QMP {cmd}: no answer in {timeout:.0f} s") from None
+            if "event" in r:
+                self.events.append(r)
+                continue
+            if "error" in r:
+                raise RecipeError(f"QMP {cmd} failed: {r['error'].get('desc', r['error'])}")
+            return r.get("return")
+
+    def wait_event(self, name: str, timeout: float, match=lambda ev: True) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev.get("event") == name and match(ev):
+                    return self.events.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RecipeError(f"QMP event {name} did not come in {timeout:.0f} s")
+            try:
+                r = self._read(left)
+            except TimeoutError:
+                continue
+            if "event" in r:
+                self.events.append(r)
+
+    def close(self):
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Guest:
+    """One QEMU aarch64 guest booted on a kernel with the agent initramfs.
+
+    Use as a context manager; ``start()`` boots and waits for the agent."""
+
+    def __init__(
+        self,
+        kernel: KernelFiles,
+        *,
+        workdir: Path | None = None,
+        memory: str = "1G",
+        slots: int = 4,
+        maxmem: str = "8G",
+        smp: int = 2,
+        cpu: str | None = None,
+        gdb_port: int | None = None,
+        append: str = "",
+        boot_timeout: float = 180.0,
+    ):
+        self.kernel = kernel
+        self.cpu = cpu or kernel.cpu
+        self.memory, self.slots, self.maxmem, self.smp = memory, slots, maxmem, smp
+        self.gdb_port = gdb_port
+        self.boot_timeout = boot_timeout
+        self.append = " ".join(x for x in (APPEND, kernel.append, append) if x)
+        # Unix socket paths must be short: keep them in a private /tmp dir.
+        self.sockdir = Path(tempfile.mkdtemp(prefix="mmi-qemu-"))
+        self.workdir = Path(workdir) if workdir else self.sockdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.qmp_path = self.sockdir / "qmp.sock"
+        self.console_log = self.workdir / "console.log"
+        self.proc: subprocess.Popen | None = None
+        self.qmp: QMP | None = None
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._seq = 0
+        self.cmdline: list[str] = []
+        self.boot_seconds: float | None = None
+        self.release: str | None = None
+        self.dimms: list[dict] = []
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def build_cmdline(self) -> list[str]:
+        code, vars_ = find_firmware()
+        my_vars = self.workdir / "AAVMF_VARS.fd"
+        shutil.copyfile(vars_, my_vars)
+        initrd = build_initramfs(self.kernel, self.workdir / "initramfs.cpio.gz")
+        cmd = [
+            qemu_binary(),
+            "-M", "virt", "-accel", "tcg,thread=multi", "-cpu", self.cpu, "-smp", str(self.smp),
+            "-m", f"{self.memory},slots={self.slots},maxmem={self.maxmem}",
+            "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,file={my_vars}",
+            "-device", "vmcoreinfo", "-device", "virtio-rng-pci",
+            "-kernel", str(self.kernel.image), "-initrd", str(initrd), "-append", self.append,
+            "-nographic", "-monitor", "none", "-serial", "stdio",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-no-reboot",
+        ]
+        if self.gdb_port is not None:
+            cmd += ["-gdb", f"tcp:127.0.0.1:{self.gdb_port}"]
+        return cmd
+
+    def start(self) -> "Guest":
+        self.cmdline = self.build_cmdline()
+        progress(f"booting {self.kernel.kernel_id} (cpu {self.cpu}) under QEMU")
+        self._log = open(self.console_log, "wb")
+        self._stderr = open(self.workdir / "qemu.stderr", "wb")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.cmdline, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._reader, daemon=True).start()
+        self.qmp = QMP(self.qmp_path)
+        line = self._expect(lambda l: l.startswith("@@AGENT READY"), self.boot_timeout, "the guest agent")
+        self.release = line.split()[2] if len(line.split()) > 2 else None
+        self.boot_seconds = time.monotonic() - t0
+        progress(f"guest up in {self.boot_seconds:.1f} s ({self.release})")
+        return self
+
+    def _reader(self):
+        buf = b""
+        assert self.proc and self.proc.stdout
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                break
+            self._log.write(chunk)
+            self._log.flush()
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for l in lines:
+                self._lines.put(l.decode("utf-8", "replace").strip("\r"))
+        self._lines.put("@@EOF")
+
+    def _expect(self, pred, timeout: float, what: str) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RecipeError(f"timed out after {timeout:.0f} s waiting for {what} (see {self.console_log})")
+            try:
+                line = self._lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if line == "@@EOF":
+                raise RecipeError(f"QEMU exited while waiting for {what} (see {self.console_log}, "
+                                  f"{self.workdir / 'qemu.stderr'})")
+            if "Kernel panic" in line:
+                raise RecipeError(f"guest kernel panic while waiting for {what} (see {self.console_log})")
+            if pred(line):
+                return line
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                if self.qmp:
+                    self.qmp.execute("quit", timeout=10)
+            except (RecipeError, OSError):
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.qmp:
+            self.qmp.close()
+        for f in ("_log", "_stderr"):
+            if hasattr(self, f):
+                getattr(self, f).close()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----------------------------------------------------------------- agent
+
+    def run(self, script: str, timeout: float = 60.0, check: bool = True) -> tuple[int, bytes, bytes]:
+        """Run a shell script in the guest -> (status, stdout, stderr)."""
+        assert self.proc and self.proc.stdin
+        self._seq += 1
+        cid = f"c{self._seq}"
+        b64 = base64.b64encode(script.encode()).decode()
+        chunks = [b64[i:i + 1024] for i in range(0, len(b64), 1024)] or [""]
+        for c in chunks[:-1]:
+            self.proc.stdin.write(f"+ {c}\n".encode())
+        self.proc.stdin.write(f"{cid} {chunks[-1]}\n".encode())
+        self.proc.stdin.flush()
+        self._expect(lambda l: l == f"@@OUT {cid}", timeout, f"guest command {script[:40]!r}")
+        out, err, cur = [], [], None
+        out_lines = []
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._expect(lambda l: True, max(1.0, deadline - time.monotonic()), "guest command output")
+            if line == f"@@ERR {cid}":
+                out, out_lines = out_lines, []
+                continue
+            if line.startswith(f"@@END {cid} "):
+                err = out_lines
+                rc = int(line.split()[2])
+                break
+            out_lines.append(line)
+        stdout = base64.b64decode("".join(out))
+        stderr = base64.b64decode("".join(err))
+        if check and rc != 0:
+            raise RecipeError(f"guest command {script.splitlines()[0][:60]!r} exited {rc}: "
+                              f"{stderr.decode(errors='replace').strip()[-300:]}")
+        return rc, stdout, stderr
+
+    def sh(self, script: str, timeout: float = 60.0) -> str:
+        return self.run(script, timeout)[1].decode(errors="replace")
+
+    def fetch_dir(self, guest_dir: str, dest: Path, timeout: float = 120.0) -> None:
+        """Copy a guest directory tree to ``dest`` (tar.gz through the agent)."""
+        import tarfile
+        import io
+
+        data = self.run(f"cd {shlex.quote(guest_dir)} && tar -cf - . | gzip -c", timeout)[1]
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tf:
+            tf.extractall(dest, filter="data")
+
+    # ----------------------------------------------------------------- QMP helpers
+
+    def dump(self, path: Path) -> dict:
+        """Pause the guest, write an ELF dump (paging=false) to ``path``, resume.
+        -> timings."""
+        assert self.qmp
+        path = Path(path)
+        path.unlink(missing_ok=True)
+        t0 = time.monotonic()
+        self.qmp.execute("stop")
+        t1 = time.monotonic()
+        try:
+            self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{path}", timeout=600)
+        finally:
+            t2 = time.monotonic()
+            self.qmp.execute("cont")
+        return {"stop_s": t1 - t0, "dump_s": t2 - t1, "paused_s": time.monotonic() - t0,
+                "size": path.stat().st_size}
+
+    def memory_block_size(self) -> int:
+        return int(self.sh("cat /sys/devices/system/memory/block_size_bytes").strip(), 16)
+
+    def online_blocks(self) -> dict[int, str]:
+        out = self.sh("for d in /sys/devices/system/memory/memory*; do echo ${d##*memory} $(cat $d/state); done")
+        res = {}
+        for line in out.splitlines():
+            n, _, st = line.partition(" ")
+            if n.isdigit():
+                res[int(n)] = st.strip()
+        return res
+
+    def _wait_blocks(self, blocks: list[int], present: bool, timeout: float) -> float:
+        cond = " ".join(
+            (f'[ "$(cat /sys/devices/system/memory/memory{n}/state 2>/dev/null)" = online ] || ok=0'
+             if present else f"[ -e /sys/devices/system/memory/memory{n} ] && ok=0")
+            for n in blocks
+        )
+        loops = int(timeout / 0.1)
+        script = (f"i=0; while [ $i -lt {loops} ]; do ok=1; {cond}; [ $ok = 1 ] && exit 0; "
+                  "usleep 100000; i=$((i+1)); done; exit 1")
+        t0 = time.monotonic()
+        rc = self.run(script, timeout + 30, check=False)[0]
+        if rc != 0:
+            raise RecipeError(f"memory blocks {blocks[0]}..{blocks[-1]} did not become "
+                              f"{'online' if present else 'absent'} in {timeout:.0f} s")
+        return time.monotonic() - t0
+
+    def hotadd(self, size: int = GiB, ident: str = "dimm0", timeout: float = 120.0) -> dict:
+        """Hot-add a pc-dimm of ``size`` bytes and wait until its blocks are online."""
+        assert self.qmp
+        t0 = time.monotonic()
+        self.qmp.execute("object-add", **{"qom-type": "memory-backend-ram", "id": f"mem-{ident}", "size": size})
+        self.qmp.execute("device_add", driver="pc-dimm", id=ident, memdev=f"mem-{ident}")
+        dev = next(d["data"] for d in self.qmp.execute("query-memory-devices")
+                   if d.get("data", {}).get("id") == ident)
+        bs = self.memory_block_size()
+        blocks = list(range(dev["addr"] // bs, (dev["addr"] + dev["size"]) // bs))
+        waited = self._wait_blocks(blocks, True, timeout)
+        info = {"id": ident, "memdev": f"mem-{ident}", "addr": dev["addr"], "size": dev["size"],
+                "slot": dev.get("slot"), "node": dev.get("node"), "blocks": blocks,
+                "block_size": bs, "seconds": time.monotonic() - t0, "guest_wait_s": waited}
+        self.dimms.append(info)
+        return info
+
+    def hotremove(self, ident: str = "dimm0", timeout: float = 120.0) -> dict:
+        """device_del a DIMM, wait for QEMU's DEVICE_DELETED and for the guest's
+        blocks to go, then drop the memory backend."""
+        assert self.qmp
+        info = next(d for d in self.dimms if d["id"] == ident)
+        t0 = time.monotonic()
+        self.qmp.execute("device_del", id=ident)
+        self.qmp.wait_event("DEVICE_DELETED", timeout, lambda ev: ev.get("data", {}).get("device") == ident)
+        waited = self._wait_blocks(info["blocks"], False, timeout)
+        self.qmp.execute("object-del", id=info["memdev"])
+        self.dimms.remove(info)
+        return {**info, "seconds": time.monotonic() - t0, "guest_wait_s": waited}
+
+    def describe(self) -> dict:
+        """What meta.json says about this QEMU."""
+        return {
+            "qemu": qemu_version(),
+            "cmdline": " ".join(shlex.quote(c) for c in self.cmdline),
+            "cpu": self.cpu,
+            "smp": self.smp,
+            "memory": self.memory,
+            "slots": self.slots,
+            "maxmem": self.maxmem,
+            "append": self.append,
+            "gdb_port": self.gdb_port,
+        }

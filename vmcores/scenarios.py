@@ -1,0 +1,266 @@
+"""The scenarios: one QEMU run per kernel gives up to three dumps.
+
+* ``boot``: right after boot (the agent is up, nothing else runs);
+* ``hotadd``: after hot-adding a 1 GiB pc-dimm (QMP object-add + device_add) and
+  waiting until the guest has its memory blocks online (movable, through
+  ``memhp_default_state=online_movable``);
+* ``hotremove``: after device_del of that DIMM and waiting until its blocks are
+  gone from the guest.
+
+For each: ground truth is recorded inside the guest (``capture-truth``), then the
+guest is paused (QMP stop), dumped as ELF (dump-guest-memory paging=false) and
+resumed; only then are the truth files copied out, so nothing happens in the
+guest between truth and dump but the agent answering.
+
+Layout: ``$MMINSPECT_CACHE/vmcores/<kernel-id>/<scenario>/{vmcore,truth/,meta.json}``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .cache import RecipeError, dir_size, human_size, progress, read_json, vmcores_dir, write_json
+from .kernels import KernelFiles, cached_kernel, ensure_kernel, get_spec
+from .qemu import GiB, Guest
+
+SCENARIOS = ("boot", "hotadd", "hotremove")
+HOTPLUG_SCENARIOS = ("hotadd", "hotremove")
+DIMM_SIZE = GiB
+META_VERSION = 1
+
+
+@dataclass
+class Dump:
+    """One cached vmcore with its ground truth."""
+
+    kernel_id: str
+    scenario: str
+    dir: Path
+    vmcore: Path
+    vmlinux: Path
+    truth: Path
+    meta: dict
+
+    def truth_text(self, name: str) -> str:
+        return (self.truth / name).read_text()
+
+    def program(self):
+        """A drgn Program on this dump with the vmlinux loaded."""
+        import drgn  # noqa: PLC0415
+
+        prog = drgn.Program()
+        prog.set_core_dump(str(self.vmcore))
+        prog.load_debug_info([str(self.vmlinux)])
+        return prog
+
+
+def scenario_dir(kernel_id: str, scenario: str) -> Path:
+    return vmcores_dir() / kernel_id / scenario
+
+
+def find(kernel_id: str, scenario: str) -> Dump | None:
+    """The cached dump, or None if it is missing, incomplete, or was made with a
+    vmlinux other than the one now cached for this kernel id."""
+    if scenario not in SCENARIOS:
+        raise RecipeError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    d = scenario_dir(kernel_id, scenario)
+    meta_path = d / "meta.json"
+    if not (meta_path.exists() and (d / "vmcore").exists() and (d / "truth").is_dir()):
+        return None
+    meta = read_json(meta_path)
+    vmlinux = Path(meta["kernel"]["vmlinux"])
+    try:
+        kf = cached_kernel(kernel_id)
+    except RecipeError:
+        kf = None
+    if kf is not None:
+        if meta["kernel"].get("vmlinux_sha256") not in (None, kf.info.get("sha256", {}).get(kf.vmlinux.name)):
+            return None  # stale: the kernel was fetched anew since
+        vmlinux = kf.vmlinux
+    if not vmlinux.exists():
+        return None
+    return Dump(kernel_id, scenario, d, d / "vmcore", vmlinux, d / "truth", meta)
+
+
+def supported_scenarios(kf: KernelFiles) -> dict[str, str | None]:
+    """scenario -> None if this kernel can do it, else the reason why not."""
+    why = None
+    if kf.config_value("ACPI_HOTPLUG_MEMORY") != "y":
+        why = "kernel config lacks CONFIG_ACPI_HOTPLUG_MEMORY=y (the guest cannot see a pc-dimm)"
+    elif kf.config_value("MEMORY_HOTREMOVE") != "y":
+        why = "kernel config lacks CONFIG_MEMORY_HOTREMOVE=y"
+    return {"boot": None, "hotadd": why, "hotremove": why}
+
+
+@contextmanager
+def _kernel_lock(kernel_id: str):
+    d = vmcores_dir() / kernel_id
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _config_facts(kf: KernelFiles) -> dict:
+    names = ["ARM64_4K_PAGES", "ARM64_16K_PAGES", "ARM64_64K_PAGES", "ARM64_VA_BITS", "ARM64_PA_BITS",
+             "PGTABLE_LEVELS", "ARM64_LPA2", "RODATA_FULL_DEFAULT_ENABLED", "RANDOMIZE_BASE",
+             "UNMAP_KERNEL_AT_EL0", "KFENCE", "DEBUG_VM", "PTDUMP_DEBUGFS", "MEMORY_HOTPLUG",
+             "MEMORY_HOTREMOVE", "ACPI_HOTPLUG_MEMORY", "SPARSEMEM_VMEMMAP", "NR_CPUS"]
+    return {n: kf.config_value(n) for n in names}
+
+
+def _iomem_ram(iomem: str) -> list[list[int]]:
+    ram = []
+    for line in iomem.splitlines():
+        m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) : System RAM$", line)
+        if m:
+            ram.append([int(m.group(1), 16), int(m.group(2), 16) + 1])
+    return ram
+
+
+def make(kernel_id: str, scenarios: list[str] | None = None, *, cpu: str | None = None,
+         force: bool = False) -> list[Dump]:
+    """Make the wanted dumps of a kernel in one QEMU run (missing ones only,
+    unless ``force``). Scenarios the kernel cannot do raise RecipeError when
+    asked for explicitly and are skipped (with a progress line) otherwise."""
+    get_spec(kernel_id)
+    explicit = scenarios is not None
+    wanted = list(scenarios) if scenarios else list(SCENARIOS)
+    for s in wanted:
+        if s not in SCENARIOS:
+            raise RecipeError(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
+    t_kernel = time.monotonic()
+    kf = ensure_kernel(kernel_id)
+    kernel_s = time.monotonic() - t_kernel
+    support = supported_scenarios(kf)
+    for s in list(wanted):
+        if support[s]:
+            if explicit:
+                raise RecipeError(f"{kernel_id}: cannot make {s}: {support[s]}")
+            progress(f"{kernel_id}: skipping {s}: {support[s]}")
+            wanted.remove(s)
+    with _kernel_lock(kernel_id):
+        if not force:
+            have = [s for s in wanted if find(kernel_id, s)]
+            for s in have:
+                progress(f"{kernel_id}/{s}: already cached in {scenario_dir(kernel_id, s)}")
+            wanted = [s for s in wanted if s not in have]
+        if not wanted:
+            return [d for s in (scenarios or SCENARIOS) if (d := find(kernel_id, s))]
+        _run(kf, wanted, cpu=cpu, kernel_s=kernel_s)
+    return [d for s in wanted if (d := find(kernel_id, s))]
+
+
+def _run(kf: KernelFiles, wanted: list[str], *, cpu: str | None, kernel_s: float) -> None:
+    kernel_id = kf.kernel_id
+    base = vmcores_dir() / kernel_id
+    rundir = base / f".run-{os.getpid()}"
+    shutil.rmtree(rundir, ignore_errors=True)
+    rundir.mkdir(parents=True)
+    t_run = time.monotonic()
+    try:
+        with Guest(kf, workdir=rundir, cpu=cpu) as g:
+            boot_s = g.boot_seconds
+            dimm = None
+            for sc in SCENARIOS:
+                action: dict = {}
+                if sc == "hotadd":
+                    if not any(s in wanted for s in HOTPLUG_SCENARIOS):
+                        break
+                    progress(f"hot-adding a {DIMM_SIZE >> 30} GiB pc-dimm")
+                    dimm = g.hotadd(DIMM_SIZE)
+                    action = {"hotadd": dimm}
+                    progress(f"blocks {dimm['blocks'][0]}..{dimm['blocks'][-1]} online after {dimm['seconds']:.1f} s")
+                elif sc == "hotremove":
+                    if "hotremove" not in wanted:
+                        break
+                    progress("removing the pc-dimm (device_del)")
+                    action = {"hotremove": g.hotremove(dimm["id"])}
+                    progress(f"blocks gone after {action['hotremove']['seconds']:.1f} s")
+                if sc in wanted:
+                    _capture(g, kf, sc, rundir, {"boot_s": boot_s, "kernel_s": kernel_s, **action}, dimm)
+            progress(f"{kernel_id}: QEMU run took {time.monotonic() - t_run:.1f} s")
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm: dict | None) -> None:
+    out = rundir / sc
+    out.mkdir()
+    t0 = time.monotonic()
+    g.run(f"capture-truth {sc}", timeout=120)
+    t1 = time.monotonic()
+    dump = g.dump(out / "vmcore")
+    t2 = time.monotonic()
+    g.fetch_dir(f"/truth/{sc}", out / "truth")
+    t3 = time.monotonic()
+    truth = out / "truth"
+    qmp_mem = {
+        "memory_size_summary": g.qmp.execute("query-memory-size-summary"),
+        "memory_devices": g.qmp.execute("query-memory-devices"),
+    }
+    sha = kf.info.get("sha256", {})
+    meta = {
+        "meta_version": META_VERSION,
+        "kernel_id": kf.kernel_id,
+        "scenario": sc,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kernel": {
+            "release": g.release,
+            "vmlinux": str(kf.vmlinux),
+            "vmlinux_sha256": sha.get(kf.vmlinux.name),
+            "image": str(kf.image),
+            "config": str(kf.config),
+            "modules": {k: str(v) for k, v in kf.modules.items()},
+            "packages": kf.info.get("packages"),
+            "config_facts": _config_facts(kf),
+        },
+        "qemu": g.describe(),
+        "memory": {
+            "boot_ram": _iomem_ram((truth / "iomem").read_text()) if (truth / "iomem").exists() else None,
+            "block_size": int((truth / "memory" / "block_size_bytes").read_text().strip(), 16),
+            "dimm": dimm if sc == "hotadd" else None,
+            "removed_dimm": dimm if sc == "hotremove" else None,
+            **qmp_mem,
+        },
+        "guest_uptime": (truth / "uptime").read_text().split()[0],
+        "times": {**times, "capture_s": t1 - t0, "dump": {k: v for k, v in dump.items() if k != "size"},
+                  "fetch_truth_s": t3 - t2},
+        "sizes": {"vmcore": dump["size"], "truth": dir_size(truth)},
+        "format": "ELF (QMP dump-guest-memory paging=false)",
+    }
+    write_json(out / "meta.json", meta)
+    final = scenario_dir(kf.kernel_id, sc)
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    progress(f"{kf.kernel_id}/{sc}: vmcore {human_size(dump['size'])} dumped in {dump['dump_s']:.1f} s "
+             f"(paused {dump['paused_s']:.1f} s), truth {human_size(meta['sizes']['truth'])} -> {final}")
+
+
+def ensure(kernel_id: str, scenario: str) -> Dump:
+    """The cached dump, made (with every other missing scenario of the kernel, in
+    the same QEMU run) if it is not there."""
+    d = find(kernel_id, scenario)
+    if d:
+        return d
+    kf = ensure_kernel(kernel_id)
+    support = supported_scenarios(kf)
+    if support[scenario]:
+        raise RecipeError(f"{kernel_id}: cannot make {scenario}: {support[scenario]}")
+    make(kernel_id, [s for s in SCENARIOS if not support[s]])
+    d = find(kernel_id, scenario)
+    if d is None:
+        raise RecipeError(f"{kernel_id}/{scenario}: made, but not found in the cache")
+    return d
