@@ -1,0 +1,1057 @@
+"""Build synthetic arm64 kernel page tables in a synthetic physical memory.
+
+The :class:`Builder` places ``swapper_pg_dir`` in a kernel-image area, allocates
+table pages from pools (RAM top-down like memblock, or static pages inside the image
+like ``bm_pte``), and encodes descriptors with :class:`~.encode.Encoder`.  Every
+decision is recorded as ground truth (:class:`TableRecord`, :class:`LeafRun`,
+:class:`Anomaly`); :meth:`Builder.finish` returns a :class:`BuiltKernel` that
+answers "what does this VA map to" from that record alone, never by decoding
+descriptors.
+
+Scaling: descriptors are written a whole table at a time with numpy, and
+:meth:`Builder.map_uniform` creates page-granular linear maps whose PTE tables are
+*not* materialised: they are stored as one extent and generated on the fly by the
+vmcore writer (so a 1 TiB linear map costs a few kilobytes until it is written).
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .encode import (
+    PAGE_KERNEL,
+    PMD_TYPE_TABLE,
+    PTE_CONT,
+    TABLE_KERNEL,
+    Encoder,
+    Prot,
+    TableProt,
+)
+from .regime import U64, Regime
+
+# --------------------------------------------------------------------------------------
+# Records (ground truth)
+# --------------------------------------------------------------------------------------
+
+
+class LeafKind(str, enum.Enum):
+    PAGE = "page"
+    CONT_PAGE = "cont_page"
+    PMD = "pmd"
+    CONT_PMD = "cont_pmd"
+    PUD = "pud"
+
+    @property
+    def level(self) -> int:
+        return {"page": 3, "cont_page": 3, "pmd": 2, "cont_pmd": 2, "pud": 1}[self.value]
+
+    @property
+    def cont(self) -> bool:
+        return self in (LeafKind.CONT_PAGE, LeafKind.CONT_PMD)
+
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class TableRecord:
+    """One page-table (or slab pgd) in the synthetic memory."""
+
+    pa: int                 #: PA of entry 0 (not page aligned for slab pgds)
+    level: int              #: hardware level, -1..3
+    name: str               #: PGD/P4D/PUD/PMD/PTE
+    n_entries: int
+    root: str               #: root of the first parent
+    va_start: int           #: VA covered, under the first parent
+    va_end: int             #: exclusive (may be 2**64 for the top of TTBR1)
+    parents: tuple[tuple[int, int], ...]   #: (parent table PA, index); empty for a root
+    pool: str               #: "ram", "image", "slab", "uniform"
+    symbol: str | None      #: e.g. "swapper_pg_dir", "bm_pte"
+    in_dump: bool
+    omit_mode: str | None   #: None, "absent" (no PT_LOAD) or "zero" (p_filesz < p_memsz)
+
+
+@dataclass(frozen=True, slots=True)
+class LeafRun:
+    """``count`` leaves of one level with contiguous VA and PA and identical attributes."""
+
+    root: str
+    va: int
+    pa: int
+    count: int
+    level: int
+    kind: LeafKind
+    prot: Prot
+    attr_bits: int          #: every descriptor bit except the OA bits
+    leaf_size: int
+    label: str = ""
+    alias_of: int | None = None   #: VA of the original when reached through a shared table
+
+    @property
+    def size(self) -> int:
+        return self.count * self.leaf_size
+
+    @property
+    def va_end(self) -> int:
+        return self.va + self.count * self.leaf_size
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """A single leaf as the ground truth sees it (from :meth:`BuiltKernel.lookup`)."""
+
+    root: str
+    va: int            #: start VA of the leaf
+    pa: int            #: start PA of the leaf
+    size: int
+    level: int
+    kind: LeafKind
+    prot: Prot
+    descriptor: int
+    label: str
+    alias_of: int | None
+
+
+class Status(str, enum.Enum):
+    MAPPED = "mapped"
+    UNMAPPED = "unmapped"
+    #: the path crosses a table that is not readable from the dump (left out, or a
+    #: table descriptor pointing outside RAM)
+    UNREADABLE = "unreadable"
+    #: the path crosses a loop or a raw entry whose meaning is not defined by Linux
+    ANOMALY = "anomaly"
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    kind: str            #: "loop", "raw", "table_outside_ram", "omitted", "shared"
+    root: str
+    va_start: int
+    va_end: int
+    level: int           #: level of the entry (or of the omitted table)
+    entry_pa: int | None
+    value: int | None
+    note: str = ""
+    #: for "raw": what the hardware does ("unmapped" for invalid encodings)
+    hw: str = "undefined"
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """Answer of the ground truth for one (root, VA)."""
+
+    status: Status
+    pa: int | None = None
+    leaf: Leaf | None = None
+    #: what a reader of the dump sees: "mapped", "unmapped", "fault" (unreadable table)
+    #: or "undefined"; differs from ``status`` when tables are missing from the dump
+    dump_view: str = "unmapped"
+    anomaly: Anomaly | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RootRecord:
+    name: str
+    pa: int
+    va: int              #: kimage VA for swapper_pg_dir, linear VA otherwise
+    ttbr: int            #: 1 (kernel half) or 0 (lower half)
+    n_entries: int
+    size: int
+
+
+# --------------------------------------------------------------------------------------
+# Internal state
+# --------------------------------------------------------------------------------------
+
+
+class _Table:
+    __slots__ = ("pa", "level", "root", "va_start", "parents", "pool", "symbol", "n", "arr")
+
+    def __init__(self, pa, level, root, va_start, pool, symbol, n, arr):
+        self.pa = pa
+        self.level = level
+        self.root = root
+        self.va_start = va_start
+        self.parents: list[tuple[int, int]] = []
+        self.pool = pool
+        self.symbol = symbol
+        self.n = n
+        self.arr = arr          # np.ndarray view (uint64, n entries), or None when lazy
+
+
+class _Extent:
+    """A run of lazily generated PTE tables for a page-granular uniform mapping."""
+
+    __slots__ = ("table_pa0", "n_tables", "va0", "pa0", "attr_bits", "root", "parents_of")
+
+    def __init__(self, table_pa0, n_tables, va0, pa0, attr_bits, root):
+        self.table_pa0 = table_pa0
+        self.n_tables = n_tables
+        self.va0 = va0
+        self.pa0 = pa0
+        self.attr_bits = attr_bits
+        self.root = root
+
+
+class _Pool:
+    """Bump allocator over a PA range; ``down`` allocates from the top like memblock."""
+
+    def __init__(self, name: str, start: int, end: int, page: int, down: bool):
+        self.name = name
+        self.start, self.end, self.page, self.down = start, end, page, down
+        self.cur = end if down else start
+
+    def alloc(self, n: int = 1) -> int:
+        size = n * self.page
+        if self.down:
+            if self.cur - size < self.start:
+                raise MemoryError(f"pool {self.name} exhausted")
+            self.cur -= size
+            return self.cur
+        if self.cur + size > self.end:
+            raise MemoryError(f"pool {self.name} exhausted")
+        pa = self.cur
+        self.cur += size
+        return pa
+
+    @property
+    def free(self) -> int:
+        return (self.cur - self.start) if self.down else (self.end - self.cur)
+
+
+# --------------------------------------------------------------------------------------
+# Builder
+# --------------------------------------------------------------------------------------
+
+
+class Builder:
+    """Assemble a synthetic kernel: RAM, a kernel image, roots, mappings, oddities.
+
+    :param regime: the translation regime.
+    :param ram: RAM banks as ``(start, size)``; page aligned.
+    :param image_pa: PA of the kernel image (``_text``); default: 2 MiB into bank 0,
+        rounded to 2 MiB.
+    :param image_size: bytes of image to model (``swapper_pg_dir`` and static tables
+        live inside it).
+    :param table_pool: ``(start, end)`` PA range the ``"ram"`` table pool allocates
+        from, top-down; default: the top 1/8 (at most 1 GiB, at least 16 pages... up to
+        the whole bank) of the highest RAM bank.
+    :param osrelease: OSRELEASE for VMCOREINFO.
+    """
+
+    def __init__(
+        self,
+        regime: Regime,
+        ram: Sequence[tuple[int, int]] = ((0x4000_0000, 1 << 30),),
+        *,
+        image_pa: int | None = None,
+        image_size: int | None = None,
+        table_pool: tuple[int, int] | None = None,
+        osrelease: str = "6.12.0-mminspect-synthetic",
+    ):
+        r = self.regime = regime
+        self.enc = Encoder(regime)
+        self.page = ps = regime.page_size
+        self.osrelease = osrelease
+        self.ram = sorted((int(s), int(n)) for s, n in ram)
+        for s, n in self.ram:
+            if s % ps or n % ps or n <= 0:
+                raise ValueError(f"RAM bank {s:#x}+{n:#x} not page aligned")
+            if s + n > regime.max_pa:
+                raise ValueError(f"RAM bank {s:#x}+{n:#x} beyond {regime.pa_bits}-bit PA")
+        for (s0, n0), (s1, _) in zip(self.ram, self.ram[1:]):
+            if s0 + n0 > s1:
+                raise ValueError("RAM banks overlap")
+
+        # PHYS_OFFSET (memstart_addr, s64)
+        if regime.phys_offset is None:
+            po = self.ram[0][0] - self.ram[0][0] % regime.memstart_align
+            if regime.va_bits == 52 and regime.vabits_actual != 52:
+                from .regime import page_offset_for
+                po -= (page_offset_for(regime.vabits_actual) - page_offset_for(52)) & U64
+        else:
+            po = regime.phys_offset
+        self.phys_offset = po
+        for s, n in self.ram:
+            lo = self.phys_to_virt(s)
+            if not (regime.linear_start <= lo and (s + n - po) <= (regime.page_end - regime.page_offset) & U64
+                    and lo + n <= regime.page_end):
+                raise ValueError(
+                    f"RAM bank {s:#x}+{n:#x} is outside the linear map with PHYS_OFFSET {po:#x}"
+                )
+
+        # kernel image
+        if image_size is None:
+            image_size = max(8 << 20, 64 * ps)
+        if image_pa is None:
+            base = self.ram[0][0]
+            image_pa = (base + (2 << 20) + (2 << 20) - 1) & ~((2 << 20) - 1)
+        if image_pa % ps or image_size % ps or not self.in_ram(image_pa, image_size):
+            raise ValueError("kernel image must be page aligned and inside RAM")
+        self.image_pa, self.image_size = image_pa, image_size
+        self.kimage_va = (regime.kimage_vaddr + regime.kaslr_offset) & U64
+        self.kimage_voffset = (self.kimage_va - image_pa) & U64
+
+        # state
+        self._pages: dict[int, np.ndarray] = {}          # page PA -> uint64 array
+        self._tables: dict[int, _Table] = {}             # table PA -> table
+        self._child: dict[int, int] = {}                 # entry PA -> child table PA
+        self._extents: list[_Extent] = []
+        self._extent_starts: list[int] = []
+        self._ext_parent: dict[int, list[tuple[int, int, _Extent, int]]] = {}
+        self._runs: list[LeafRun] = []
+        self._anomalies: list[Anomaly] = []
+        self._links: list[tuple[str, int, int, int]] = []   # (root, va_base, level, target)
+        self._omitted: dict[int, str] = {}                # page PA -> mode
+        self._roots: dict[str, RootRecord] = {}
+        self._root_table: dict[str, _Table] = {}
+        self._symbols: dict[str, int] = {}
+
+        # pools
+        self._pools: dict[str, _Pool] = {}
+        if table_pool is None:
+            s, n = self.ram[-1]
+            take = min(max(n // 8, 64 * ps), n, 1 << 30)
+            take -= take % ps
+            table_pool = (s + n - take, s + n)
+        self._pools["ram"] = _Pool("ram", table_pool[0], table_pool[1], ps, down=True)
+        # image layout (6.12 order): idmap_pg_dir, tramp_pg_dir, reserved_pg_dir,
+        # swapper_pg_dir, then static tables (bm_pud/bm_pmd/bm_pte, kept init_pg_dir pages)
+        half = (image_size // 2) - (image_size // 2) % ps
+        for i, sym in enumerate(("idmap_pg_dir", "tramp_pg_dir", "reserved_pg_dir", "swapper_pg_dir")):
+            self._symbols[sym] = self.kimage_va + half + i * ps
+        self._pools["image"] = _Pool("image", image_pa + half + 4 * ps, image_pa + image_size, ps, down=False)
+        self._slab_page: int | None = None
+        self._slab_next = 0
+
+        sw_pa = image_pa + half + 3 * ps
+        t = self._new_table_at(sw_pa, regime.start_level, "swapper", regime.kernel_va_min, "image",
+                               "swapper_pg_dir", n=regime.root_entries)
+        self._root_table["swapper"] = t
+        self._roots["swapper"] = RootRecord("swapper", sw_pa, self._symbols["swapper_pg_dir"], 1,
+                                            regime.root_entries, ps)
+        # the other image pgds exist as (empty) pages in the dump
+        for sym in ("idmap_pg_dir", "tramp_pg_dir", "reserved_pg_dir"):
+            self._page_array(self._symbols[sym] - self.kimage_voffset)
+
+    # ---- address helpers ------------------------------------------------------------
+    def phys_to_virt(self, pa: int) -> int:
+        """Linear-map VA: ``(pa - PHYS_OFFSET) | PAGE_OFFSET``."""
+        return ((pa - self.phys_offset) + self.regime.page_offset) & U64
+
+    def virt_to_phys(self, va: int) -> int:
+        return ((va - self.regime.page_offset) + self.phys_offset) & U64
+
+    def kimg_to_phys(self, va: int) -> int:
+        return (va - self.kimage_voffset) & U64
+
+    def in_ram(self, pa: int, size: int = 1) -> bool:
+        for s, n in self.ram:
+            if s <= pa and pa + size <= s + n:
+                return True
+        return False
+
+    @property
+    def swapper_pg_dir(self) -> int:
+        return self._symbols["swapper_pg_dir"]
+
+    def symbol(self, name: str) -> int:
+        return self._symbols[name]
+
+    def add_symbol(self, name: str, va: int) -> None:
+        self._symbols[name] = va
+
+    # ---- pages and tables -----------------------------------------------------------
+    def _page_array(self, page_pa: int) -> np.ndarray:
+        arr = self._pages.get(page_pa)
+        if arr is None:
+            if page_pa % self.page:
+                raise ValueError("page PA not aligned")
+            arr = self._pages[page_pa] = np.zeros(self.page // 8, dtype=np.uint64)
+        return arr
+
+    def add_pool(self, name: str, start: int, end: int, down: bool = True) -> None:
+        """Register another table pool (e.g. tables in a hot-added memory block)."""
+        if not self.in_ram(start, end - start):
+            raise ValueError("pool outside RAM")
+        self._pools[name] = _Pool(name, start, end, self.page, down)
+
+    def alloc_page(self, pool: str = "ram") -> int:
+        return self._pools[pool].alloc()
+
+    def _new_table_at(self, pa, level, root, va_start, pool, symbol=None, n=None) -> _Table:
+        r = self.regime
+        n = r.entries_per_table if n is None else n
+        page_pa = pa - pa % self.page
+        arr = self._page_array(page_pa)
+        off = (pa - page_pa) // 8
+        if off + n > len(arr):
+            raise ValueError("table crosses a page")
+        t = _Table(pa, level, root, va_start, pool, symbol, n, arr[off:off + n])
+        if pa in self._tables:
+            raise ValueError(f"table already at {pa:#x}")
+        self._tables[pa] = t
+        return t
+
+    def _alloc_table(self, level, root, va_start, pool) -> _Table:
+        pa = self._pools[pool].alloc()
+        return self._new_table_at(pa, level, root, va_start, pool)
+
+    def _table(self, pa: int) -> _Table:
+        t = self._tables.get(pa)
+        if t is None:
+            t = self._materialise(pa)
+        return t
+
+    def _extent_of(self, pa: int) -> tuple[_Extent, int] | None:
+        i = bisect.bisect_right(self._extent_starts, pa) - 1
+        if i >= 0:
+            e = self._extents[i]
+            k, rem = divmod(pa - e.table_pa0, self.page)
+            if rem == 0 and 0 <= k < e.n_tables:
+                return e, k
+        return None
+
+    def _extent_table_content(self, e: _Extent, k0: int, n: int) -> np.ndarray:
+        E = self.regime.entries_per_table
+        step = self.page
+        oa0 = e.pa0 + k0 * E * step
+        return self.enc.leaves_linear(oa0, step, n * E, e.attr_bits).reshape(n, E)
+
+    def _materialise(self, pa: int) -> _Table:
+        found = self._extent_of(pa)
+        if found is None:
+            raise KeyError(f"no table at {pa:#x}")
+        e, k = found
+        r = self.regime
+        arr = self._page_array(pa)
+        arr[:] = self._extent_table_content(e, k, 1)[0]
+        t = _Table(pa, 3, e.root, e.va0 + k * r.table_span(3), "uniform", None, r.entries_per_table, arr)
+        self._tables[pa] = t
+        t.parents.append(e.parents_of[k] if isinstance(e.parents_of, list) else e.parents_of(k))
+        return t
+
+    def _child_of(self, table: _Table, idx: int) -> int | None:
+        c = self._child.get(table.pa + 8 * idx)
+        if c is not None:
+            return c
+        for i0, n, e, k0 in self._ext_parent.get(table.pa, ()):
+            if i0 <= idx < i0 + n:
+                return e.table_pa0 + (k0 + idx - i0) * self.page
+        return None
+
+    def _check_root_va(self, root: str, va: int, size: int) -> None:
+        r = self.regime
+        rr = self._roots[root]
+        end = va + size
+        if rr.ttbr == 1:
+            if not (r.kernel_va_min <= va and end <= 1 << 64):
+                raise ValueError(f"{va:#x}+{size:#x} not a TTBR1 VA for {r.name}")
+        else:
+            if not (0 <= va and end <= r.user_va_limit):
+                raise ValueError(f"{va:#x}+{size:#x} not a TTBR0 VA for {r.name}")
+
+    def ensure_table(self, root: str, va: int, level: int, *, pool: str = "ram",
+                     table_prot: TableProt = TABLE_KERNEL, symbol: str | None = None) -> int:
+        """Return the PA of the table at ``level`` covering ``va``, creating the path.
+
+        Newly created tables come from ``pool``; ``symbol`` names the table created at
+        ``level`` (e.g. ``"bm_pte"``) if it did not exist yet.
+        """
+        return self._ensure(root, va, level, pool, table_prot, symbol).pa
+
+    def _ensure(self, root, va, level, pool, tprot, symbol=None) -> _Table:
+        r = self.regime
+        t = self._root_table[root]
+        if level < r.start_level or level > 3:
+            raise ValueError(f"level {level} not walked in {r.name}")
+        for lv in range(r.start_level, level):
+            idx = r.index(va, lv)
+            c = self._child_of(t, idx)
+            if c is None:
+                if t.arr[idx] != 0:
+                    raise ValueError(
+                        f"entry {idx} of level-{lv} table {t.pa:#x} is a leaf or raw entry; "
+                        f"cannot create a table under it (VA {va:#x})"
+                    )
+                span = r.entry_span(lv)
+                child = self._alloc_table(lv + 1, root, (va - va % span) & U64, pool)
+                if symbol is not None and lv + 1 == level:
+                    child.symbol = symbol
+                    self._symbols[symbol] = self.phys_to_virt(child.pa) if pool != "image" else (
+                        child.pa + self.kimage_voffset) & U64
+                t.arr[idx] = self.enc.table(child.pa, tprot)
+                self._child[t.pa + 8 * idx] = child.pa
+                child.parents.append((t.pa, idx))
+                c = child.pa
+            t = self._table(c)
+            if t.level != lv + 1:
+                raise ValueError(f"path for {va:#x} crosses a loop or a level-confused link")
+        return t
+
+    # ---- roots ----------------------------------------------------------------------
+    def add_root(self, name: str, *, ttbr: int = 0, pa: int | None = None, slab: bool | None = None) -> int:
+        """Create a second root (an ``efi_mm``-style pgd for TTBR0 VAs).
+
+        Its size is ``regime.pgd_bytes``; when that is less than a page (e.g. 128 bytes
+        with 4K/52 LPA2, 16 bytes with 16K/48) it is a slab object, placed at a
+        non-zero offset inside a page (not page aligned).  Returns its PA; its VA
+        (``RootRecord.va``) is the linear-map alias, which is what ``mm->pgd`` holds.
+        """
+        r = self.regime
+        if name in self._roots:
+            raise ValueError(f"root {name} exists")
+        size = r.pgd_bytes
+        n = size // 8
+        if pa is None:
+            if slab is None:
+                slab = size < self.page
+            if slab:
+                pa = self._slab_alloc(size)
+            else:
+                pa = self._pools["ram"].alloc()
+        va_start = r.kernel_va_min if ttbr == 1 else 0
+        t = self._new_table_at(pa, r.start_level, name, va_start, "slab" if pa % self.page else "ram",
+                               n=n if n < r.entries(r.start_level) else None)
+        if t.n != r.root_entries:
+            t.n = r.root_entries
+        self._root_table[name] = t
+        self._roots[name] = RootRecord(name, pa, self.phys_to_virt(pa), ttbr, r.root_entries, size)
+        return pa
+
+    def _slab_alloc(self, size: int) -> int:
+        if self._slab_page is None or self._slab_next + size > self.page:
+            self._slab_page = self._pools["ram"].alloc()
+            # leave the first object slot free so the object is not page aligned
+            self._slab_next = size
+        pa = self._slab_page + self._slab_next
+        self._slab_next += size
+        return pa
+
+    def root(self, name: str) -> RootRecord:
+        return self._roots[name]
+
+    # ---- mappings ---------------------------------------------------------------------
+    def _unit(self, kind: LeafKind) -> int:
+        r = self.regime
+        size = r.entry_span(kind.level)
+        if kind == LeafKind.CONT_PAGE:
+            size *= r.cont_ptes
+        elif kind == LeafKind.CONT_PMD:
+            size *= r.cont_pmds
+        return size
+
+    def _kind_allowed(self, kind: LeafKind) -> bool:
+        r = self.regime
+        lv = kind.level
+        if lv == 3:
+            return True
+        return lv in r.block_levels
+
+    def _plan(self, va, pa, size, kind, no_block, no_cont) -> list[tuple[int, int, int, LeafKind]]:
+        if kind != AUTO:
+            kind = LeafKind(kind)
+            if not self._kind_allowed(kind):
+                raise ValueError(f"{kind.value} mappings are not allowed in {self.regime.name}")
+            u = self._unit(kind)
+            if va % u or pa % u or size % u:
+                raise ValueError(f"{kind.value} mapping {va:#x}->{pa:#x}+{size:#x} not aligned to {u:#x}")
+            return [(va, pa, size, kind)]
+        cands = [LeafKind.PUD, LeafKind.CONT_PMD, LeafKind.PMD, LeafKind.CONT_PAGE, LeafKind.PAGE]
+        cands = [k for k in cands if self._kind_allowed(k)
+                 and not (no_block and k.level < 3) and not (no_cont and k.cont)]
+        units = [self._unit(k) for k in cands]
+        out: list[tuple[int, int, int, LeafKind]] = []
+        p, q, rem = va, pa, size
+        while rem:
+            for i, (k, u) in enumerate(zip(cands, units)):
+                if p % u == 0 and q % u == 0 and rem >= u:
+                    n = rem // u
+                    if i > 0:
+                        big = units[i - 1]
+                        if p % big:
+                            n = min(n, (big - p % big) // u)
+                    take = n * u
+                    if out and out[-1][3] == k and out[-1][0] + out[-1][2] == p:
+                        v0, p0, s0, _ = out[-1]
+                        out[-1] = (v0, p0, s0 + take, k)
+                    else:
+                        out.append((p, q, take, k))
+                    p, q, rem = p + take, q + take, rem - take
+                    break
+            else:
+                raise ValueError(f"mapping {va:#x}->{pa:#x}+{size:#x} not page aligned")
+        return out
+
+    def map(
+        self,
+        va: int,
+        pa: int,
+        size: int,
+        kind: str | LeafKind = AUTO,
+        prot: Prot = PAGE_KERNEL,
+        *,
+        table_prot: TableProt = TABLE_KERNEL,
+        root: str = "swapper",
+        pool: str = "ram",
+        no_block: bool = False,
+        no_cont: bool = False,
+        label: str = "",
+    ) -> list[LeafRun]:
+        """Map ``[va, va+size)`` to ``[pa, pa+size)``.
+
+        ``kind`` is one of :class:`LeafKind` (``page``, ``cont_page``, ``pmd``,
+        ``cont_pmd``, ``pud``) or ``"auto"``, which picks the largest legal mapping at
+        each step like ``__create_pgd_mapping`` (``no_block``/``no_cont`` act like
+        ``NO_BLOCK_MAPPINGS``/``NO_CONT_MAPPINGS``).  Tables on the path come from
+        ``pool`` and get ``table_prot`` in their descriptors.  Existing non-zero entries
+        are never overwritten.
+        """
+        va &= U64
+        self._check_root_va(root, va, size)
+        if size <= 0:
+            raise ValueError("empty mapping")
+        runs = []
+        for v, p, s, k in self._plan(va, pa, size, kind, no_block, no_cont):
+            runs.append(self._emit(root, v, p, s, k, prot, table_prot, pool, label))
+        return runs
+
+    def _emit(self, root, va, pa, size, kind: LeafKind, prot, tprot, pool, label) -> LeafRun:
+        r = self.regime
+        lv = kind.level
+        leaf = r.entry_span(lv)
+        self.enc.check_oa(pa, leaf)
+        if pa + size > r.max_pa:
+            raise ValueError("mapping beyond the PA size")
+        attr = self.enc.leaf_type(lv) | prot.bits(r) | (PTE_CONT if kind.cont else 0)
+        tspan = r.table_span(lv) if lv != r.start_level else None
+        v, p, rem = va, pa, size
+        while rem:
+            t = self._ensure(root, v, lv, pool, tprot)
+            idx = r.index(v, lv)
+            n = min(rem // leaf, t.n - idx)
+            if tspan is not None:
+                n = min(n, (tspan - (v % tspan)) // leaf)
+            sl = t.arr[idx:idx + n]
+            if np.any(sl):
+                raise ValueError(f"mapping {v:#x} overlaps existing entries in table {t.pa:#x}")
+            sl[:] = self.enc.leaves_linear(p, leaf, n, attr)
+            v, p, rem = v + n * leaf, p + n * leaf, rem - n * leaf
+        run = LeafRun(root, va, pa, size // leaf, lv, kind, prot, attr, leaf, label)
+        self._runs.append(run)
+        return run
+
+    def map_uniform(self, va: int, pa: int, size: int, prot: Prot = PAGE_KERNEL, *,
+                    table_prot: TableProt = TABLE_KERNEL, root: str = "swapper",
+                    pool: str = "ram", label: str = "linear") -> LeafRun:
+        """Fast path: page-granular map whose PTE tables are generated lazily.
+
+        ``va``, ``pa`` and ``size`` must be multiples of the span of a PTE table (2 MiB
+        with 4K pages, 32 MiB with 16K, 512 MiB with 64K).  The PTE tables are
+        allocated contiguously from ``pool`` and only their parents are written now;
+        the vmcore writer streams their content.
+        """
+        r = self.regime
+        va &= U64
+        self._check_root_va(root, va, size)
+        span = r.table_span(3)
+        if r.start_level == 3:
+            raise ValueError("no PTE tables below the root")
+        if va % span or pa % span or size % span or size <= 0:
+            raise ValueError(f"map_uniform needs {span:#x}-aligned va, pa and size")
+        self.enc.check_oa(pa, self.page)
+        n_tables = size // span
+        t0 = self._pools[pool].alloc(n_tables)
+        if self._pools[pool].down:
+            pass  # contiguous block [t0, t0 + n*page)
+        attr = self.enc.leaf_type(3) | prot.bits(r)
+        e = _Extent(t0, n_tables, va, pa, attr, root)
+        parents: list[tuple[int, int]] = []
+        k = 0
+        while k < n_tables:
+            v = va + k * span
+            pt = self._ensure(root, v, 2, pool, table_prot)
+            idx = r.index(v, 2)
+            n = min(n_tables - k, pt.n - idx)
+            sl = pt.arr[idx:idx + n]
+            if np.any(sl):
+                raise ValueError(f"map_uniform overlaps existing entries at {v:#x}")
+            sl[:] = self.enc.oa_vec(np.uint64(t0 + k * self.page)
+                                    + np.arange(n, dtype=np.uint64) * np.uint64(self.page)) \
+                | np.uint64(PMD_TYPE_TABLE | table_prot.bits())
+            self._ext_parent.setdefault(pt.pa, []).append((idx, n, e, k))
+            parents.extend((pt.pa, idx + j) for j in range(n)) if n_tables <= 4096 else None
+            k += n
+        if n_tables <= 4096:
+            e.parents_of = parents
+        else:
+            ranges = [(i0, n, k0, ptpa) for ptpa, lst in self._ext_parent.items()
+                      for (i0, n, ee, k0) in lst if ee is e]
+
+            def parents_of(kk, ranges=ranges):
+                for i0, n, k0, ptpa in ranges:
+                    if k0 <= kk < k0 + n:
+                        return (ptpa, i0 + kk - k0)
+                raise KeyError(kk)
+            e.parents_of = parents_of
+        i = bisect.bisect_right(self._extent_starts, t0)
+        self._extent_starts.insert(i, t0)
+        self._extents.insert(i, e)
+        run = LeafRun(root, va, pa, size // self.page, 3, LeafKind.PAGE, prot, attr, self.page, label)
+        self._runs.append(run)
+        return run
+
+    # ---- data ------------------------------------------------------------------------
+    def write_phys(self, pa: int, data: bytes) -> None:
+        """Put bytes in physical memory (they end up in the dump)."""
+        if not self.in_ram(pa, len(data)):
+            raise ValueError("write outside RAM")
+        pos = 0
+        while pos < len(data):
+            a = pa + pos
+            page_pa = a - a % self.page
+            arr = self._page_array(page_pa).view(np.uint8)
+            off = a - page_pa
+            n = min(len(data) - pos, self.page - off)
+            arr[off:off + n] = np.frombuffer(data[pos:pos + n], dtype=np.uint8)
+            pos += n
+
+    def fill_pattern(self, pa: int, size: int | None = None) -> None:
+        """Fill pages with their own PA as little-endian u64 words (``word i = pa + 8*i``)."""
+        size = self.page if size is None else size
+        for page_pa in range(pa - pa % self.page, pa + size, self.page):
+            arr = self._page_array(page_pa)
+            arr[:] = np.uint64(page_pa) + np.arange(len(arr), dtype=np.uint64) * np.uint64(8)
+
+    # ---- oddities ----------------------------------------------------------------------
+    def _entry_for(self, root, va, level, pool="ram") -> tuple[_Table, int]:
+        r = self.regime
+        t = self._root_table[root] if level == r.start_level else self._ensure(root, va, level, pool, TABLE_KERNEL)
+        return t, r.index(va, level)
+
+    def link_table(self, root: str, va: int, level: int, target_pa: int, *,
+                   table_prot: TableProt = TABLE_KERNEL, pool: str = "ram") -> Anomaly | None:
+        """Write a table descriptor at the level-``level`` entry for ``va`` pointing at an
+        existing table ``target_pa``.
+
+        If the target is a table of level ``level + 1`` not on the path, this creates a
+        *shared* table (its leaves become reachable under a second VA; the ground truth
+        lists those as aliases).  If the target is on the path (an ancestor, or the
+        table holding the entry) it creates a *loop*; any other level mismatch is a
+        level-confused link.  Both are recorded as anomalies.
+        """
+        r = self.regime
+        va &= U64
+        t, idx = self._entry_for(root, va, level, pool)
+        if t.arr[idx] != 0:
+            raise ValueError("entry not empty")
+        target = self._table(target_pa)
+        t.arr[idx] = self.enc.table(target_pa, table_prot)
+        span = r.entry_span(level)
+        base = (va - va % span) & U64
+        ancestors = self._path_tables(root, va, level)
+        if target.level == level + 1 and target_pa not in ancestors:
+            self._child[t.pa + 8 * idx] = target_pa
+            target.parents.append((t.pa, idx))
+            self._links.append((root, base, level, target_pa))
+            a = Anomaly("shared", root, base, base + span, level, t.pa + 8 * idx, int(t.arr[idx]),
+                        f"shares {r.level_name(target.level)} table {target_pa:#x}", hw="mapped")
+        else:
+            kind = "loop" if target_pa in ancestors else "level_confusion"
+            a = Anomaly(kind, root, base, base + span, level, t.pa + 8 * idx, int(t.arr[idx]),
+                        f"points at level-{target.level} table {target_pa:#x}")
+        self._anomalies.append(a)
+        return a
+
+    def _path_tables(self, root, va, level) -> list[int]:
+        r = self.regime
+        out = []
+        t = self._root_table[root]
+        out.append(t.pa)
+        for lv in range(r.start_level, level):
+            c = self._child_of(t, r.index(va, lv))
+            if c is None:
+                break
+            t = self._table(c)
+            out.append(t.pa)
+        return out
+
+    def set_raw(self, root: str, va: int, level: int, value: int, *, hw: str = "unmapped",
+                note: str = "", pool: str = "ram") -> Anomaly:
+        """Store an arbitrary descriptor value at the level-``level`` entry for ``va``.
+
+        ``hw`` is what the hardware (and a correct Linux walker) makes of it:
+        ``"unmapped"`` for invalid encodings (bit 0 clear, ``01`` at level 3, a block
+        at a level where blocks are not architected), ``"undefined"`` otherwise.
+        """
+        r = self.regime
+        va &= U64
+        t, idx = self._entry_for(root, va, level, pool)
+        if t.arr[idx] != 0:
+            raise ValueError("entry not empty")
+        t.arr[idx] = value & U64
+        span = r.entry_span(level)
+        base = (va - va % span) & U64
+        a = Anomaly("raw", root, base, base + span, level, t.pa + 8 * idx, value & U64, note, hw=hw)
+        self._anomalies.append(a)
+        return a
+
+    def set_table_outside_ram(self, root: str, va: int, level: int, pa: int, *,
+                              table_prot: TableProt = TABLE_KERNEL, pool: str = "ram") -> Anomaly:
+        """A table descriptor at ``level`` whose next-level table PA is not RAM."""
+        r = self.regime
+        if self.in_ram(pa):
+            raise ValueError("PA is RAM")
+        if level >= 3:
+            raise ValueError("level-3 entries are never table descriptors")
+        va &= U64
+        t, idx = self._entry_for(root, va, level, pool)
+        if t.arr[idx] != 0:
+            raise ValueError("entry not empty")
+        t.arr[idx] = self.enc.table(pa, table_prot)
+        span = r.entry_span(level)
+        base = (va - va % span) & U64
+        a = Anomaly("table_outside_ram", root, base, base + span, level, t.pa + 8 * idx,
+                    int(t.arr[idx]), f"next table at {pa:#x} is not RAM")
+        self._anomalies.append(a)
+        return a
+
+    def omit_table(self, table_pa: int, mode: str = "absent") -> None:
+        """Leave a table page out of the dump: ``"absent"`` (no PT_LOAD covers it) or
+        ``"zero"`` (covered by ``p_memsz`` but not ``p_filesz``, as makedumpfile does
+        with excluded pages; readers see zeros)."""
+        if mode not in ("absent", "zero"):
+            raise ValueError("mode is 'absent' or 'zero'")
+        if table_pa not in self._tables and self._extent_of(table_pa) is None:
+            raise KeyError(f"no table at {table_pa:#x}")
+        page_pa = table_pa - table_pa % self.page
+        self._omitted[page_pa] = mode
+
+    def table_at(self, root: str, va: int, level: int) -> int | None:
+        """PA of the existing level-``level`` table on the path for ``va`` (or None)."""
+        r = self.regime
+        va &= U64
+        t = self._root_table[root]
+        for lv in range(r.start_level, level):
+            c = self._child_of(t, r.index(va, lv))
+            if c is None:
+                return None
+            t = self._table(c)
+        return t.pa
+
+    # ---- finish ------------------------------------------------------------------------
+    def finish(self) -> "BuiltKernel":
+        return BuiltKernel(self)
+
+
+# --------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------
+
+
+class BuiltKernel:
+    """A finished synthetic kernel: memory contents plus ground truth.
+
+    Attributes: ``regime``, ``ram``, ``phys_offset``, ``kimage_voffset``,
+    ``swapper_pg_dir`` (kimage VA), ``roots`` (name -> :class:`RootRecord`),
+    ``leaf_runs`` (including aliases through shared tables), ``anomalies``,
+    ``symbols``.  Tables: :meth:`tables` (iterator of :class:`TableRecord`),
+    :meth:`n_tables`.  Queries: :meth:`lookup`.
+    """
+
+    def __init__(self, b: Builder):
+        self._b = b
+        self.regime = b.regime
+        self.encoder = b.enc
+        self.page_size = b.page
+        self.ram = list(b.ram)
+        self.phys_offset = b.phys_offset
+        self.kimage_voffset = b.kimage_voffset
+        self.kimage_va = b.kimage_va
+        self.image_pa, self.image_size = b.image_pa, b.image_size
+        self.kaslr_offset = b.regime.kaslr_offset
+        self.osrelease = b.osrelease
+        self.swapper_pg_dir = b.swapper_pg_dir
+        self.roots = dict(b._roots)
+        self.symbols = dict(b._symbols)
+        self.anomalies = list(b._anomalies)
+        self.omitted = dict(b._omitted)
+        runs = list(b._runs)
+        runs.extend(self._aliases(runs))
+        self.leaf_runs = runs
+        self._index: dict[str, tuple[list[int], list[LeafRun]]] = {}
+        for root in self.roots:
+            rs = sorted((x for x in runs if x.root == root), key=lambda x: x.va)
+            self._index[root] = ([x.va for x in rs], rs)
+        self._anom_index: dict[str, list[Anomaly]] = {}
+        for a in self.anomalies:
+            if a.kind != "shared":
+                self._anom_index.setdefault(a.root, []).append(a)
+
+    # -- helpers
+    def leaf_size(self, level: int) -> int:
+        return self.regime.entry_span(level)
+
+    def phys_to_virt(self, pa: int) -> int:
+        return self._b.phys_to_virt(pa)
+
+    def in_ram(self, pa: int, size: int = 1) -> bool:
+        return self._b.in_ram(pa, size)
+
+    def _aliases(self, runs: list[LeafRun]) -> list[LeafRun]:
+        b = self._b
+        r = self.regime
+        out: list[LeafRun] = []
+        for root, base, level, target_pa in b._links:
+            t = b._tables[target_pa]
+            src0 = t.va_start
+            src1 = src0 + r.table_span(t.level)
+            delta = base - src0
+            for x in runs:
+                if x.root != t.root or x.alias_of is not None:
+                    continue
+                ls = r.entry_span(x.level)
+                x0, x1 = x.va, x.va + x.count * ls
+                lo, hi = max(x0, src0), min(x1, src1)
+                if lo >= hi:
+                    continue
+                out.append(LeafRun(root, (lo + delta) & U64, x.pa + (lo - x0), (hi - lo) // ls, x.level,
+                                   x.kind, x.prot, x.attr_bits, ls, x.label, alias_of=lo))
+        return out
+
+    def n_tables(self) -> int:
+        b = self._b
+        n = len(b._tables)
+        for e in b._extents:
+            n += e.n_tables
+            n -= sum(1 for k in range(e.n_tables) if (e.table_pa0 + k * b.page) in b._tables) \
+                if e.n_tables <= 4096 else 0
+        return n
+
+    def tables(self) -> Iterator[TableRecord]:
+        """Every table page (explicit and lazily generated), sorted by nothing in
+        particular; slab pgds included."""
+        b = self._b
+        r = self.regime
+        for t in b._tables.values():
+            yield self._record(t.pa, t.level, t.n, t.root, t.va_start, tuple(t.parents), t.pool, t.symbol)
+        for e in b._extents:
+            span = r.table_span(3)
+            for k in range(e.n_tables):
+                pa = e.table_pa0 + k * b.page
+                if pa in b._tables:
+                    continue
+                par = e.parents_of[k] if isinstance(e.parents_of, list) else e.parents_of(k)
+                yield self._record(pa, 3, r.entries_per_table, e.root, e.va0 + k * span, (par,),
+                                   "uniform", None)
+
+    def _record(self, pa, level, n, root, va_start, parents, pool, symbol) -> TableRecord:
+        r = self.regime
+        page_pa = pa - pa % self.page_size
+        mode = self.omitted.get(page_pa)
+        if level == r.start_level:
+            span = r.table_span(level) if root == "swapper" or self.roots[root].ttbr == 1 else r.user_va_limit
+            end = va_start + span
+        else:
+            end = va_start + r.table_span(level)
+        return TableRecord(pa, level, r.level_name(level), n, root, va_start, end, parents, pool,
+                           symbol, mode is None, mode)
+
+    def table_map(self) -> dict[int, TableRecord]:
+        return {t.pa: t for t in self.tables()}
+
+    # -- memory
+    def read_phys(self, pa: int, size: int) -> bytes:
+        """Bytes of synthetic physical memory (zeros where nothing was written)."""
+        b = self._b
+        out = bytearray()
+        while size > 0:
+            page_pa = pa - pa % b.page
+            off = pa - page_pa
+            n = min(size, b.page - off)
+            arr = b._pages.get(page_pa)
+            if arr is not None:
+                out += arr.view(np.uint8)[off:off + n].tobytes()
+            else:
+                f = b._extent_of(page_pa)
+                if f is not None:
+                    out += b._extent_table_content(f[0], f[1], 1)[0].view(np.uint8)[off:off + n].tobytes()
+                else:
+                    out += bytes(n)
+            pa += n
+            size -= n
+        return bytes(out)
+
+    # -- ground truth queries
+    def find_run(self, root: str, va: int) -> LeafRun | None:
+        starts, rs = self._index[root]
+        i = bisect.bisect_right(starts, va) - 1
+        if i >= 0 and va < rs[i].va_end:
+            return rs[i]
+        return None
+
+    def lookup(self, root: str, va: int) -> Translation:
+        """Ground-truth translation of ``va`` under ``root``."""
+        r = self.regime
+        va &= U64
+        rr = self.roots[root]
+        if rr.ttbr == 1 and va < r.kernel_va_min or rr.ttbr == 0 and va >= r.user_va_limit:
+            return Translation(Status.UNMAPPED, dump_view="unmapped")
+        for a in self._anom_index.get(root, ()):
+            if a.va_start <= va < a.va_end:
+                if a.kind == "raw" and a.hw == "unmapped":
+                    return Translation(Status.UNMAPPED, dump_view=self._dump_view(root, va, "unmapped"),
+                                       anomaly=a)
+                if a.kind == "table_outside_ram":
+                    return Translation(Status.UNREADABLE, dump_view=self._dump_view(root, va, "fault"),
+                                       anomaly=a)
+                return Translation(Status.ANOMALY, dump_view="undefined", anomaly=a)
+        x = self.find_run(root, va)
+        if x is None:
+            return Translation(Status.UNMAPPED, dump_view=self._dump_view(root, va, "unmapped"))
+        ls = r.entry_span(x.level)
+        i = (va - x.va) // ls
+        lva = x.va + i * ls
+        lpa = x.pa + i * ls
+        desc = self.encoder.oa(lpa) | x.attr_bits
+        leaf = Leaf(root, lva, lpa, ls, x.level, x.kind, x.prot, desc, x.label, x.alias_of)
+        return Translation(Status.MAPPED, lpa + (va - lva), leaf, self._dump_view(root, va, "mapped"))
+
+    def _dump_view(self, root: str, va: int, default: str) -> str:
+        """What a reader of the dump sees on the path: "fault" if a table on it is
+        absent from the dump, "unmapped" if it reads as zeros."""
+        if not self.omitted:
+            return default
+        b = self._b
+        r = self.regime
+        t = b._root_table[root]
+        for lv in r.walk_levels:
+            mode = self.omitted.get(t.pa - t.pa % b.page)
+            if mode == "absent":
+                return "fault"
+            if mode == "zero":
+                return "unmapped"
+            if lv == 3:
+                break
+            c = b._child_of(t, r.index(va, lv))
+            if c is None:
+                break
+            t = b._table(c)
+        return default
+
+    def iter_leaves(self, root: str | None = None) -> Iterator[Leaf]:
+        """Expand runs into single leaves (beware: huge for big linear maps)."""
+        r = self.regime
+        for x in self.leaf_runs:
+            if root is not None and x.root != root:
+                continue
+            ls = r.entry_span(x.level)
+            for i in range(x.count):
+                pa = x.pa + i * ls
+                yield Leaf(x.root, x.va + i * ls, pa, ls, x.level, x.kind, x.prot,
+                           self.encoder.oa(pa) | x.attr_bits, x.label, x.alias_of)
