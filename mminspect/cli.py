@@ -1,0 +1,179 @@
+"""
+The ``mminspect`` command line.
+
+Target options follow drgn's CLI: ``-c/--core VMCORE``, ``-s/--symbols
+VMLINUX``, ``-k/--kernel`` for the running kernel, plus ``--qemu SOCKET`` for a
+live QEMU guest's QMP socket. With no target, mminspect uses the running
+kernel when this is an arm64 machine that allows it, and otherwise the
+bundled sample dump (announced on stderr).
+"""
+
+import functools
+import os
+import platform
+import sys
+from typing import Callable, Optional, Sequence, Tuple
+
+import click
+
+from mminspect.errors import MMInspectError
+
+_U64 = (1 << 64) - 1
+
+
+def _fail(message: str) -> None:
+    click.echo(f"mminspect: error: {message}", err=True)
+    sys.exit(2)
+
+
+def _errors(fn: Callable) -> Callable:
+    """Turn every expected failure into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MMInspectError as e:
+            _fail(str(e))
+        except BrokenPipeError:
+            sys.stderr.close()
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("mminspect: interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # drgn raises its own types for damaged dumps
+            if os.environ.get("MMINSPECT_DEBUG"):
+                raise
+            _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  "(set MMINSPECT_DEBUG=1 for a traceback)")
+
+    return wrapper
+
+
+def target_options(fn: Callable) -> Callable:
+    """drgn-style target options shared by every subcommand."""
+    opts = [
+        click.option("-c", "--core", metavar="VMCORE", help="vmcore (kdump, ELF or QEMU dump) or an mminspect bundle"),
+        click.option("-s", "--symbols", metavar="VMLINUX", multiple=True,
+                     help="vmlinux with debug info (repeatable); default: drgn's search"),
+        click.option("-k", "--kernel", "live", is_flag=True, help="the running kernel via /proc/kcore (root, arm64)"),
+        click.option("--qemu", metavar="SOCKET", help="a live QEMU guest's QMP socket (-qmp unix:SOCKET,server=on)"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def bundled_sample() -> Optional[str]:
+    """Path of the sample bundle shipped with mminspect, if present."""
+    path = os.path.join(os.path.dirname(__file__), "data", "sample.core")
+    return path if os.path.exists(path) else None
+
+
+def open_kernel(core: Optional[str], symbols: Sequence[str], live: bool, qemu: Optional[str]):
+    """Open the target the options name and return a Kernel."""
+    from mminspect.kernel import Kernel
+    from mminspect.target import open_target
+
+    if not (core or live or qemu):
+        if platform.machine() == "aarch64" and os.access("/proc/kcore", os.R_OK):
+            live = True
+            click.echo("mminspect: no target given; using the running kernel", err=True)
+        else:
+            core = bundled_sample()
+            if core is None:
+                raise MMInspectError("no target given (use -c VMCORE, -k or --qemu SOCKET)")
+            click.echo(f"mminspect: no target given; using the bundled sample {core}", err=True)
+    return Kernel(open_target(core=core, symbols=symbols, kernel=live, qemu=qemu))
+
+
+def parse_range(text: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
+    """``START-END`` or ``START+SIZE``, hexadecimal (0x optional) or decimal
+    with a K/M/G/T suffix for sizes; END is exclusive."""
+    if not text:
+        return None, None
+
+    def num(s: str) -> int:
+        s = s.strip().lower().replace("_", "")
+        mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+        if s and s[-1] in mult:
+            return int(s[:-1], 0) * mult[s[-1]]
+        return int(s, 16)
+
+    try:
+        if "+" in text:
+            a, b = text.split("+", 1)
+            start = num(a)
+            end = start + num(b)
+        else:
+            a, b = text.split("-", 1)
+            start, end = num(a), num(b)
+    except ValueError:
+        raise MMInspectError(f"bad range {text!r}: expected START-END or START+SIZE (hex)") from None
+    if not 0 <= start < end <= (1 << 64):
+        raise MMInspectError(f"bad range {text!r}: START must be below END")
+    return start, end & _U64
+
+
+def _progress(enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+
+    def report(level: str, done: int, total: int) -> None:
+        sys.stderr.write(f"\rmminspect: walking {level} tables {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return report
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="mminspect")
+def main() -> None:
+    """Inspect arm64 kernel page tables on vmcores and live kernels.
+
+    \b
+    Examples:
+      mminspect walk --mm efi_mm                      # the bundled sample
+      mminspect walk -c vmcore -s vmlinux --mm init_mm --range ffff000040000000+1G
+      mminspect walk -c vmcore --format ptdump        # diff against kernel_page_tables
+      mminspect walk -k --mm 1 --format json          # a task's mm, as JSON
+    """
+
+
+@main.command()
+@target_options
+@click.option("--mm", "mm", default="init_mm", show_default=True, metavar="ROOT",
+              help="init_mm, efi_mm, vmemmap, or a pid")
+@click.option("--range", "range_", metavar="START-END", help="only VAs in START-END or START+SIZE (hex)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "ptdump"]), default="table",
+              show_default=True, help="ptdump: the kernel's kernel_page_tables/efi_page_tables format")
+@click.option("--tables", is_flag=True, help="also list every table page with its parents")
+@click.option("--progress/--no-progress", default=True, help="progress on stderr when it is a terminal")
+@_errors
+def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
+    """Walk one page-table tree and print its mappings.
+
+    Reads each table page once, decodes descriptors as the MMU does (4K/16K/64K
+    granules, 2 to 5 levels, LPA/LPA2, runtime-folded top levels) and coalesces
+    contiguous leaf ranges. init_mm needs only VMCOREINFO; efi_mm and pids need
+    debug info. The table format ends with the kernel's DEBUG_WX verdict for
+    init_mm; --format json has the schema mminspect.walk/1.
+    """
+    from mminspect.report.ptdump import ptdump_lines
+    from mminspect.report.walk import walk_json, walk_text
+    from mminspect.walk import walk as do_walk
+
+    start, end = parse_range(range_)
+    k = open_kernel(core, symbols, live, qemu)
+    root = k.root(mm, start, end)
+    w = do_walk(k, root, _progress(progress))
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        walk_json(w, out, tables=tables)
+    elif fmt == "ptdump":
+        for line in ptdump_lines(w):
+            out.write(line + "\n")
+    else:
+        walk_text(w, out, tables=tables)

@@ -1,0 +1,147 @@
+"""
+ptdump output
+-------------
+
+Render a :class:`~mminspect.walk.Walk` line for line in the format of the
+kernel's /sys/kernel/debug/kernel_page_tables and efi_page_tables
+(arch/arm64/mm/ptdump.c ``note_page()``), address markers included, so the
+output can be diffed against a live system's debugfs. Also the kernel's
+DEBUG_WX check (``ptdump_check_wx()``), with its own message.
+"""
+
+from typing import Iterator, List, Optional, Tuple
+
+from mminspect.arch.arm64 import (
+    PTDUMP_MASK,
+    PTE_PXN,
+    PTE_RDONLY,
+    PTE_SHARED,
+    PTE_UXN,
+    decode_prot,
+)
+from mminspect.walk import CLS_LEAF, Walk
+
+__all__ = ("check_wx", "ptdump_lines")
+
+_U64 = (1 << 64) - 1
+
+
+def _notes(w: Walk, base: int, markers: List[Tuple[int, str]]) -> Iterator[Tuple[int, int, int]]:
+    """(addr, level, prot) at every point where the kernel's note_page() could
+    print: the start of each run, and the first entry at or after a marker
+    inside a run."""
+    r = w.regime
+    runs = w.runs
+    mk = sorted(m for m, _ in markers)
+    for run in runs:
+        va, size, lvl = int(run["va"]), int(run["size"]), int(run["level"])
+        end = va + size
+        if end <= base:
+            continue
+        prot = int(run["attr"]) & PTDUMP_MASK if run["cls"] else 0
+        if r.lpa2 and run["cls"] == CLS_LEAF and (int(run["pa"]) >> 50) & 3 == 3:
+            prot |= PTE_SHARED  # OA[51:50] read back as SH by ptdump
+        start = max(va, base)
+        yield start, lvl, prot
+        span = 1 << r.shift(lvl)
+        for m in mk:
+            if start < m < end:
+                at = -(-(m - va) // span) * span + va
+                if at < end:
+                    yield at, lvl, prot
+
+
+def _flush_address(w: Walk) -> int:
+    """Where ptdump's final flush note lands: ptdump_walk()'s end (0 for an
+    address space ending at 2**64) with the note_page_flush() callback
+    (v6.15-ish, backported to Debian 6.12), 0 before it."""
+    k = w.kernel
+    end = 0 if w.root.ttbr1 else (1 << w.regime.vabits_actual)
+    if k.target.has_debug_info:
+        modern = k.target.sizeof("struct ptdump_pg_state") is not None
+    else:
+        modern = k.layout.top_vmemmap
+    return end if modern else 0
+
+
+def ptdump_lines(w: Walk) -> Iterator[str]:
+    """The lines of kernel_page_tables (init_mm) or efi_page_tables (efi_mm)."""
+    k = w.kernel
+    r = w.regime
+    markers = k.ptdump_markers(w.root)
+    base = k.ptdump_base(w.root)
+    units = "KMGTPE"
+    st_level = -1
+    st_prot = 0
+    st_start = 0
+    mi = 0
+
+    def name(level: int) -> str:
+        return r.level_name(level)
+
+    def note(addr: int, level: int, prot: int) -> Iterator[str]:
+        nonlocal st_level, st_prot, st_start, mi
+        if st_level == -1:
+            st_level, st_prot, st_start = level, prot, addr
+            yield f"---[ {markers[mi][1]} ]---"
+        elif prot != st_prot or level != st_level or addr >= markers[mi + 1][0]:
+            delta = ((addr - st_start) & _U64) >> 10
+            u = 0
+            while not (delta & 1023) and u + 1 < len(units):
+                delta >>= 10
+                u += 1
+            line = f"0x{st_start:016x}-0x{addr:016x}   {delta:9d}{units[u]} {name(st_level)}"
+            if st_prot:
+                line += decode_prot(st_prot)
+            yield line
+            if addr >= markers[mi + 1][0]:
+                mi += 1
+                yield f"---[ {markers[mi][1]} ]---"
+            st_start, st_prot, st_level = addr, prot, level
+        if addr >= markers[mi + 1][0]:
+            mi += 1
+            yield f"---[ {markers[mi][1]} ]---"
+
+    for addr, level, prot in _notes(w, base, markers):
+        yield from note(addr, level, prot)
+    if st_level != -1:
+        # note_page(st, end, -1, 0): level -1 always differs, so the last
+        # range is printed; a flush at 0 never crosses a marker.
+        flush = _flush_address(w)
+        delta = ((flush - st_start) & _U64) >> 10
+        u = 0
+        while not (delta & 1023) and u + 1 < len(units):
+            delta >>= 10
+            u += 1
+        line = f"0x{st_start:016x}-0x{flush:016x}   {delta:9d}{units[u]} {name(st_level)}"
+        if st_prot:
+            line += decode_prot(st_prot)
+        yield line
+        if flush and flush >= markers[mi + 1][0] and markers[mi + 1][1]:
+            yield f"---[ {markers[mi + 1][1]} ]---"
+
+
+def check_wx(w: Walk) -> Tuple[int, int, Optional[str]]:
+    """
+    The kernel's DEBUG_WX check over the walked range: pages that are
+    writable and executable at EL1, and pages executable at EL0, counted from
+    leaf attributes only, exactly as ``ptdump_check_wx()`` counts them.
+
+    :return: (wx_pages, non_uxn_pages, the message the kernel would print)
+    """
+    r = w.regime
+    wx = uxn = 0
+    for run in w.runs:
+        if not run["cls"]:
+            continue
+        prot = int(run["attr"]) & PTDUMP_MASK
+        pages = int(run["size"]) >> r.page_shift
+        if not prot & PTE_UXN:
+            uxn += pages
+        if not (prot & PTE_RDONLY) and not (prot & PTE_PXN):
+            wx += pages
+    if wx or uxn:
+        msg = f"Checked W+X mappings: FAILED, {wx} W+X pages found, {uxn} non-UXN pages found"
+    else:
+        msg = "Checked W+X mappings: passed, no W+X pages found"
+    return wx, uxn, msg

@@ -1,0 +1,142 @@
+"""
+Walk reports
+------------
+
+Text (crash-style upper-case column headers, fixed widths so long listings
+stream without being held in memory) and JSON (schema ``mminspect.walk/1``,
+written incrementally) for a :class:`~mminspect.walk.Walk`. The CLI, the drgn
+commands and the gdb commands all print through these functions.
+"""
+
+import json
+from typing import IO, Any, Dict, Iterator
+
+from tabulate import tabulate
+
+from mminspect.report.ptdump import check_wx
+from mminspect.walk import Mapping, TablePage, Walk
+
+__all__ = ("JSON_SCHEMA", "mapping_dict", "table_dict", "walk_json", "walk_text")
+
+JSON_SCHEMA = "mminspect.walk/1"
+
+
+def _size(n: int) -> str:
+    for unit in ("", "K", "M", "G", "T", "P"):
+        if n % 1024 or unit == "P":
+            return f"{n}{unit}"
+        n //= 1024
+    return str(n)
+
+
+def _summary(w: Walk) -> Dict[str, Any]:
+    k = w.kernel
+    leaf = w.runs[w.runs["cls"] == 1]
+    wx, uxn, msg = check_wx(w) if w.root.ttbr1 else (0, 0, None)
+    return {
+        "kernel": k.vmcoreinfo.get("OSRELEASE", "?"),
+        "regime": w.regime.describe(),
+        "root": f"{w.root.name} (pgd phys {w.root.phys:#x}, {w.root.entries} entries)",
+        "range": f"{w.root.start:#018x}-{(w.root.end - 1) & ((1 << 64) - 1):#018x}",
+        "mapped": _size(int(leaf["size"].sum())) + "B",
+        "ranges": len(leaf),
+        "table pages": w.table_count,
+        "wx": msg,
+    }
+
+
+def walk_text(w: Walk, out: IO[str], tables: bool = False) -> None:
+    """Print a summary, the coalesced leaf ranges, optionally every table
+    page, and whatever the walk could not see."""
+    s = _summary(w)
+    rows = [(k, v) for k, v in s.items() if v is not None]
+    out.write(tabulate(rows, tablefmt="plain") + "\n\n")
+    out.write(f"{'VA START':<18}  {'VA END':<18}  {'SIZE':>6}  {'PA':<14}  {'LEVEL':<5}  {'KIND':<10}  ATTRS\n")
+    for m in w.mappings():
+        out.write(
+            f"{m.va:018x}  {m.end:018x}  {_size(m.size):>6}  {m.pa:014x}  {m.level_name:<5}  "
+            f"{m.kind:<10}  {m.attrs}\n"
+        )
+    if tables:
+        out.write(f"\n{'PHYS':<14}  {'LEVEL':<5}  {'VA':<18}  {'SPAN':>6}  {'VALID':>11}  PARENTS\n")
+        for t in w.tables():
+            parents = ", ".join(
+                "root" if p.phys is None else f"{p.phys:x}[{p.index}]" for p in t.parents
+            )
+            out.write(
+                f"{t.phys:014x}  {t.level_name:<5}  {t.va:018x}  {_size(t.span):>6}  "
+                f"{t.valid:>5}/{t.entries:<5}  {parents}\n"
+            )
+    if w.problems:
+        out.write(f"\n{len(w.problems)} part(s) of the tree could not be seen:\n")
+        for p in w.problems:
+            out.write(f"  {p}\n")
+
+
+def mapping_dict(m: Mapping) -> Dict[str, Any]:
+    return {
+        "va": m.va,
+        "end": m.end,
+        "size": m.size,
+        "pa": m.pa,
+        "level": m.level_name,
+        "kind": m.kind,
+        "attrs": m.attrs.split(),
+        "desc_attr": m.desc_attr,
+        "effective": m.effective,
+    }
+
+
+def table_dict(t: TablePage) -> Dict[str, Any]:
+    return {
+        "phys": t.phys,
+        "level": t.level_name,
+        "va": t.va,
+        "span": t.span,
+        "entries": t.entries,
+        "valid": t.valid,
+        "parents": [{"phys": p.phys, "index": p.index} for p in t.parents],
+    }
+
+
+def _stream_list(out: IO[str], key: str, items: Iterator[Dict[str, Any]]) -> None:
+    out.write(f',\n  "{key}": [')
+    first = True
+    for item in items:
+        out.write(("\n    " if first else ",\n    ") + json.dumps(item))
+        first = False
+    out.write("\n  ]" if not first else "]")
+
+
+def walk_json(w: Walk, out: IO[str], tables: bool = False) -> None:
+    """Write the walk as JSON (schema ``mminspect.walk/1``), streaming the
+    long lists."""
+    wx, uxn, msg = check_wx(w)
+    head = {
+        "schema": JSON_SCHEMA,
+        "kernel": w.kernel.describe(),
+        "root": {
+            "name": w.root.name,
+            "phys": w.root.phys,
+            "entries": w.root.entries,
+            "start": w.root.start,
+            "end": w.root.end,
+        },
+        "wx": {"wx_pages": wx, "non_uxn_pages": uxn, "message": msg} if w.root.ttbr1 else None,
+        "stats": w.stats,
+    }
+    body = json.dumps(head, indent=2)
+    out.write(body[: body.rstrip().rfind("}")].rstrip())
+    _stream_list(out, "mappings", (mapping_dict(m) for m in w.mappings()))
+    if tables:
+        _stream_list(out, "tables", (table_dict(t) for t in w.tables()))
+    _stream_list(
+        out,
+        "problems",
+        (
+            {"kind": p.kind, "level": w.regime.level_name(p.level), "va": p.va, "phys": p.phys,
+             "parent": p.parent, "index": p.index, "detail": p.detail}
+            for p in w.problems
+        ),
+    )
+    out.write("\n}\n")

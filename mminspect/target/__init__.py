@@ -1,0 +1,19 @@
+"""Targets: how mminspect reads a kernel (see :mod:`mminspect.target.base`)."""
+
+from typing import Optional, Sequence
+
+from mminspect.target.base import Target, TargetFault
+
+__all__ = ("Target", "TargetFault", "open_target")
+
+
+def open_target(
+    core: Optional[str] = None,
+    symbols: Sequence[str] = (),
+    kernel: bool = False,
+    qemu: Optional[str] = None,
+) -> Target:
+    """Open a vmcore, an mminspect bundle, the running kernel or a QEMU guest."""
+    from mminspect.target.drgn import DrgnTarget
+
+    return DrgnTarget.open(core=core, symbols=symbols, kernel=kernel, qemu=qemu)
