@@ -503,9 +503,9 @@ class _Walker:
                 runs[0]["pa"] = first["pa"] + d
             runs[0]["va"] = lo
         last = runs[-1]
-        end_incl = last["va"] + last["size"] - np.uint64(1)
-        if end_incl > np.uint64(self.hi):
-            runs[-1]["size"] = np.uint64(self.hi) - last["va"] + np.uint64(1)
+        end_incl = int(last["va"]) + int(last["size"]) - 1
+        if end_incl > self.hi:
+            runs[-1]["size"] = self.hi - int(last["va"]) + 1
         return runs
 
 

@@ -51,20 +51,20 @@ def walk_text(w: Walk, out: IO[str], tables: bool = False) -> None:
     s = _summary(w)
     rows = [(k, v) for k, v in s.items() if v is not None]
     out.write(tabulate(rows, tablefmt="plain") + "\n\n")
-    out.write(f"{'VA START':<18}  {'VA END':<18}  {'SIZE':>6}  {'PA':<14}  {'LEVEL':<5}  {'KIND':<10}  ATTRS\n")
+    out.write(f"{'VA START':<16}  {'VA END':<16}  {'SIZE':>6}  {'PA':<14}  {'LEVEL':<5}  {'KIND':<10}  ATTRS\n")
     for m in w.mappings():
         out.write(
-            f"{m.va:018x}  {m.end:018x}  {_size(m.size):>6}  {m.pa:014x}  {m.level_name:<5}  "
+            f"{m.va:016x}  {m.end:016x}  {_size(m.size):>6}  {m.pa:014x}  {m.level_name:<5}  "
             f"{m.kind:<10}  {m.attrs}\n"
         )
     if tables:
-        out.write(f"\n{'PHYS':<14}  {'LEVEL':<5}  {'VA':<18}  {'SPAN':>6}  {'VALID':>11}  PARENTS\n")
+        out.write(f"\n{'PHYS':<14}  {'LEVEL':<5}  {'VA':<16}  {'SPAN':>6}  {'VALID':>11}  PARENTS\n")
         for t in w.tables():
             parents = ", ".join(
                 "root" if p.phys is None else f"{p.phys:x}[{p.index}]" for p in t.parents
             )
             out.write(
-                f"{t.phys:014x}  {t.level_name:<5}  {t.va:018x}  {_size(t.span):>6}  "
+                f"{t.phys:014x}  {t.level_name:<5}  {t.va:016x}  {_size(t.span):>6}  "
                 f"{t.valid:>5}/{t.entries:<5}  {parents}\n"
             )
     if w.problems:
