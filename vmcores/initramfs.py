@@ -10,7 +10,9 @@ Agent protocol (one line each way, on the serial console, after
 ``@@AGENT READY <release>``):
 
 * host -> guest: ``<id> <base64 of a shell script>``; a long script is sent as
-  ``+ <base64 chunk>`` lines first, then the ``<id> <last chunk>`` line;
+  ``+ <base64 chunk>`` lines first, then the ``<id> <last chunk>`` line; an id
+  starting with "." runs the script inside the agent's shell (PID 1) instead of
+  a child shell, so that no extra process exists while it runs;
 * guest -> host: ``@@OUT <id>``, the script's stdout in base64, ``@@ERR <id>``,
   its stderr in base64, ``@@END <id> <exit status>``.
 
@@ -61,14 +63,19 @@ while read -r id chunk; do
     esac
     echo "$buf$chunk" | base64 -d > /tmp/.cmd 2>/dev/null
     buf=
-    /bin/busybox sh /tmp/.cmd > /tmp/.out 2> /tmp/.err < /dev/null
+    case "$id" in
+        .*) . /tmp/.cmd > /tmp/.out 2> /tmp/.err < /dev/null ;;  # in the agent's own process
+        *) /bin/busybox sh /tmp/.cmd > /tmp/.out 2> /tmp/.err < /dev/null ;;
+    esac
     rc=$?
     echo "@@OUT $id"
     base64 /tmp/.out
     echo "@@ERR $id"
     base64 /tmp/.err
-    echo "@@END $id $rc"
     rm -f /tmp/.cmd /tmp/.out /tmp/.err
+    # Nothing may run after this line until the next command: the host may
+    # pause and dump the guest as soon as it reads it.
+    echo "@@END $id $rc"
 done
 echo "@@AGENT EOF"
 """
@@ -100,6 +107,15 @@ grep -E ' (_text|_stext|_etext|_sdata|_edata|_end|__init_begin|__init_end|swappe
 cat /sys/kernel/vmcoreinfo > "$T/sys_kernel_vmcoreinfo" 2>/dev/null
 uname -a > "$T/uname"
 cat /proc/uptime > "$T/uptime_end"
+"""
+
+# Run inside the agent's own shell (PID 1, no child process alive), last thing
+# before the dump: fold the per-CPU vmstat deltas into the global counters
+# (vm.stat_refresh) and read /proc/vmstat with shell builtins only, so that the
+# process set (and so the user page tables) is the one the dump will show.
+# $SC is the scenario.
+EXACT_VMSTAT = r"""echo 1 > /proc/sys/vm/stat_refresh
+while IFS= read -r l; do echo "$l"; done < /proc/vmstat > "/truth/$SC/vmstat_refreshed"
 """
 
 

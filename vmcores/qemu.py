@@ -266,11 +266,14 @@ class Guest:
 
     # ----------------------------------------------------------------- agent
 
-    def run(self, script: str, timeout: float = 60.0, check: bool = True) -> tuple[int, bytes, bytes]:
-        """Run a shell script in the guest -> (status, stdout, stderr)."""
+    def run(self, script: str, timeout: float = 60.0, check: bool = True,
+            in_agent: bool = False) -> tuple[int, bytes, bytes]:
+        """Run a shell script in the guest -> (status, stdout, stderr). With
+        ``in_agent``, it runs inside the agent's own shell (no fork; it must not
+        exit and should use shell builtins only)."""
         assert self.proc and self.proc.stdin
         self._seq += 1
-        cid = f"c{self._seq}"
+        cid = f"{'.' if in_agent else ''}c{self._seq}"
         b64 = base64.b64encode(script.encode()).decode()
         chunks = [b64[i:i + 1024] for i in range(0, len(b64), 1024)] or [""]
         for c in chunks[:-1]:
@@ -278,8 +281,8 @@ class Guest:
         self.proc.stdin.write(f"{cid} {chunks[-1]}\n".encode())
         self.proc.stdin.flush()
         self._expect(lambda l: l == f"@@OUT {cid}", timeout, f"guest command {script[:40]!r}")
-        out, err, cur = [], [], None
-        out_lines = []
+        out: list[str] = []
+        out_lines: list[str] = []
         deadline = time.monotonic() + timeout
         while True:
             line = self._expect(lambda l: True, max(1.0, deadline - time.monotonic()), "guest command output")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .cache import RecipeError, dir_size, human_size, progress, read_json, vmcores_dir, write_json
 from .kernels import KernelFiles, cached_kernel, ensure_kernel, get_spec
+from .initramfs import EXACT_VMSTAT
 from .qemu import GiB, Guest
 
 SCENARIOS = ("boot", "hotadd", "hotremove")
@@ -200,6 +201,7 @@ def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm
     out.mkdir()
     t0 = time.monotonic()
     g.run(f"capture-truth {sc}", timeout=120)
+    g.run(f"SC={sc}\n{EXACT_VMSTAT}", timeout=60, in_agent=True)
     t1 = time.monotonic()
     dump = g.dump(out / "vmcore")
     t2 = time.monotonic()
@@ -228,7 +230,7 @@ def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm
         },
         "qemu": g.describe(),
         "memory": {
-            "boot_ram": _iomem_ram((truth / "iomem").read_text()) if (truth / "iomem").exists() else None,
+            "system_ram": _iomem_ram((truth / "iomem").read_text()) if (truth / "iomem").exists() else None,
             "block_size": int((truth / "memory" / "block_size_bytes").read_text().strip(), 16),
             "dimm": dimm if sc == "hotadd" else None,
             "removed_dimm": dimm if sc == "hotremove" else None,

@@ -1,0 +1,81 @@
+"""Fixtures for tests on real arm64 vmcores made by the ``vmcores`` recipe.
+
+Dumps are found in the cache (``$MMINSPECT_CACHE``, default ``~/.cache/mminspect``);
+a test whose dump is not cached is skipped with the reason. To make dumps on the
+way, set ``MMINSPECT_MAKE_VMCORES``:
+
+* ``1``: make the default set (``debian-6.1-cloud-arm64``, all its scenarios;
+  about 20 s after a one-time 280 MB download);
+* ``all``: every registered kernel (slow: includes the 800 MB generic -dbg and
+  source-built kernels);
+* a comma-separated list of kernel ids.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import vmcores  # noqa: E402
+from vmcores import RecipeError  # noqa: E402
+
+DEFAULT_MAKE = ("debian-6.1-cloud-arm64",)
+
+
+def make_kernels() -> set[str]:
+    """Kernel ids whose dumps the session may make (MMINSPECT_MAKE_VMCORES)."""
+    v = os.environ.get("MMINSPECT_MAKE_VMCORES", "").strip()
+    if not v or v == "0":
+        return set()
+    if v == "1":
+        return set(DEFAULT_MAKE)
+    if v == "all":
+        return set(vmcores.kernel_ids())
+    return {x.strip() for x in v.split(",") if x.strip()}
+
+
+@functools.cache
+def get_dump(kernel_id: str, scenario: str) -> vmcores.Dump | str:
+    """A Dump, or the reason why there is none (a str), made at most once per session."""
+    d = vmcores.find(kernel_id, scenario)
+    if d is not None:
+        return d
+    if kernel_id not in make_kernels():
+        return (f"no cached vmcore {kernel_id}/{scenario} (make it with: python -m vmcores make "
+                f"--kernel {kernel_id}, or set MMINSPECT_MAKE_VMCORES)")
+    try:
+        return vmcores.ensure(kernel_id, scenario)
+    except RecipeError as e:
+        return f"cannot make {kernel_id}/{scenario}: {e}"
+
+
+@functools.cache
+def get_program(kernel_id: str, scenario: str):
+    d = get_dump(kernel_id, scenario)
+    assert not isinstance(d, str)
+    return d.program()
+
+
+DUMP_CASES = [(k, s) for k in vmcores.kernel_ids() for s in vmcores.SCENARIOS]
+
+
+@pytest.fixture(params=DUMP_CASES, ids=[f"{k}-{s}" for k, s in DUMP_CASES])
+def real_dump(request) -> vmcores.Dump:
+    d = get_dump(*request.param)
+    if isinstance(d, str):
+        pytest.skip(d)
+    return d
+
+
+@pytest.fixture
+def real_prog(real_dump):
+    """(Dump, drgn.Program on it with its vmlinux loaded)."""
+    return real_dump, get_program(real_dump.kernel_id, real_dump.scenario)
