@@ -38,7 +38,7 @@ def _summary(w: Walk) -> Dict[str, Any]:
         "regime": w.regime.describe(),
         "root": f"{w.root.name} (pgd phys {w.root.phys:#x}, {w.root.entries} entries)",
         "range": f"{w.root.start:#018x}-{(w.root.end - 1) & ((1 << 64) - 1):#018x}",
-        "mapped": _size(int(leaf["size"].sum())) + "B",
+        "mapped": f"{int(leaf['size'].sum()) >> 10} KiB",
         "ranges": len(leaf),
         "table pages": w.table_count,
         "wx": msg,

@@ -14,6 +14,11 @@ def open_target(
     qemu: Optional[str] = None,
 ) -> Target:
     """Open a vmcore, an mminspect bundle, the running kernel or a QEMU guest."""
+    from mminspect.target.bundle import BundleTarget, read_bundle_note
     from mminspect.target.drgn import DrgnTarget
 
+    if core is not None and not symbols:
+        note = read_bundle_note(core)
+        if note is not None:
+            return BundleTarget.open_bundle(core, note)
     return DrgnTarget.open(core=core, symbols=symbols, kernel=kernel, qemu=qemu)

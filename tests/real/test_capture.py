@@ -1,0 +1,41 @@
+"""A bundle captured from a real dump gives the same walk output as the dump."""
+
+import io
+
+import pytest
+
+import mminspect
+from mminspect.capture import capture
+from mminspect.report.ptdump import ptdump_lines
+from mminspect.report.walk import walk_text
+from mminspect.target.drgn import DrgnTarget
+
+
+def _outputs(kernel, mm):
+    w = mminspect.walk(kernel, mm)
+    text = io.StringIO()
+    walk_text(w, text, tables=True)
+    return text.getvalue(), list(ptdump_lines(w))
+
+
+def test_bundle_equals_dump(real_prog, tmp_path):
+    dump, prog = real_prog
+    full = mminspect.Kernel(DrgnTarget(prog, "full dump"))
+    path = str(tmp_path / "bundle.core")
+    result = capture(full.target, path)
+    assert result["roots"] == ["init_mm", "efi_mm"]
+    small = mminspect.open(core=path)
+    assert small.target.name.startswith("bundle")
+    for mm in result["roots"]:
+        assert _outputs(small, mm) == _outputs(full, mm)
+    # Much smaller than the dump it came from.
+    assert result["bytes"] * 50 < dump.vmcore.stat().st_size
+
+
+def test_capture_refuses_to_overwrite(real_prog, tmp_path):
+    _, prog = real_prog
+    path = tmp_path / "exists.core"
+    path.write_bytes(b"user data")
+    with pytest.raises(mminspect.MMInspectError):
+        capture(DrgnTarget(prog, "full dump"), str(path))
+    assert path.read_bytes() == b"user data"
