@@ -517,9 +517,7 @@ class Builder:
                 pa = self._pools["ram"].alloc()
         va_start = r.kernel_va_min if ttbr == 1 else 0
         t = self._new_table_at(pa, r.start_level, name, va_start, "slab" if pa % self.page else "ram",
-                               n=n if n < r.entries(r.start_level) else None)
-        if t.n != r.root_entries:
-            t.n = r.root_entries
+                               n=r.root_entries)
         self._root_table[name] = t
         self._roots[name] = RootRecord(name, pa, self.phys_to_virt(pa), ttbr, r.root_entries, size)
         return pa
@@ -685,19 +683,21 @@ class Builder:
                                     + np.arange(n, dtype=np.uint64) * np.uint64(self.page)) \
                 | np.uint64(PMD_TYPE_TABLE | table_prot.bits())
             self._ext_parent.setdefault(pt.pa, []).append((idx, n, e, k))
-            parents.extend((pt.pa, idx + j) for j in range(n)) if n_tables <= 4096 else None
+            if n_tables <= 4096:
+                parents.extend((pt.pa, idx + j) for j in range(n))
             k += n
         if n_tables <= 4096:
             e.parents_of = parents
         else:
-            ranges = [(i0, n, k0, ptpa) for ptpa, lst in self._ext_parent.items()
-                      for (i0, n, ee, k0) in lst if ee is e]
+            ranges = sorted((k0, n, ptpa, i0) for ptpa, lst in self._ext_parent.items()
+                            for (i0, n, ee, k0) in lst if ee is e)
+            k0s = [x[0] for x in ranges]
 
-            def parents_of(kk, ranges=ranges):
-                for i0, n, k0, ptpa in ranges:
-                    if k0 <= kk < k0 + n:
-                        return (ptpa, i0 + kk - k0)
-                raise KeyError(kk)
+            def parents_of(kk, ranges=ranges, k0s=k0s):
+                k0, n, ptpa, i0 = ranges[bisect.bisect_right(k0s, kk) - 1]
+                if not k0 <= kk < k0 + n:
+                    raise KeyError(kk)
+                return (ptpa, i0 + kk - k0)
             e.parents_of = parents_of
         i = bisect.bisect_right(self._extent_starts, t0)
         self._extent_starts.insert(i, t0)

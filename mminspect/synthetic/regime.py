@@ -248,6 +248,19 @@ class Regime:
         return tuple(lv)
 
     @property
+    def hw_block_levels(self) -> tuple[int, ...]:
+        """Levels where the architecture accepts a block descriptor (``01``) in this
+        regime: level 2 always; level 1 with 4K, with 16K only under LPA2 (DS=1), with
+        64K only with 52-bit OA (FEAT_LPA); level 0 only with 4K under LPA2.  Linux
+        uses a subset (:attr:`block_levels`)."""
+        lv = [2]
+        if self.page_size == SZ_4K or (self.page_size == SZ_16K and self.lpa2_active) or self.lpa_active:
+            lv.insert(0, 1)
+        if self.page_size == SZ_4K and self.lpa2_active:
+            lv.insert(0, 0)
+        return tuple(x for x in lv if x >= self.start_level)
+
+    @property
     def cont_ptes(self) -> int:
         return CONT_PTES[self.page_size]
 
