@@ -137,6 +137,7 @@ class Guest:
         smp: int = 2,
         cpu: str | None = None,
         gdb_port: int | None = None,
+        extra_qmp: bool = False,
         append: str = "",
         boot_timeout: float = 180.0,
     ):
@@ -151,6 +152,9 @@ class Guest:
         self.workdir = Path(workdir) if workdir else self.sockdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.qmp_path = self.sockdir / "qmp.sock"
+        # A second QMP monitor for other clients (drgn --qemu, tests): a QMP
+        # socket serves one client at a time, and ours stays connected.
+        self.extra_qmp_path = self.sockdir / "qmp-ext.sock" if extra_qmp else None
         self.console_log = self.workdir / "console.log"
         self.proc: subprocess.Popen | None = None
         self.qmp: QMP | None = None
@@ -180,6 +184,8 @@ class Guest:
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-no-reboot",
         ]
+        if self.extra_qmp_path is not None:
+            cmd += ["-qmp", f"unix:{self.extra_qmp_path},server=on,wait=off"]
         if self.gdb_port is not None:
             cmd += ["-gdb", f"tcp:127.0.0.1:{self.gdb_port}"]
         return cmd
@@ -315,6 +321,19 @@ class Guest:
             tf.extractall(dest, filter="data")
 
     # ----------------------------------------------------------------- QMP helpers
+
+    @property
+    def pid(self) -> int:
+        assert self.proc
+        return self.proc.pid
+
+    def stop(self) -> None:
+        assert self.qmp
+        self.qmp.execute("stop")
+
+    def cont(self) -> None:
+        assert self.qmp
+        self.qmp.execute("cont")
 
     def dump(self, path: Path) -> dict:
         """Pause the guest, write an ELF dump (paging=false) to ``path``, resume.

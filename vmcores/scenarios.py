@@ -196,18 +196,22 @@ def _run(kf: KernelFiles, wanted: list[str], *, cpu: str | None, kernel_s: float
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm: dict | None) -> None:
-    out = rundir / sc
-    out.mkdir()
+def capture(g: Guest, kf: KernelFiles, label: str, out: Path, *, times: dict | None = None,
+            dimm: dict | None = None, removed_dimm: dict | None = None) -> dict:
+    """Record the truth in the guest, pause, dump, resume, then fetch the truth:
+    writes ``out/{vmcore,truth/,meta.json}`` and returns the meta."""
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    g.run(f"capture-truth {sc}", timeout=120)
-    g.run(f"SC={sc}\n{EXACT_VMSTAT}", timeout=60, in_agent=True)
+    g.run(f"capture-truth {label}", timeout=120)
+    g.run(f"SC={label}\n{EXACT_VMSTAT}", timeout=60, in_agent=True)
     t1 = time.monotonic()
     dump = g.dump(out / "vmcore")
     t2 = time.monotonic()
-    g.fetch_dir(f"/truth/{sc}", out / "truth")
-    t3 = time.monotonic()
     truth = out / "truth"
+    if truth.exists():
+        shutil.rmtree(truth)
+    g.fetch_dir(f"/truth/{label}", truth)
+    t3 = time.monotonic()
     qmp_mem = {
         "memory_size_summary": g.qmp.execute("query-memory-size-summary"),
         "memory_devices": g.qmp.execute("query-memory-devices"),
@@ -216,7 +220,7 @@ def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm
     meta = {
         "meta_version": META_VERSION,
         "kernel_id": kf.kernel_id,
-        "scenario": sc,
+        "scenario": label,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kernel": {
             "release": g.release,
@@ -232,23 +236,50 @@ def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm
         "memory": {
             "system_ram": _iomem_ram((truth / "iomem").read_text()) if (truth / "iomem").exists() else None,
             "block_size": int((truth / "memory" / "block_size_bytes").read_text().strip(), 16),
-            "dimm": dimm if sc == "hotadd" else None,
-            "removed_dimm": dimm if sc == "hotremove" else None,
+            "dimm": dimm,
+            "removed_dimm": removed_dimm,
             **qmp_mem,
         },
         "guest_uptime": (truth / "uptime").read_text().split()[0],
-        "times": {**times, "capture_s": t1 - t0, "dump": {k: v for k, v in dump.items() if k != "size"},
-                  "fetch_truth_s": t3 - t2},
+        "times": {**(times or {}), "capture_s": t1 - t0,
+                  "dump": {k: v for k, v in dump.items() if k != "size"}, "fetch_truth_s": t3 - t2},
         "sizes": {"vmcore": dump["size"], "truth": dir_size(truth)},
         "format": "ELF (QMP dump-guest-memory paging=false)",
     }
     write_json(out / "meta.json", meta)
+    return meta
+
+
+def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm: dict | None) -> None:
+    out = rundir / sc
+    meta = capture(g, kf, sc, out, times=times, dimm=dimm if sc == "hotadd" else None,
+                   removed_dimm=dimm if sc == "hotremove" else None)
     final = scenario_dir(kf.kernel_id, sc)
     if final.exists():
         shutil.rmtree(final)
     out.rename(final)
-    progress(f"{kf.kernel_id}/{sc}: vmcore {human_size(dump['size'])} dumped in {dump['dump_s']:.1f} s "
-             f"(paused {dump['paused_s']:.1f} s), truth {human_size(meta['sizes']['truth'])} -> {final}")
+    dt = meta["times"]["dump"]
+    progress(f"{kf.kernel_id}/{sc}: vmcore {human_size(meta['sizes']['vmcore'])} dumped in {dt['dump_s']:.1f} s "
+             f"(paused {dt['paused_s']:.1f} s), truth {human_size(meta['sizes']['truth'])} -> {final}")
+
+
+DEFAULT_MAKE = ("debian-6.1-cloud-arm64",)
+
+
+def env_make_kernels() -> set[str]:
+    """Kernel ids whose dumps a test session may make, from MMINSPECT_MAKE_VMCORES:
+    unset/"0": none; "1": debian-6.1-cloud-arm64; "all": every registered kernel;
+    otherwise a comma-separated list of kernel ids."""
+    from .kernels import kernel_ids  # noqa: PLC0415
+
+    v = os.environ.get("MMINSPECT_MAKE_VMCORES", "").strip()
+    if not v or v == "0":
+        return set()
+    if v == "1":
+        return set(DEFAULT_MAKE)
+    if v == "all":
+        return set(kernel_ids())
+    return {x.strip() for x in v.split(",") if x.strip()}
 
 
 def ensure(kernel_id: str, scenario: str) -> Dump:

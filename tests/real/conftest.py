@@ -27,19 +27,7 @@ if str(ROOT) not in sys.path:
 import vmcores  # noqa: E402
 from vmcores import RecipeError  # noqa: E402
 
-DEFAULT_MAKE = ("debian-6.1-cloud-arm64",)
-
-
-def make_kernels() -> set[str]:
-    """Kernel ids whose dumps the session may make (MMINSPECT_MAKE_VMCORES)."""
-    v = os.environ.get("MMINSPECT_MAKE_VMCORES", "").strip()
-    if not v or v == "0":
-        return set()
-    if v == "1":
-        return set(DEFAULT_MAKE)
-    if v == "all":
-        return set(vmcores.kernel_ids())
-    return {x.strip() for x in v.split(",") if x.strip()}
+from vmcores.scenarios import env_make_kernels as make_kernels  # noqa: E402
 
 
 @functools.cache

@@ -135,3 +135,60 @@ def test_ram_ranges_in_dump(real_prog):
         assert not _readable(prog, gone["addr"] + gone["size"] - 8)
         for n in gone["blocks"]:
             assert not (dump.truth / "memory" / f"memory{n}").exists()
+
+
+# --------------------------------------------------------------------------- live guest
+
+LIVE_KERNEL = "debian-6.1-cloud-arm64"
+
+
+@pytest.fixture(scope="module")
+def live():
+    import shutil  # noqa: PLC0415
+
+    import vmcores  # noqa: PLC0415
+    from vmcores.live import live_guest  # noqa: PLC0415
+    from vmcores.scenarios import env_make_kernels  # noqa: PLC0415
+
+    if not shutil.which("qemu-system-aarch64"):
+        pytest.skip("qemu-system-aarch64 is not installed")
+    if vmcores.cached_kernel(LIVE_KERNEL) is None and LIVE_KERNEL not in env_make_kernels():
+        pytest.skip(f"kernel {LIVE_KERNEL} is not cached (python -m vmcores make --kernel {LIVE_KERNEL}, "
+                    "or set MMINSPECT_MAKE_VMCORES)")
+    try:
+        with live_guest(LIVE_KERNEL) as lg:
+            yield lg
+    except vmcores.RecipeError as e:
+        pytest.skip(f"cannot boot {LIVE_KERNEL}: {e}")
+
+
+def test_live_guest_drgn_qmp(live):
+    prog = drgn.Program()
+    prog.set_qemu_qmp(str(live.qmp_socket))
+    prog.load_debug_info([str(live.kernel.vmlinux)])
+    assert prog.flags & drgn.ProgramFlags.IS_LIVE
+    assert prog["init_uts_ns"].name.release.string_().decode() == live.sh("uname -r").strip()
+
+
+def test_live_guest_gdbstub(live):
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    gdb = shutil.which("gdb-multiarch")
+    if not gdb:
+        pytest.skip("gdb-multiarch is not installed")
+    r = subprocess.run(
+        [gdb, "-batch", "-nx", "-ex", "set architecture aarch64", "-ex", f"target remote 127.0.0.1:{live.gdb_port}",
+         "-ex", "info registers TTBR1_EL1", "-ex", "detach"],
+        capture_output=True, text=True, timeout=120,
+    )
+    m = re.search(r"TTBR1_EL1\s+(0x[0-9a-f]+)", r.stdout)
+    assert m and int(m.group(1), 16) != 0, r.stdout + r.stderr
+
+
+def test_live_guest_dump_of_paused_guest(live, tmp_path):
+    d = live.dump(tmp_path / "live")
+    prog = d.program()
+    assert prog["init_uts_ns"].name.release.string_().decode() == d.truth_text("version").split()[2]
+    truth = int(_kv(d.truth_text("vmstat_refreshed"))["nr_page_table_pages"])
+    assert _exact_node_stat(prog, "NR_PAGETABLE") == truth
