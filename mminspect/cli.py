@@ -145,7 +145,7 @@ def main() -> None:
 @main.command()
 @target_options
 @click.option("--mm", "mm", default="init_mm", show_default=True, metavar="ROOT",
-              help="init_mm, efi_mm, vmemmap, or a pid")
+              help="init_mm, efi_mm, vmemmap, a pid, or pgd:PHYS (any user-half pgd)")
 @click.option("--range", "range_", metavar="START-END", help="only VAs in START-END or START+SIZE (hex)")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "ptdump"]), default="table",
               show_default=True, help="ptdump: the kernel's kernel_page_tables/efi_page_tables format")

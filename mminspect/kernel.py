@@ -233,21 +233,30 @@ class Kernel:
             if spec == "vmemmap":
                 lo, hi = self.layout.vmemmap_start, self.layout.vmemmap_end
             return self._clip(Root(spec, phys, entries, base, lo, hi, True), start, end)
+        if spec.startswith("pgd:"):
+            try:
+                phys = int(spec[4:], 16)
+            except ValueError:
+                raise MMInspectError(f"bad root {spec!r}: expected pgd:PHYS in hex") from None
+            return self._clip(self.user_root(spec, phys), start, end)
         if spec == "efi_mm":
             pgd = self._mm_pgd_of_symbol("efi_mm")
         elif spec.isdigit() or spec.startswith("pid"):
             pgd = self._mm_pgd_of_pid(int(spec.removeprefix("pid").strip()))
             spec = f"pid {int(spec.removeprefix('pid').strip())}"
         else:
-            raise MMInspectError(f"unknown root {spec!r}: use init_mm, efi_mm, vmemmap or a pid")
-        phys = self.virt_to_phys(pgd)
-        entries = r.root_entries()
+            raise MMInspectError(f"unknown root {spec!r}: use init_mm, efi_mm, vmemmap, a pid or pgd:PHYS")
+        return self._clip(self.user_root(spec, self.virt_to_phys(pgd)), start, end)
+
+    def user_root(self, name: str, phys: int) -> Root:
+        """A TTBR0 (user-half) root at physical address ``phys``, as for
+        efi_mm and tasks: ``[0, TASK_SIZE_64)``."""
+        r = self.regime
         if r.folded:
             # pgdir_is_page_size(): a runtime-folded top level means the pgd
             # page *is* the next level's table (p4d_offset aligns down).
             phys &= ~(r.page_size - 1)
-        user_end = 1 << r.vabits_actual  # TASK_SIZE_64
-        return self._clip(Root(spec, phys, entries, 0, 0, user_end, False), start, end)
+        return Root(name, phys, r.root_entries(), 0, 0, 1 << r.vabits_actual, False)
 
     def _clip(self, root: Root, start: Optional[int], end: Optional[int]) -> Root:
         lo, hi = root.start, root.end

@@ -10,6 +10,7 @@ recognises it, it is an arm64 Linux kernel with VMCOREINFO) so that users get
 one clear line instead of a traceback.
 """
 
+import logging
 import os
 from typing import Dict, Optional, Sequence
 
@@ -93,10 +94,17 @@ class DrgnTarget:
             except Exception as e:
                 raise MMInspectError(f"{symbols[0]}: cannot load debug info ({_one_line(e)})") from None
         elif default_symbols:
+            # drgn logs "missing debugging symbols" as a warning; init_mm works
+            # from VMCOREINFO alone and the roots that need more say so.
+            log = logging.getLogger("drgn")
+            level = log.level
+            log.setLevel(logging.ERROR)
             try:
                 prog.load_default_debug_info()
             except Exception:
-                pass  # init_mm works from VMCOREINFO alone; others say so
+                pass
+            finally:
+                log.setLevel(level)
         target.vmcoreinfo()  # fail now, not halfway through a walk
         return target
 
