@@ -450,10 +450,10 @@ class Builder:
         rr = self._roots[root]
         end = va + size
         if rr.ttbr == 1:
-            if not (r.kernel_va_min <= va and end <= 1 << 64):
+            if not (r.hw_kernel_va_min <= va and end <= 1 << 64):
                 raise ValueError(f"{va:#x}+{size:#x} not a TTBR1 VA for {r.name}")
         else:
-            if not (0 <= va and end <= r.user_va_limit):
+            if not (0 <= va and end <= r.hw_user_va_limit):
                 raise ValueError(f"{va:#x}+{size:#x} not a TTBR0 VA for {r.name}")
 
     def ensure_table(self, root: str, va: int, level: int, *, pool: str = "ram",

@@ -356,6 +356,16 @@ class Regime:
         return (U64 << self.walk_va_bits) & U64
 
     @property
+    def hw_kernel_va_min(self) -> int:
+        """Lowest TTBR1 VA the CPU translates (``-(1 << vabits_actual)``); above
+        :attr:`kernel_va_min` only for 64K/52 on a CPU without LVA."""
+        return (U64 << self.vabits_actual) & U64
+
+    @property
+    def hw_user_va_limit(self) -> int:
+        return 1 << self.vabits_actual
+
+    @property
     def user_va_limit(self) -> int:
         """One past the highest TTBR0 VA."""
         return 1 << self.walk_va_bits
