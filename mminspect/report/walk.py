@@ -41,7 +41,7 @@ def _summary(w: Walk) -> Dict[str, Any]:
         "mapped": f"{int(leaf['size'].sum()) >> 10} KiB",
         "ranges": len(leaf),
         "table pages": w.table_count,
-        "wx": msg,
+        "wx": msg + (" (walk incomplete: see below)" if msg and w.problems else "") if msg else None,
     }
 
 

@@ -16,7 +16,10 @@ def open_target(
     """Open a vmcore, an mminspect bundle, the running kernel or a QEMU guest."""
     from mminspect.target.bundle import BundleTarget, read_bundle_note
     from mminspect.target.drgn import DrgnTarget
+    from mminspect.target.elf import check_core_file
 
+    if core is not None:
+        check_core_file(core)
     if core is not None and not symbols:
         note = read_bundle_note(core)
         if note is not None:

@@ -15,6 +15,7 @@ from typing import Dict, Iterable, Optional, Tuple
 
 from mminspect.errors import MMInspectError
 from mminspect.target.drgn import DrgnTarget
+from mminspect.target.elf import PT_LOAD, PT_NOTE, core_notes
 
 __all__ = ("BundleTarget", "read_bundle_note", "write_bundle")
 
@@ -22,8 +23,6 @@ NOTE_NAME = b"MMINSPECT"
 NOTE_TYPE = 0x4D4D
 SCHEMA = "mminspect.bundle/1"
 EM_AARCH64 = 183
-PT_LOAD = 1
-PT_NOTE = 4
 
 
 def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
@@ -87,30 +86,9 @@ def write_bundle(
 def read_bundle_note(path: str) -> Optional[dict]:
     """The MMINSPECT note of an ELF core, or None when it is not a bundle."""
     try:
-        with open(path, "rb") as f:
-            ehdr = f.read(64)
-            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2:
-                return None
-            phoff, = struct.unpack_from("<Q", ehdr, 32)
-            phnum, = struct.unpack_from("<H", ehdr, 56)
-            f.seek(phoff)
-            ph = f.read(56 * phnum)
-            for i in range(phnum):
-                ptype, _, off, _, _, filesz, _, _ = struct.unpack_from("<IIQQQQQQ", ph, 56 * i)
-                if ptype != PT_NOTE or filesz > 64 << 20:
-                    continue
-                f.seek(off)
-                notes = f.read(filesz)
-                pos = 0
-                while pos + 12 <= len(notes):
-                    namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
-                    pos += 12
-                    name = notes[pos : pos + namesz].rstrip(b"\0")
-                    pos += namesz + (-namesz % 4)
-                    desc = notes[pos : pos + descsz]
-                    pos += descsz + (-descsz % 4)
-                    if name == NOTE_NAME and ntype == NOTE_TYPE:
-                        return json.loads(desc)
+        for name, ntype, desc in core_notes(path):
+            if name == NOTE_NAME and ntype == NOTE_TYPE:
+                return json.loads(desc)
     except (OSError, struct.error, ValueError):
         return None
     return None

@@ -18,6 +18,7 @@ import drgn
 
 from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
+from mminspect.target.elf import check_core_file
 
 __all__ = ("DrgnTarget",)
 
@@ -57,10 +58,7 @@ class DrgnTarget:
         """
         prog = drgn.Program()
         if core is not None:
-            if not os.path.exists(core):
-                raise MMInspectError(f"{core}: no such file")
-            if os.path.isdir(core):
-                raise MMInspectError(f"{core}: is a directory, not a vmcore")
+            check_core_file(core)
             try:
                 prog.set_core_dump(core)
             except (drgn.FaultError, ValueError, OSError, RuntimeError, Exception) as e:

@@ -1,0 +1,74 @@
+"""Just enough ELF64 reading to check a core file before drgn opens it."""
+
+import os
+import struct
+from typing import Iterator, List, Optional, Tuple
+
+from mminspect.errors import MMInspectError
+
+__all__ = ("PT_LOAD", "PT_NOTE", "check_core_file", "core_notes", "core_phdrs", "truncation")
+
+PT_LOAD = 1
+PT_NOTE = 4
+
+#: (p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz)
+Phdr = Tuple[int, int, int, int, int, int]
+
+
+def core_phdrs(path: str) -> Optional[List[Phdr]]:
+    """Program headers of a little-endian ELF64 file, or None if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            ehdr = f.read(64)
+            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+                return None
+            (phoff,) = struct.unpack_from("<Q", ehdr, 32)
+            (phnum,) = struct.unpack_from("<H", ehdr, 56)
+            f.seek(phoff)
+            raw = f.read(56 * phnum)
+    except OSError:
+        return None
+    out = []
+    for i in range(len(raw) // 56):
+        ptype, _, off, vaddr, paddr, filesz, memsz, _ = struct.unpack_from("<IIQQQQQQ", raw, 56 * i)
+        out.append((ptype, off, vaddr, paddr, filesz, memsz))
+    return out
+
+
+def core_notes(path: str) -> Iterator[Tuple[bytes, int, bytes]]:
+    """(name, type, desc) of every note in an ELF64 file's PT_NOTE segments."""
+    for ptype, off, _, _, filesz, _ in core_phdrs(path) or ():
+        if ptype != PT_NOTE or filesz > 64 << 20:
+            continue
+        with open(path, "rb") as f:
+            f.seek(off)
+            notes = f.read(filesz)
+        pos = 0
+        while pos + 12 <= len(notes):
+            namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+            pos += 12
+            name = notes[pos : pos + namesz].rstrip(b"\0")
+            pos += namesz + (-namesz % 4)
+            yield name, ntype, notes[pos : pos + descsz]
+            pos += descsz + (-descsz % 4)
+
+
+def truncation(path: str, size: int) -> Optional[Tuple[int, int]]:
+    """(expected, actual) size when an ELF core is shorter than its program
+    headers say, else None."""
+    phdrs = core_phdrs(path)
+    if not phdrs:
+        return None
+    expected = max((off + filesz for _, off, _, _, filesz, _ in phdrs), default=0)
+    return (expected, size) if size < expected else None
+
+
+def check_core_file(path: str) -> None:
+    """Refuse, in one line, a path that cannot be a whole vmcore."""
+    if not os.path.exists(path):
+        raise MMInspectError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise MMInspectError(f"{path}: is a directory, not a vmcore")
+    short = truncation(path, os.path.getsize(path))
+    if short:
+        raise MMInspectError(f"{path}: truncated vmcore ({short[1]} of {short[0]} bytes); copy it again in full")
