@@ -60,6 +60,11 @@ vmcoreinfo_omit=()) -> VmcoreFile(path, segments, file_size, vmcoreinfo)``
     A realistic kernel for a regime (see :mod:`.sample`), with ``regions`` and
     ``pattern_pages``.
 
+``make_linear_kernel(regime, linear_size, *, ram_base=None, with_efi=True) -> BuiltKernel``
+    A benchmark kernel: a page-granular linear map of ``linear_size`` through the lazy
+    fast path (1 TiB with 4K pages = 525,322 tables: built in 0.04 s, written as a
+    2 GiB vmcore in about 10 s with 48 MiB RSS).
+
 :mod:`.oracle`: ``open_drgn(path)``, ``drgn_translate(prog, pgtable_va, va)``,
 ``compare(prog, built, vas)``, ``sample_vas(built)``.
 
@@ -139,7 +144,7 @@ from .builder import (
 )
 from .encode import Prot, TableProt
 from .regime import REGIMES, REGIMES_BY_NAME, Regime
-from .sample import Region, default_ram, make_sample
+from .sample import Region, default_ram, make_linear_kernel, make_sample
 from .vmcore import VmcoreFile, vmcoreinfo_text, write_vmcore
 
 __all__ = [
@@ -162,6 +167,7 @@ __all__ = [
     "Translation",
     "VmcoreFile",
     "default_ram",
+    "make_linear_kernel",
     "make_sample",
     "vmcoreinfo_text",
     "write_vmcore",

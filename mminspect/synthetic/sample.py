@@ -65,7 +65,8 @@ def default_ram(regime: Regime) -> list[tuple[int, int]]:
         base, size = 0x4000_0000, 4 * GiB
     banks = [(base, size)]
     if r.pa_bits == 52:
-        high = 0x000C_0000_0000_0000 if r.lpa2_active else 0x0001_0000_0000_0000
+        # OA bits 51, 50 and 48 set (LPA2: 9:8 and 49:48; LPA: 15:12 = 0xb)
+        high = 0x000D_0000_0000_0000 if r.lpa2_active else 0x000B_0000_0000_0000
         # the whole RAM must fit the linear map
         if (high + 4 * GiB - base) < r.linear_size and high + 4 * GiB <= r.max_pa:
             banks.append((high, 4 * GiB))
@@ -317,3 +318,38 @@ def make_sample(regime: Regime, seed: int = 0, *, oddities: bool = True, kaslr: 
     built.regions = regions
     built.pattern_pages = patterns
     return built
+
+
+def make_linear_kernel(regime: Regime, linear_size: int, *, ram_base: int | None = None,
+                       with_efi: bool = True) -> BuiltKernel:
+    """A kernel whose linear map is ``linear_size`` bytes of page-granular mappings
+    (rodata_full style), built with the lazy fast path (:meth:`Builder.map_uniform`).
+
+    Meant for benchmarks: 16 GiB .. 1 TiB linear maps (up to 524,288 PTE tables with
+    4K pages) build in milliseconds and stream out at disk speed.  RAM is one bank:
+    the linear part, then room for the PTE tables (allocated contiguously at the top
+    of the bank and mapped with blocks).
+    """
+    r = regime
+    ps = r.page_size
+    span = r.table_span(3)
+    if linear_size % span:
+        raise ValueError(f"linear_size must be a multiple of {span:#x}")
+    n_tables = linear_size // span
+    upper = max(r.entries_per_table, 64)            # PMD/PUD tables and the image's
+    pool = _align_up((n_tables + upper) * ps + 64 * MiB, max(span, r.memstart_align))
+    base = (0x8000_0000 if ps != SZ_64K else 0x4_0000_0000) if ram_base is None else ram_base
+    b = Builder(r, [(base, linear_size + pool)], image_pa=base + linear_size + pool - 32 * MiB
+                if pool > 64 * MiB else None,
+                table_pool=(base + linear_size, base + linear_size + pool - 32 * MiB))
+    lin = b.phys_to_virt(base)
+    b.map_uniform(lin, base, linear_size, PAGE_KERNEL, table_prot=TABLE_KERNEL_NOEXEC)
+    b.map(lin + linear_size, base + linear_size, pool, AUTO, PAGE_KERNEL,
+          table_prot=TABLE_KERNEL_NOEXEC, label="linear-pool")
+    kva = b.kimage_va
+    b.map(kva, b.image_pa, b.image_size, AUTO, PAGE_KERNEL_ROX.with_(gp=True), pool="image",
+          label="kimage")
+    if with_efi:
+        b.add_root("efi", ttbr=0)
+        b.map(0x2000_0000, base + ps, 4 * ps, LeafKind.PAGE, PAGE_KERNEL, root="efi", label="efi")
+    return b.finish()

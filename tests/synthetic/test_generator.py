@@ -24,6 +24,7 @@ from mminspect.synthetic import (  # noqa: E402
     LeafKind,
     Regime,
     Status,
+    make_linear_kernel,
     make_sample,
     write_vmcore,
 )
@@ -171,11 +172,10 @@ def test_drgn_agrees_with_ground_truth(regime, tmp_path):
 
     # coverage of the sample (seed 1)
     kinds = {x.kind for x in built.leaf_runs}
-    assert {LeafKind.PAGE, LeafKind.CONT_PAGE, LeafKind.PMD} <= kinds
+    legal = {LeafKind.PAGE, LeafKind.CONT_PAGE, LeafKind.PMD, LeafKind.CONT_PMD}
     if regime.page_size == 4096:
-        assert LeafKind.PUD in kinds
-    if regime.phys_offset is None and regime.page_size != 65536:
-        assert LeafKind.CONT_PMD in kinds
+        legal.add(LeafKind.PUD)
+    assert kinds == legal
     assert {a.kind for a in built.anomalies} >= {"shared", "loop", "raw", "table_outside_ram"}
     assert any(x.alias_of is not None for x in built.leaf_runs)
     views = collections.Counter(built.lookup(root, va).dump_view for root, va in sample_vas(built, 1))
@@ -269,6 +269,16 @@ def test_uniform_fast_path(tmp_path):
     n, bad = compare(prog, built, sample_vas(built, per_run=500))
     assert n > 400 and not bad
     assert drgn_translate(prog, built.swapper_pg_dir, b.phys_to_virt(0x4000_0000 + GiB)) == FAULT
+
+
+@pytest.mark.parametrize("name", ["4k-va52-lpa2", "16k-va48", "64k-va52-run48-lpa"])
+def test_make_linear_kernel(name, tmp_path):
+    r = REGIMES_BY_NAME[name]
+    built = make_linear_kernel(r, 16 * r.table_span(3))
+    assert built.n_tables() >= 16
+    vf = write_vmcore(tmp_path / "l.vmcore", built)
+    n, bad = compare(open_drgn(vf.path), built, sample_vas(built, per_run=100))
+    assert n > 100 and not bad
 
 
 def test_full_ram_sparse_file(tmp_path):
