@@ -239,8 +239,8 @@ class Builder:
     :param image_size: bytes of image to model (``swapper_pg_dir`` and static tables
         live inside it).
     :param table_pool: ``(start, end)`` PA range the ``"ram"`` table pool allocates
-        from, top-down; default: the top 1/8 (at most 1 GiB, at least 16 pages... up to
-        the whole bank) of the highest RAM bank.
+        from, top-down; default: the top eighth of the highest RAM bank (at least 64
+        pages, at most 1 GiB).
     :param osrelease: OSRELEASE for VMCOREINFO.
     """
 
@@ -881,6 +881,8 @@ class BuiltKernel:
         self.symbols = dict(b._symbols)
         self.anomalies = list(b._anomalies)
         self.omitted = dict(b._omitted)
+        self.regions: list = []          # filled by make_sample (sample.Region)
+        self.pattern_pages: list[int] = []
         runs = list(b._runs)
         runs.extend(self._aliases(runs))
         self.leaf_runs = runs
