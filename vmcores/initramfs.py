@@ -56,6 +56,9 @@ cd /
 echo
 echo "@@AGENT READY $(cat /proc/sys/kernel/osrelease)"
 buf=
+: > /tmp/.out
+: > /tmp/.err
+mkfifo /tmp/.wait
 while read -r id chunk; do
     case "$id" in
         "") continue ;;
@@ -68,13 +71,13 @@ while read -r id chunk; do
         *) /bin/busybox sh /tmp/.cmd > /tmp/.out 2> /tmp/.err < /dev/null ;;
     esac
     rc=$?
+    # Only builtins from here on when the output is empty (as after an in-agent
+    # command): the host may pause and dump the guest as soon as it reads @@END,
+    # and no short-lived process may be around then.
     echo "@@OUT $id"
-    base64 /tmp/.out
+    [ -s /tmp/.out ] && base64 /tmp/.out
     echo "@@ERR $id"
-    base64 /tmp/.err
-    rm -f /tmp/.cmd /tmp/.out /tmp/.err
-    # Nothing may run after this line until the next command: the host may
-    # pause and dump the guest as soon as it reads it.
+    [ -s /tmp/.err ] && base64 /tmp/.err
     echo "@@END $id $rc"
 done
 echo "@@AGENT EOF"
@@ -110,11 +113,13 @@ cat /proc/uptime > "$T/uptime_end"
 """
 
 # Run inside the agent's own shell (PID 1, no child process alive), last thing
-# before the dump: fold the per-CPU vmstat deltas into the global counters
+# before the dump: wait a second for RCU-deferred page-table frees of processes
+# that exited (7.x frees, and uncounts, them after a grace period), fold the per-CPU vmstat deltas into the global counters
 # (vm.stat_refresh) and read /proc/vmstat with shell builtins only, so that the
 # process set (and so the user page tables) is the one the dump will show.
 # $SC is the scenario.
-EXACT_VMSTAT = r"""echo 1 > /proc/sys/vm/stat_refresh
+EXACT_VMSTAT = r"""read -t 1 x <> /tmp/.wait  # 1 s without a fork: deferred (RCU) page-table frees of exited processes land
+echo 1 > /proc/sys/vm/stat_refresh
 while IFS= read -r l; do echo "$l"; done < /proc/vmstat > "/truth/$SC/vmstat_refreshed"
 """
 

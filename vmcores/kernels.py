@@ -21,10 +21,11 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import RecipeError, kernels_dir, progress, read_json, sha256_file, write_json
+from .cache import RecipeError, cache_dir, kernels_dir, progress, read_json, sha256_file, write_json
 
 DEFAULT_CPU = "cortex-a57"
 
@@ -87,10 +88,21 @@ _SPECS: list[KernelSpec] = [
         flavour="arm64",
     ),
     KernelSpec(
+        "debian-sid-cloud-arm64",
+        "debian",
+        "Debian sid linux-binary-*-cloud-arm64, the newest kernel (4K pages, 52-bit VA with LPA2: "
+        "5 levels on -cpu max; ACPI memory hotplug built in)",
+        cpu="max",
+        flavour="cloud-arm64",
+        layout="sid",
+        series="",
+    ),
+    KernelSpec(
         "debian-sid-arm64",
         "debian",
-        "Debian sid linux-binary-*-arm64, the newest generic flavour (needs the arm64-only sid "
-        "apt source of vmcores/README.md)",
+        "Debian sid linux-binary-*-arm64, the newest generic flavour (4K pages, 52-bit VA with "
+        "LPA2 on -cpu max; no CONFIG_ACPI_HOTPLUG_MEMORY, so boot scenario only)",
+        cpu="max",
         flavour="arm64",
         layout="sid",
         series="",
@@ -98,7 +110,9 @@ _SPECS: list[KernelSpec] = [
     KernelSpec(
         "debian-sid-arm64-16k",
         "debian",
-        "Debian sid linux-binary-*-arm64-16k (16 KiB pages; needs the sid apt source)",
+        "Debian sid linux-binary-*-arm64-16k (16 KiB pages; -cpu max, as cortex-a57 has no 16K "
+        "granule; no CONFIG_ACPI_HOTPLUG_MEMORY, so boot scenario only)",
+        cpu="max",
         flavour="arm64-16k",
         layout="sid",
         series="",
@@ -201,11 +215,53 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
         raise RecipeError(f"{' '.join(cmd[:3])}... failed: {msg[-1] if msg else e.returncode}") from None
 
 
-def _pkg_version(pkg: str) -> str | None:
+# Debian sid is reached through an apt state of the recipe's own (sources, lists
+# and package cache under $MMINSPECT_CACHE/apt-sid), restricted to arm64: the
+# system's apt configuration is neither read for it nor changed.
+SID_REFRESH_S = 24 * 3600
+
+
+def _debian_mirror() -> str:
+    """The Debian archive URI the system's apt sources already use."""
+    uris = []
+    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        if not f.is_file() or f.suffix not in ("", ".list", ".sources"):
+            continue
+        for line in f.read_text(errors="replace").splitlines():
+            uris += re.findall(r"(https?://\S+?/debian)/?(?:\s|$)", line.split("#", 1)[0])
+    if not uris:
+        raise RecipeError("no Debian archive URI (.../debian) found in /etc/apt/sources.list*")
+    return uris[0]
+
+
+def _sid_opts() -> list[str]:
+    d = cache_dir() / "apt-sid"
+    for sub in ("lists/partial", "cache/archives/partial", "parts"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    src = d / "sources.list"
+    src.write_text(f"deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                   f"{_debian_mirror()} sid main\n")
+    opts = []
+    for k, v in (("Dir::Etc::SourceList", src), ("Dir::Etc::SourceParts", d / "parts"),
+                 ("Dir::State::Lists", d / "lists"), ("Dir::Cache", d / "cache")):
+        opts += ["-o", f"{k}={v}"]
+    stamp = d / "updated"
+    if not stamp.exists() or time.time() - stamp.stat().st_mtime > SID_REFRESH_S:
+        progress("apt-get update (private arm64-only sid source)")
+        _run(["apt-get", "-q", "-o", "APT::Sandbox::User=root", *opts, "update"])
+        stamp.touch()
+    return opts
+
+
+def _apt_opts(spec: KernelSpec) -> list[str]:
+    return _sid_opts() if spec.layout == "sid" else []
+
+
+def _pkg_version(pkg: str, opts: list[str] = ()) -> str | None:
     """The candidate version of an arm64 package, or None if apt has none."""
     try:
         out = subprocess.run(
-            ["apt-cache", "show", "--no-all-versions", f"{pkg}:arm64"], text=True, capture_output=True
+            ["apt-cache", *opts, "show", "--no-all-versions", f"{pkg}:arm64"], text=True, capture_output=True
         )
     except FileNotFoundError:
         raise RecipeError("apt-cache not found (this recipe needs a Debian host)") from None
@@ -219,8 +275,8 @@ def _abi_env(kernel_id: str) -> str | None:
     return os.environ.get("MMINSPECT_DEBIAN_ABI_" + re.sub(r"[-.]", "_", kernel_id).upper())
 
 
-def _search(pattern: str) -> list[str]:
-    out = _run(["apt-cache", "search", "--names-only", pattern]).stdout
+def _search(pattern: str, opts: list[str] = ()) -> list[str]:
+    out = _run(["apt-cache", *opts, "search", "--names-only", pattern]).stdout
     return [line.split(" ", 1)[0] for line in out.splitlines() if line.strip()]
 
 
@@ -250,41 +306,34 @@ def _resolve_bookworm(spec: KernelSpec) -> tuple[str, dict[str, str]]:
     )
 
 
-def _resolve_sid(spec: KernelSpec) -> tuple[str, dict[str, str]]:
+def _resolve_sid(spec: KernelSpec, opts: list[str]) -> tuple[str, dict[str, str]]:
     fl = re.escape(spec.flavour)
-    rx = re.compile(rf"^linux-binary-(\d+\.\d+\.\d+(?:-\d+)?(?:\+[a-z0-9]+)?)-{fl}$")
-    cands = []
-    for name in _search(rf"^linux-binary-[0-9.+a-z-]+-{fl}$"):
-        m = rx.match(name)
-        if m:
-            cands.append(m.group(1))
-
-    def key(v: str):
-        return [int(x) for x in re.findall(r"\d+", v)]
-
+    rx = re.compile(rf"^linux-binary-(\d+\.\d+\.\d+\+deb\d+)-{fl}$")
+    cands = [m.group(1) for name in _search(rf"^linux-binary-[0-9.]+\+deb[0-9]+-{fl}$", opts)
+             if (m := rx.match(name))]
     pin = _abi_env(spec.kernel_id)
     if pin:
         cands = [c for c in cands if c == pin]
-    for ver in sorted(cands, key=key, reverse=True):
+    for ver in sorted(cands, key=lambda v: [int(x) for x in re.findall(r"\d+", v)], reverse=True):
         pk = {
             "image": f"linux-binary-{ver}-{spec.flavour}",
             "modules": f"linux-modules-{ver}-{spec.flavour}",
+            "base": f"linux-base-{ver}-{spec.flavour}",
             "dbg": f"linux-image-{ver}-{spec.flavour}-dbg",
         }
-        vs = {_pkg_version(p) for p in pk.values()}
+        vs = {_pkg_version(p, opts) for p in pk.values()}
         if None not in vs and len(vs) == 1:
             return ver, pk
     raise RecipeError(
-        f"{spec.kernel_id}: apt knows no linux-binary-*-{spec.flavour} with modules and -dbg for arm64 "
-        "(add the arm64-only sid source described in vmcores/README.md, then apt-get update)"
+        f"{spec.kernel_id}: apt knows no linux-binary-*-{spec.flavour} with modules, base and -dbg for arm64 in sid"
     )
 
 
-def _apt_download(pkgs: list[str], dest: Path) -> dict[str, Path]:
+def _apt_download(pkgs: list[str], dest: Path, opts: list[str] = ()) -> dict[str, Path]:
     dest.mkdir(parents=True, exist_ok=True)
     progress(f"apt-get download {' '.join(pkgs)}")
     _run(
-        ["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", *(p + ":arm64" for p in pkgs)],
+        ["apt-get", "-q", "-o", "APT::Sandbox::User=root", *opts, "download", *(p + ":arm64" for p in pkgs)],
         cwd=dest,
     )
     found = {}
@@ -329,17 +378,17 @@ def _extract(deb: Path, wanted: dict[str, re.Pattern], dest: Path) -> dict[str, 
 def _fetch_debian(spec: KernelSpec) -> KernelFiles:
     if not shutil.which("dpkg-deb"):
         raise RecipeError("dpkg-deb not found (this recipe needs a Debian host)")
+    opts = _apt_opts(spec)
     if spec.layout == "bookworm":
         abi, pk = _resolve_bookworm(spec)
-        release = f"{abi}-{spec.flavour}"
     else:
-        abi, pk = _resolve_sid(spec)
-        release = f"{abi}-{spec.flavour}"
+        abi, pk = _resolve_sid(spec, opts)
+    release = f"{abi}-{spec.flavour}"
     d = kernel_dir(spec.kernel_id)
     if d.exists():
         shutil.rmtree(d)
     work = d / "debs"
-    debs = _apt_download(list(pk.values()), work)
+    debs = _apt_download(list(pk.values()), work, opts)
     packages = []
     for role, name in pk.items():
         deb = debs[name]
@@ -347,7 +396,7 @@ def _fetch_debian(spec: KernelSpec) -> KernelFiles:
             {
                 "role": role,
                 "package": name,
-                "version": _pkg_version(name),
+                "version": _pkg_version(name, opts),
                 "deb": deb.name,
                 "deb_size": deb.stat().st_size,
                 "deb_sha256": sha256_file(deb),
@@ -369,18 +418,13 @@ def _fetch_debian(spec: KernelSpec) -> KernelFiles:
         )
     else:
         progress(f"extracting {debs[pk['image']].name}")
-        files |= _extract(
-            debs[pk["image"]],
-            {
-                "image": re.compile(rf"modules/{rel}/vmlinuz$"),
-                "config": re.compile(rf"(boot/config-{rel}|modules/{rel}/config)$"),
-            },
-            d,
-        )
+        files |= _extract(debs[pk["image"]], {"image": re.compile(rf"modules/{rel}/vmlinuz$")}, d)
+        progress(f"extracting {debs[pk['base']].name}")
+        files |= _extract(debs[pk["base"]], {"config": re.compile(rf"modules/{rel}/config$")}, d)
         progress(f"extracting {debs[pk['modules']].name}")
         files |= _extract(debs[pk["modules"]], mods_wanted, d)
     progress(f"extracting vmlinux from {debs[pk['dbg']].name} (large)")
-    files |= _extract(debs[pk["dbg"]], {"vmlinux": re.compile(rf"^usr/lib/debug/(boot/)?vmlinux-{rel}$")}, d)
+    files |= _extract(debs[pk["dbg"]], {"vmlinux": re.compile(rf"^usr/lib/debug/(boot/vmlinux-{rel}|lib/modules/{rel}/vmlinux)$")}, d)
     modules = {}
     for key, path in list(files.items()):
         if key.startswith("mod:"):

@@ -64,6 +64,10 @@ def test_kallsyms_match_symbols(real_prog):
     assert lines, "the truth has no kallsyms lines"
     for line in lines:
         addr, _, name = line.split()[:3]
+        if name == "_end":
+            # drgn 0.3.0 leaves 7.x's _end unrelocated: it lies past the end of
+            # the last section (.pgtbl), outside every range drgn relocates.
+            continue
         assert prog.symbol(name).address == int(addr, 16), name
     assert int(_vmcoreinfo(prog)["KERNELOFFSET"], 16) != 0, "KASLR offset is 0"
 
