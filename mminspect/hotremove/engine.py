@@ -1,0 +1,241 @@
+"""
+Replaying the kernel's hot-remove page-table code
+-------------------------------------------------
+
+:class:`TableState` is a copy-on-write view of captured table pages.
+:func:`unmap_hotplug_range` and :func:`free_empty_tables` replay
+arch/arm64/mm/mmu.c (v5.7 and later) on it, entry for entry: the leaf pass
+clears descriptors (and frees the mapped pages when ``free_mapped``), then the
+table pass frees every table whose whole span, aligned to its parent level,
+lies in ``[floor, ceiling)`` (``pgtable_range_aligned()``, unsigned
+arithmetic included) and whose entries are all ``none``. The root is never
+freed, which is also how the kernel honours a top level folded at run time
+(``pgtable_l5_enabled()``/``pgtable_l4_enabled()``).
+:func:`remove_pagetable_rfc2017` replays the 2017 RFC's recursive removal
+instead: no floor or ceiling, a child freed as soon as it is empty.
+
+The engine only records what happened (:class:`Event`); policies decide what
+each freed page means (dtor or not, which messages).
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from mminspect.arch.arm64 import PTE_CONT, Regime
+
+__all__ = (
+    "Event",
+    "TableState",
+    "free_empty_tables",
+    "pgtable_range_aligned",
+    "remove_pagetable_rfc2017",
+    "unmap_hotplug_range",
+)
+
+_U64 = (1 << 64) - 1
+
+
+def pgtable_range_aligned(start: int, end: int, floor: int, ceiling: int, mask: int) -> bool:
+    """arch/arm64/mm/mmu.c ``pgtable_range_aligned()``, in u64 arithmetic."""
+    start &= mask
+    if start < floor:
+        return False
+    if ceiling:
+        ceiling &= mask
+        if not ceiling:
+            return False
+    if ((end - 1) & _U64) > ((ceiling - 1) & _U64):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing the replayed code did.
+
+    kind: ``free_table`` (a table page freed), ``keep_table`` (a table left
+    empty or partly used, with the reason), ``free_data`` (mapped pages freed
+    by the leaf pass), ``warn`` (a WARN_ON the kernel would hit).
+    """
+
+    kind: str
+    routine: str
+    phys: int = 0
+    level: int = 0
+    va: int = 0
+    size: int = 0
+    parent: Optional[Tuple[int, int]] = None
+    detail: str = ""
+
+
+@dataclass
+class TableState:
+    """Captured table pages (phys -> entries) with copy-on-write updates."""
+
+    regime: Regime
+    root_phys: int
+    tables: Dict[int, np.ndarray]
+    _dirty: Dict[int, np.ndarray] = field(default_factory=dict)
+    events: List[Event] = field(default_factory=list)
+
+    def entries(self, phys: int) -> Optional[np.ndarray]:
+        t = self._dirty.get(phys)
+        return t if t is not None else self.tables.get(phys)
+
+    def writable(self, phys: int) -> np.ndarray:
+        t = self._dirty.get(phys)
+        if t is None:
+            t = self.tables[phys].copy()
+            self._dirty[phys] = t
+        return t
+
+    def child(self, desc: int) -> int:
+        return self.regime.desc_to_phys(desc)
+
+    def is_leaf(self, desc: int, level: int) -> bool:
+        typ = desc & 3
+        if level == 3:
+            return typ == 3
+        return typ == 1 and level in self.regime.block_levels()
+
+    def warn(self, routine: str, phys: int, level: int, va: int, what: str) -> None:
+        self.events.append(Event("warn", routine, phys, level, va, 0, None, what))
+
+
+def _addr_end(addr: int, end: int, span: int) -> int:
+    # p?d_addr_end(): the next boundary, or end if it comes first.
+    boundary = ((addr + span) & ~(span - 1)) & _U64
+    return boundary if (boundary - 1) & _U64 < (end - 1) & _U64 else end
+
+
+def _index(r: Regime, level: int, va: int, n: int) -> int:
+    return (va >> r.shift(level)) & (n - 1)
+
+
+def unmap_hotplug_range(st: TableState, addr: int, end: int, free_mapped: bool,
+                        routine: str = "unmap_hotplug_range") -> None:
+    """The leaf pass: clear every leaf in ``[addr, end)``; with ``free_mapped``
+    the mapped pages are freed (vmemmap), without they stay (linear map)."""
+    _unmap(st, st.root_phys, st.regime.top_level, addr, end, free_mapped, routine)
+
+
+def _unmap(st, phys, level, addr, end, free_mapped, routine) -> None:
+    r = st.regime
+    span = 1 << r.shift(level)
+    t = st.entries(phys)
+    if t is None:
+        st.warn(routine, phys, level, addr, "table not in the snapshot")
+        return
+    n = len(t)
+    while True:
+        nxt = _addr_end(addr, end, span)
+        i = _index(r, level, addr, n)
+        d = int(t[i])
+        if d:
+            if not d & 1:
+                st.warn(routine, phys, level, addr, f"WARN_ON(!{r.level_name(level).lower()}_present)")
+            elif st.is_leaf(d, level):
+                w = st.writable(phys)
+                w[i] = 0
+                t = w
+                if free_mapped:
+                    if d & PTE_CONT:
+                        st.warn(routine, phys, level, addr, f"WARN_ON({r.level_name(level).lower()}_cont)")
+                    st.events.append(Event("free_data", routine, r.desc_to_phys(d), level, addr, span))
+            elif level < 3 and d & 3 == 3:
+                _unmap(st, st.child(d), level + 1, addr, nxt, free_mapped, routine)
+            else:
+                st.warn(routine, phys, level, addr, "descriptor is neither table nor leaf")
+        addr = nxt
+        if addr == end or addr == 0:
+            break
+
+
+def free_empty_tables(st: TableState, addr: int, end: int, floor: int, ceiling: int,
+                      routine: str = "free_empty_tables",
+                      on_free: Optional[Callable[[int, int], None]] = None) -> None:
+    """The table pass of mainline (v5.7+): free empty tables whose span lies
+    in ``[floor, ceiling)``."""
+    _free_empty(st, st.root_phys, st.regime.top_level, addr, end, floor, ceiling, None, routine)
+
+
+def _free_empty(st, phys, level, addr, end, floor, ceiling, parent, routine) -> None:
+    r = st.regime
+    span = 1 << r.shift(level)
+    start = addr
+    t = st.entries(phys)
+    if t is None:
+        st.warn(routine, phys, level, addr, "table not in the snapshot")
+        return
+    n = len(t)
+    while True:
+        nxt = _addr_end(addr, end, span)
+        i = _index(r, level, addr, n)
+        d = int(st.entries(phys)[i])
+        if level == 3:
+            if d:
+                st.warn(routine, phys, level, addr, "WARN_ON(!pte_none(pte))")
+        elif d:
+            if not d & 1 or d & 3 != 3:
+                st.warn(routine, phys, level, addr,
+                        f"WARN_ON(!{r.level_name(level).lower()}_present || !table || sect)")
+            else:
+                _free_empty(st, st.child(d), level + 1, addr, nxt, floor, ceiling, (phys, i), routine)
+        addr = nxt
+        if addr == end or addr == 0:
+            break
+    if parent is None:
+        return  # the root (or a level folded into it) is never freed
+    mask = ~((1 << r.shift(level - 1)) - 1) & _U64
+    if not pgtable_range_aligned(start, end, floor, ceiling, mask):
+        if not st.entries(phys).any():
+            st.events.append(Event("keep_table", routine, phys, level, start, 0, parent,
+                                   "empty, but its span is not inside [floor, ceiling)"))
+        return
+    if st.entries(phys).any():
+        st.events.append(Event("keep_table", routine, phys, level, start, 0, parent,
+                               f"{int(np.count_nonzero(st.entries(phys)))} entries still live"))
+        return
+    pw = st.writable(parent[0])
+    pw[parent[1]] = 0
+    st.events.append(Event("free_table", routine, phys, level, start, 0, parent))
+
+
+def remove_pagetable_rfc2017(st: TableState, addr: int, end: int, direct: bool) -> None:
+    """The 2017 RFC's ``remove_pagetable(start, end, direct)``: clear leaves
+    (freeing mapped pages when ``!direct``), and free each child table as soon
+    as all its entries are none, with no floor or ceiling."""
+    routine = "remove_pagetable(direct)" if direct else "remove_pagetable(vmemmap)"
+    _rfc(st, st.root_phys, st.regime.top_level, addr, end, direct, routine)
+
+
+def _rfc(st, phys, level, addr, end, direct, routine) -> None:
+    r = st.regime
+    span = 1 << r.shift(level)
+    t = st.entries(phys)
+    if t is None:
+        st.warn(routine, phys, level, addr, "table not in the snapshot")
+        return
+    n = len(t)
+    while True:
+        nxt = _addr_end(addr, end, span)
+        i = _index(r, level, addr, n)
+        d = int(st.entries(phys)[i])
+        if d and st.is_leaf(d, level):
+            st.writable(phys)[i] = 0
+            if not direct:
+                st.events.append(Event("free_data", routine, r.desc_to_phys(d), level, addr, span))
+        elif d and level < 3 and d & 3 == 3:
+            child = st.child(d)
+            _rfc(st, child, level + 1, addr, nxt, direct, routine)
+            ct = st.entries(child)
+            # free_p?d_table(): free the child if every entry is none; PUD
+            # tables only when CONFIG_PGTABLE_LEVELS > 3 (never the root).
+            if ct is not None and not ct.any():
+                st.writable(phys)[i] = 0
+                st.events.append(Event("free_table", routine, child, level + 1, addr, 0, (phys, i)))
+        addr = nxt
+        if addr == end or addr == 0:
+            break

@@ -1,0 +1,119 @@
+"""
+Hot-remove policies
+-------------------
+
+A policy is the freeing code of one kernel era, replayed by the engine: which
+routines run over which ranges, and whether each freed table page gets a
+pgtable dtor. Policies register themselves through the entry-point group
+``mminspect.policies`` (ours too, see pyproject.toml), so a kernel developer
+models a patch by shipping a module with a :class:`Policy` subclass and a
+``register()`` that returns it (see plugins/example_policy.py).
+
+A policy declares what it needs to know of the kernel it runs against through
+:class:`Era` facts; the simulator fills them from the snapshot.
+"""
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Dict, List, Optional, Type
+
+from mminspect.errors import MMInspectError
+
+__all__ = ("Era", "Policy", "available_policies", "get_policy", "select_policy")
+
+GROUP = "mminspect.policies"
+
+
+@dataclass
+class Era:
+    """Facts about the dumped kernel that decide what a free or a dtor does.
+
+    Each fact carries the evidence that decided it (``evidence[name]``).
+    """
+
+    #: "pgty" (v6.12+: PGTY_table in the top byte), "inverted" (v4.18..v6.11)
+    page_type: str = "inverted"
+    #: v6.16+: __create_pgd_mapping() ctors hot-added linear-map tables
+    #: (pgd_pgtable_alloc_init_mm, no ptlock for init_mm).
+    init_mm_ctor: bool = False
+    #: v6.14+: ptlock_free() is NULL-safe.
+    ptlock_free_null_safe: bool = False
+    #: v6.17+: page freeing clears any page type (2dfcd1608f3a9).
+    free_clears_type: bool = False
+    #: ALLOC_SPLIT_PTLOCKS: sizeof(spinlock_t) > sizeof(long).
+    alloc_split: bool = False
+    #: CONFIG_DEBUG_VM: VM_BUG_ON_PAGE is live.
+    debug_vm: bool = False
+    #: The free-time bad-page checks run (always before v6.10; then the
+    #: check_pages_enabled static key).
+    check_pages: bool = True
+    #: arm64 refuses to offline boot memory (prevent_bootmem_remove_notifier, v5.7+).
+    bootmem_notifier: bool = True
+    evidence: Dict[str, str] = field(default_factory=dict)
+
+
+class Policy:
+    """The freeing rules of one kernel era. Subclasses override ``remove``
+    (run the engine) and ``dtor_on_free`` (does a freed table get a dtor)."""
+
+    #: Short name for ``--policy``.
+    name = ""
+    #: One line for ``--help`` and reports.
+    summary = ""
+    #: Whether the kernel refuses boot memory and checks block states.
+    refuses_boot_memory = True
+
+    def __init__(self, era: Era, options: Optional[Dict[str, str]] = None) -> None:
+        self.era = era
+        self.options = dict(options or {})
+
+    @classmethod
+    def applies_to(cls, era: Era) -> int:
+        """How well this policy fits a dumped kernel: 0 never, higher better."""
+        return 0
+
+    def remove(self, sim) -> None:
+        """Replay the removal of ``sim.proposal`` on ``sim.state``."""
+        raise NotImplementedError
+
+    def dtor_on_free(self, routine: str, table) -> bool:
+        """Whether freeing ``table`` through ``routine`` runs a pgtable dtor."""
+        return False
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}" + (f" ({opts})" if opts else "") + f": {self.summary}"
+
+
+def available_policies() -> Dict[str, Type[Policy]]:
+    """Every registered policy by name (entry points in ``mminspect.policies``)."""
+    found: Dict[str, Type[Policy]] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            result = ep.load()()
+        except Exception as e:  # a broken third-party plugin must not break the tool
+            raise MMInspectError(f"policy plugin {ep.name!r} failed to load: {e}") from None
+        for cls in result if isinstance(result, (list, tuple)) else [result]:
+            found[cls.name] = cls
+    if not found:
+        raise MMInspectError("no hot-remove policies registered (is mminspect installed?)")
+    return found
+
+
+def get_policy(name: str, era: Era, options: Optional[Dict[str, str]] = None) -> Policy:
+    policies = available_policies()
+    if name not in policies:
+        raise MMInspectError(f"unknown policy {name!r}; available: {', '.join(sorted(policies))}")
+    return policies[name](era, options)
+
+
+def select_policy(era: Era, options: Optional[Dict[str, str]] = None) -> Policy:
+    """The registered policy that best fits the dumped kernel."""
+    ranked: List = sorted(
+        ((cls.applies_to(era), name, cls) for name, cls in available_policies().items()),
+        key=lambda x: (-x[0], x[1]),
+    )
+    score, _, cls = ranked[0]
+    if score <= 0:
+        raise MMInspectError("no policy fits this kernel; choose one with --policy")
+    return cls(era, options)
