@@ -98,15 +98,20 @@ for f in vmstat meminfo iomem cmdline version zoneinfo buddyinfo pagetypeinfo cp
     cat /proc/$f > "$T/$f" 2>/dev/null
 done
 cat /sys/devices/system/memory/block_size_bytes > "$T/memory/block_size_bytes"
+# Shell builtins for the many small sysfs files: a fork costs ~20 ms under TCG.
+dirs=
+for d in /sys/devices/system/memory/memory*; do dirs="$dirs $T/memory/${d##*/}"; done
+mkdir -p $dirs
 for d in /sys/devices/system/memory/memory*; do
-    n=${d##*/}
-    mkdir "$T/memory/$n"
     for f in state valid_zones phys_index removable phys_device online; do
-        [ -r "$d/$f" ] && cat "$d/$f" > "$T/memory/$n/$f" 2>/dev/null
+        [ -r "$d/$f" ] && read -r v < "$d/$f" && echo "$v" > "$T/memory/${d##*/}/$f"
     done
 done
 dmesg > "$T/dmesg"
-grep -E ' (_text|_stext|_etext|_sdata|_edata|_end|__init_begin|__init_end|swapper_pg_dir|idmap_pg_dir|tramp_pg_dir|init_mm|efi_mm|vmemmap|memstart_addr|kimage_voffset|mem_section|vmcoreinfo_data|init_uts_ns|totalram_pages|_totalram_pages|vm_node_stat|vm_zone_stat)$' /proc/kallsyms > "$T/kallsyms_subset"
+echo "_text _stext _etext _sdata _edata _end __init_begin __init_end swapper_pg_dir idmap_pg_dir
+tramp_pg_dir init_mm efi_mm vmemmap memstart_addr kimage_voffset mem_section vmcoreinfo_data
+init_uts_ns _totalram_pages vm_node_stat vm_zone_stat" | tr ' ' '\n' > /tmp/.syms
+grep -wF -f /tmp/.syms /proc/kallsyms > "$T/kallsyms_subset"
 cat /sys/kernel/vmcoreinfo > "$T/sys_kernel_vmcoreinfo" 2>/dev/null
 uname -a > "$T/uname"
 cat /proc/uptime > "$T/uptime_end"
