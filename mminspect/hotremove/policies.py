@@ -83,6 +83,7 @@ class RFC2017(Policy):
     name = "rfc2017"
     summary = "the 2017 RFC: recursive remove_pagetable(), no floor/ceiling, dtor for non-reserved linear-map tables"
     refuses_boot_memory = False
+    frees_reserved_pages = True
 
     @classmethod
     def applies_to(cls, era: Era) -> int:

@@ -62,6 +62,9 @@ class Policy:
     summary = ""
     #: Whether the kernel refuses boot memory and checks block states.
     refuses_boot_memory = True
+    #: Whether PG_reserved tables go back through free_reserved_page()
+    #: (the 2017 RFC) rather than free_pages() (mainline).
+    frees_reserved_pages = False
 
     def __init__(self, era: Era, options: Optional[Dict[str, str]] = None) -> None:
         self.era = era

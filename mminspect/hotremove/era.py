@@ -1,0 +1,174 @@
+"""
+Kernel-era facts, detected from the dump
+----------------------------------------
+
+Which ctor/dtor behaviour a kernel has is decided by feature, not by
+version: DWARF enumerators (``PGTY_table``, ``TABLE_PTE`` from arm64's
+``enum pgtable_type``), symbols that exist only with a change
+(``prevent_bootmem_remove_nb``, ``dump_vma`` for DEBUG_VM,
+``check_pages_enabled``), type sizes (``spinlock_t``), and the kernel's own
+code: whether the hot-remove table-freeing functions call into NR_PAGETABLE
+accounting is read from their instructions (an arm64 ``BL`` to
+``__lruvec_stat_mod_folio`` or ``mod_node_page_state``), which is how the
+2026 dtor fix shows itself. Only facts no dump can show fall back to
+OSRELEASE, and their evidence says so.
+"""
+
+import re
+import struct
+from typing import Dict, Iterable, Optional, Tuple
+
+from mminspect.hotremove.policy import Era
+from mminspect.target.base import TargetFault
+
+__all__ = ("detect_era", "function_calls")
+
+_HOTREMOVE_FUNCS = (
+    "free_hotplug_pgtable_page",
+    "free_empty_pte_table",
+    "free_empty_pmd_table",
+    "free_empty_pud_table",
+    "free_empty_p4d_table",
+    "free_empty_tables",
+    "__remove_pgd_mapping",
+    "vmemmap_free",
+    "arch_remove_memory",
+)
+_ACCOUNTING = (
+    "__lruvec_stat_mod_folio",
+    "lruvec_stat_mod_folio",
+    "__mod_lruvec_page_state",
+    "mod_node_page_state",
+    "__mod_node_page_state",
+    "pagetable_dtor",
+    "pagetable_dtor_free",
+)
+
+
+def _version(kernel) -> Tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", kernel.vmcoreinfo.get("OSRELEASE", ""))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def function_calls(kernel, functions: Iterable[str], targets: Iterable[str]) -> Optional[Dict[str, str]]:
+    """Which of ``functions`` contain an arm64 ``BL`` to one of ``targets``:
+    {function: target}. None when the code cannot be read (no symbol sizes)."""
+    prog = getattr(kernel.target, "prog", None)
+    if prog is None:
+        return None
+    addrs = {}
+    for name in targets:
+        try:
+            addrs[prog.symbol(name).address] = name
+        except LookupError:
+            continue
+    found: Dict[str, str] = {}
+    seen_any = False
+    for fn in functions:
+        try:
+            sym = prog.symbol(fn)
+        except LookupError:
+            continue
+        if not sym.size:
+            continue
+        try:
+            code = kernel.target.read_virt(sym.address, sym.size)
+        except TargetFault:
+            continue
+        seen_any = True
+        for i, (insn,) in enumerate(struct.iter_unpack("<I", code[: len(code) // 4 * 4])):
+            if insn & 0xFC000000 != 0x94000000:  # BL imm26
+                continue
+            off = insn & 0x03FFFFFF
+            if off & 0x02000000:
+                off -= 1 << 26
+            dest = sym.address + 4 * i + 4 * off
+            if dest in addrs:
+                found[fn] = addrs[dest]
+                break
+    return found if seen_any else None
+
+
+def _static_key_enabled(kernel, name: str) -> Optional[bool]:
+    addr = kernel.target.symbol(name)
+    if addr is None:
+        return None
+    try:
+        # struct static_key { atomic_t enabled; ... } at offset 0
+        return struct.unpack("<i", kernel.target.read_virt(addr, 4))[0] > 0
+    except TargetFault:
+        return None
+
+
+def detect_era(kernel) -> Era:
+    """The :class:`~mminspect.hotremove.policy.Era` of ``kernel``, each fact
+    with its evidence."""
+    t = kernel.target
+    ev: Dict[str, str] = {}
+    era = Era(evidence=ev)
+    ver = _version(kernel)
+
+    if t.constant("PGTY_table") is not None:
+        era.page_type, ev["page_type"] = "pgty", "DWARF: enum pagetype has PGTY_table"
+    elif kernel.vmcoreinfo.get("NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)", "").strip() in ("-268435456", "4026531840"):
+        era.page_type, ev["page_type"] = "pgty", "VMCOREINFO: PAGE_BUDDY_MAPCOUNT_VALUE is PGTY_buddy << 24"
+    else:
+        ev["page_type"] = "no PGTY_table enumerator: inverted page_type bits"
+
+    if t.constant("TABLE_PTE") is not None:
+        era.init_mm_ctor, ev["init_mm_ctor"] = True, "DWARF: arm64 enum pgtable_type (c64f46ee1377, v6.16)"
+    elif t.symbol("pgd_pgtable_alloc_init_mm") is not None:
+        era.init_mm_ctor, ev["init_mm_ctor"] = True, "symbol pgd_pgtable_alloc_init_mm"
+    elif t.has_debug_info:
+        ev["init_mm_ctor"] = "no enum pgtable_type, no pgd_pgtable_alloc_init_mm: hot-add tables get no ctor"
+    else:
+        era.init_mm_ctor = ver >= (6, 16)
+        ev["init_mm_ctor"] = f"no debug info: inferred from OSRELEASE {ver[0]}.{ver[1]}"
+
+    calls = function_calls(kernel, _HOTREMOVE_FUNCS, _ACCOUNTING)
+    if calls:
+        fn, target = next(iter(calls.items()))
+        ev["dtor_fix"] = f"yes: {fn}() calls {target}() (a pgtable dtor on hot-removed tables)"
+    elif calls is not None:
+        ev["dtor_fix"] = "no: the hot-remove table-freeing code makes no NR_PAGETABLE accounting call"
+    else:
+        ev["dtor_fix"] = "unknown: cannot read the hot-remove code (no symbols)"
+
+    era.ptlock_free_null_safe = ver >= (6, 14)
+    ev["ptlock_free_null_safe"] = f"inline code, not visible: inferred from OSRELEASE {ver[0]}.{ver[1]} (v6.14)"
+    era.free_clears_type = ver >= (6, 17)
+    ev["free_clears_type"] = f"inline code, not visible: inferred from OSRELEASE {ver[0]}.{ver[1]} (2dfcd1608f3a9, v6.17)"
+
+    size = t.sizeof("spinlock_t")
+    if size is not None:
+        era.alloc_split = size > 8
+        ev["alloc_split"] = f"DWARF: sizeof(spinlock_t) == {size}"
+    elif t.symbol("page_ptl_cachep") is not None:
+        era.alloc_split, ev["alloc_split"] = True, "symbol page_ptl_cachep"
+    else:
+        ev["alloc_split"] = "no debug info: assumed inline"
+
+    if t.symbol("dump_vma") is not None:
+        era.debug_vm, ev["debug_vm"] = True, "symbol dump_vma (built only with CONFIG_DEBUG_VM)"
+    else:
+        ev["debug_vm"] = "no dump_vma symbol: CONFIG_DEBUG_VM off" if t.has_debug_info else "unknown: no symbols"
+
+    enabled = _static_key_enabled(kernel, "check_pages_enabled")
+    if enabled is None:
+        era.check_pages = True
+        ev["check_pages"] = "no check_pages_enabled key: free-time checks always run (before v6.10)"
+    else:
+        era.check_pages = enabled or era.debug_vm
+        ev["check_pages"] = f"static key check_pages_enabled is {'on' if enabled else 'off'}"
+
+    notifier = next(
+        (n for n in ("prevent_bootmem_remove_nb", "prevent_memory_remove_nb") if t.symbol(n) is not None), None
+    )
+    if notifier:
+        era.bootmem_notifier, ev["bootmem_notifier"] = True, f"symbol {notifier} (v5.7+)"
+    elif t.has_debug_info:
+        era.bootmem_notifier, ev["bootmem_notifier"] = False, "no boot-memory remove notifier: pre-v5.7 arm64"
+    else:
+        era.bootmem_notifier = ver >= (5, 7)
+        ev["bootmem_notifier"] = f"no debug info: inferred from OSRELEASE {ver[0]}.{ver[1]}"
+    return era

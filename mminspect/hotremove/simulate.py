@@ -1,0 +1,202 @@
+"""
+Simulating a hot-remove
+-----------------------
+
+:func:`simulate` replays a policy (one kernel era's freeing code) on a copy
+of a :class:`~mminspect.hotremove.snapshot.Snapshot` for a
+:class:`~mminspect.hotremove.proposal.Proposal`, then judges every table page
+the replay freed against what its ``struct page`` showed at capture time,
+with the outcome rules of the dumped kernel's era (kernel-model §7.1):
+
+- a dtor on a page whose ctor never ran (NR_PAGETABLE drifts down; on
+  inverted-type kernels with DEBUG_VM, ``VM_BUG_ON_PAGE(!PageTable(page))``;
+  with ALLOC_SPLIT_PTLOCKS, a free of a ptl never allocated);
+- a ctor'd page freed without a dtor (NR_PAGETABLE leaks; before v6.17 the
+  still-typed page trips "Bad page state ... nonzero mapcount"; an allocated
+  ptl leaks);
+- a memblock (PG_reserved) page freed to the buddy allocator, a
+  kernel-image table freed, a table freed while another live entry still
+  references it, a table freed with its ptlock held, efi_mm tables touched.
+
+Each :class:`Finding` names the rule, the table page with its origin and
+ptlock, and the sentence a reviewer would write.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from mminspect.hotremove.engine import Event, TableState
+from mminspect.hotremove.policy import Policy
+from mminspect.hotremove.proposal import Proposal, Refusal, check_proposal
+
+__all__ = ("Finding", "Result", "SEVERITIES", "simulate")
+
+SEVERITIES = ("info", "warning", "error", "critical")
+_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str
+    rule: str
+    phys: int
+    level: str
+    origin: str
+    ptlock: str
+    routine: str
+    sentence: str
+    messages: tuple = ()
+
+
+@dataclass
+class Result:
+    proposal: Proposal
+    policy: str
+    refusals: List[Refusal]
+    simulated: bool
+    freed: List[Event] = field(default_factory=list)
+    kept: List[Event] = field(default_factory=list)
+    warnings: List[Event] = field(default_factory=list)
+    data_freed: int = 0
+    findings: List[Finding] = field(default_factory=list)
+    #: Change of the NR_PAGETABLE counter (what /proc/vmstat will show).
+    delta_nr_pagetable: int = 0
+    #: Change of the number of pages typed as page tables.
+    delta_typed_pages: int = 0
+
+    @property
+    def drift(self) -> int:
+        """How far the counter moves away from the typed-page count."""
+        return self.delta_nr_pagetable - self.delta_typed_pages
+
+    def worst(self) -> Optional[str]:
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=SEVERITIES.index)
+
+
+class _Sim:
+    """What a policy sees while it runs: the state and address helpers."""
+
+    def __init__(self, snapshot, proposal: Proposal) -> None:
+        k = snapshot.kernel
+        self.snapshot = snapshot
+        self.proposal = proposal
+        self.layout = k["layout"]
+        self.page_shift = k["regime"]["page_size"].bit_length() - 1
+        self.section_size = k["section_size"]
+        self.struct_page_size = k["struct_page_size"]
+        self.phys_offset = k["phys_offset"]
+        from mminspect.arch.arm64 import Regime
+
+        reg = k["regime"]
+        self.regime = Regime(self.page_shift, reg["va_bits"], reg["vabits_actual"], reg["pa_bits"])
+        self.state = TableState(self.regime, snapshot.root_phys, snapshot.entries)
+
+    def pfn_to_page(self, pfn: int) -> int:
+        base = self.phys_offset >> self.page_shift
+        return (self.layout["vmemmap_start"] + (pfn - base) * self.struct_page_size) & _U64
+
+    def phys_to_virt(self, pa: int) -> int:
+        return ((pa - self.phys_offset) | self.layout["page_offset"]) & _U64
+
+
+def simulate(snapshot, proposal: Proposal, policy: Policy, force: bool = False) -> Result:
+    """Replay ``policy`` for ``proposal`` on ``snapshot``; see the module docstring."""
+    refusals = check_proposal(proposal, snapshot, policy)
+    fatal = [r for r in refusals if r.fatal]
+    result = Result(proposal, policy.describe(), refusals, simulated=not fatal or force)
+    if fatal and not force:
+        return result
+    sim = _Sim(snapshot, proposal)
+    policy.remove(sim)
+    kept: Dict[int, Event] = {}
+    for ev in sim.state.events:
+        if ev.kind == "free_table":
+            result.freed.append(ev)
+            kept.pop(ev.phys, None)
+        elif ev.kind == "keep_table":
+            kept[ev.phys] = ev  # the last decision about a table is the one that stands
+        elif ev.kind == "warn":
+            result.warnings.append(ev)
+        elif ev.kind == "free_data":
+            result.data_freed += ev.size
+    result.kept = sorted(kept.values(), key=lambda e: (e.level, e.va))
+    _judge(snapshot, sim, policy, result)
+    return result
+
+
+def _judge(snapshot, sim: _Sim, policy: Policy, result: Result) -> None:
+    era = snapshot.era
+    freed = {ev.phys for ev in result.freed}
+    for ev in result.freed:
+        t = snapshot.tables.get(ev.phys)
+        if t is None:
+            continue
+        dtor = policy.dtor_on_free(ev.routine, t)
+
+        def add(severity, rule, sentence, *messages):
+            result.findings.append(Finding(severity, rule, t.phys, t.level_name, t.origin, t.ptlock,
+                                           ev.routine, sentence, tuple(messages)))
+
+        if dtor:
+            result.delta_nr_pagetable -= 1
+        if t.typed:
+            result.delta_typed_pages -= 1
+        # Tables the kernel must never free.
+        if t.image_symbol or t.origin == "kernel-image":
+            add("critical", "kernel-image table freed",
+                f"{ev.routine}() frees {t.image_symbol or 'a kernel-image table'} at {t.phys:#x}: "
+                "live kernel data handed to the page allocator.",
+                "WARNING: ... free_hotplug_page_range (WARN_ON(PageReserved(page)))")
+        if "efi_mm" in t.roots:
+            add("critical", "efi_mm table touched",
+                f"{t.level_name} table {t.phys:#x} is also in efi_mm, which has no teardown path.")
+        others = [(p, i) for p, i in t.parents if (p, i) != ev.parent and p not in freed]
+        if others:
+            p, i = others[0]
+            add("critical", "shared table freed",
+                f"{t.level_name} table {t.phys:#x} is freed while entry {i} of table {p:#x} still "
+                "points to it: use after free by the MMU and every walker.")
+        if t.ptl_held:
+            add("critical", "ptlock held",
+                f"{t.level_name} table {t.phys:#x} is freed with its split ptlock held.",
+                "WARNING: held lock freed!" if era.alloc_split else "")
+        # Reserved pages through the buddy allocator.
+        if t.reserved and not policy.frees_reserved_pages:
+            msgs = ["WARNING: ... at arch/arm64/mm/mmu.c free_hotplug_page_range (WARN_ON(PageReserved(page)))"]
+            if era.check_pages:
+                msgs.append("BUG: Bad page state in process ... page dumped because: "
+                            "PAGE_FLAGS_CHECK_AT_FREE flag(s) set")
+            add("error", "memblock page freed to buddy",
+                f"{t.level_name} table {t.phys:#x} came from memblock (PG_reserved) but "
+                f"{ev.routine}() frees it with free_pages(): "
+                + ("the page is leaked as a bad page." if era.check_pages else
+                   "it joins the buddy allocator and managed_pages drifts."),
+                *msgs)
+        # ctor/dtor balance.
+        if dtor and t.typed is False:
+            msgs = []
+            if era.page_type == "inverted" and era.debug_vm:
+                msgs.append("kernel BUG at include/linux/page-flags.h: VM_BUG_ON_PAGE(!PageTable(page))")
+            if era.alloc_split and not (era.ptlock_free_null_safe and not t.ptl_pointer):
+                msgs.append("kmem_cache_free(page_ptl_cachep) of a ptl that was never allocated")
+            add("error", "dtor without ctor",
+                f"{ev.routine}() runs the pgtable dtor on {t.level_name} table {t.phys:#x} "
+                f"({t.origin}), whose ctor never ran: NR_PAGETABLE drops below the real count by one.",
+                *msgs)
+        elif not dtor and t.typed:
+            msgs = []
+            if not era.free_clears_type and era.check_pages:
+                msgs.append("BUG: Bad page state in process ... page_type: "
+                            + ("f2(table)" if era.page_type == "pgty" else "0xfffffdff(table)")
+                            + " ... page dumped because: nonzero mapcount")
+            leak = "; its ptl object leaks too" if era.alloc_split and t.ptl_pointer else ""
+            add("error", "ctor without dtor",
+                f"{ev.routine}() frees {t.level_name} table {t.phys:#x} ({t.origin}) without the "
+                f"pgtable dtor its ctor needs: NR_PAGETABLE stays one page too high{leak}.",
+                *msgs)
+        elif t.typed is None:
+            add("warning", "ctor unknown",
+                f"cannot tell whether {t.level_name} table {t.phys:#x} was ctor'd (no struct page facts).")
+
