@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import click
 
+from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
 
 _U64 = (1 << 64) - 1
@@ -31,6 +32,8 @@ def _errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if bound_target() is not None:  # drgn/gdb session: its front end reports
+            return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
         except MMInspectError as e:
@@ -75,6 +78,8 @@ def open_kernel(core: Optional[str], symbols: Sequence[str], live: bool, qemu: O
     from mminspect.kernel import Kernel
     from mminspect.target import open_target
 
+    if bound_kernel() is not None:  # the drgn program or gdb connection of a session
+        return bound_kernel()
     if not (core or live or qemu):
         if platform.machine() == "aarch64" and os.access("/proc/kcore", os.R_OK):
             live = True
@@ -198,9 +203,115 @@ def capture(core, symbols, live, qemu, output, roots, force) -> None:
     from mminspect.capture import capture as do_capture
     from mminspect.target import open_target
 
-    if not (core or live or qemu):
+    target = bound_target()
+    if target is None and not (core or live or qemu):
         raise MMInspectError("capture needs a target: -c VMCORE, -k or --qemu SOCKET")
-    result = do_capture(open_target(core=core, symbols=symbols, kernel=live, qemu=qemu), output, roots, force)
+    result = do_capture(target or open_target(core=core, symbols=symbols, kernel=live, qemu=qemu),
+                        output, roots, force)
     click.echo(f"{output}: {result['bytes']} bytes, {result['pages']} pages, roots {', '.join(result['roots'])}")
     for root, why in result["skipped"].items():
         click.echo(f"  skipped {root}: {why}", err=True)
+
+
+def _load_or_capture(snapshot, core, symbols, live, qemu):
+    from mminspect.hotremove import Snapshot, capture_snapshot
+
+    if snapshot:
+        if not os.path.exists(snapshot):
+            raise MMInspectError(f"{snapshot}: no such snapshot")
+        return Snapshot.load(snapshot)
+    return capture_snapshot(open_kernel(core, symbols, live, qemu))
+
+
+@main.command()
+@target_options
+@click.option("-o", "--output", required=True, metavar="FILE", help="where to write the snapshot (.npz)")
+@click.option("--force", is_flag=True, help="overwrite FILE if it exists")
+@_errors
+def snapshot(core, symbols, live, qemu, output, force) -> None:
+    """Capture what a hot-remove simulation needs, for offline runs.
+
+    The snapshot holds every init_mm table page with its entries, parents and
+    classification, the efi_mm tables, memory sections and blocks, and the
+    era facts of the kernel. simulate-remove --snapshot FILE runs on it
+    repeatably; two snapshots can be compared with simulate-remove --diff.
+    """
+    from mminspect.hotremove import capture_snapshot
+
+    if os.path.exists(output) and not force:
+        raise MMInspectError(f"{output}: exists; choose another name or pass --force")
+    snap = capture_snapshot(open_kernel(core, symbols, live, qemu))
+    snap.save(output)
+    click.echo(f"{output}: {len(snap.tables)} table pages, {len(snap.blocks)} memory blocks, "
+               f"{os.path.getsize(output)} bytes")
+
+
+def _parse_options(pairs):
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise MMInspectError(f"bad --policy-option {p!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@main.command("simulate-remove")
+@target_options
+@click.option("--range", "range_", metavar="START-END", help="physical range to remove (hex; START+SIZE works)")
+@click.option("--block", "blocks", type=int, multiple=True, metavar="N", help="memory block id (repeatable)")
+@click.option("--policy", metavar="ERA", help="freeing rules to replay (default: chosen from the dump); see --list-policies")
+@click.option("--policy-option", "policy_options", multiple=True, metavar="KEY=VALUE",
+              help="policy option, e.g. dtor_fix=yes for v6.16")
+@click.option("--snapshot", "snapshot_path", metavar="FILE", help="simulate on a saved snapshot instead of a target")
+@click.option("--force", is_flag=True, help="simulate even where the kernel would refuse the removal")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--tables", is_flag=True, help="list every freed and kept table page")
+@click.option("--fail-on", type=click.Choice(["info", "warning", "error", "critical"]), default="error",
+              show_default=True, help="exit 1 if a finding of this severity or worse fires")
+@click.option("--list-policies", is_flag=True, help="list the registered policies and exit")
+@_errors
+def simulate_remove(core, symbols, live, qemu, range_, blocks, policy, policy_options, snapshot_path,
+                    force, fmt, tables, fail_on, list_policies) -> None:
+    """Simulate a memory hot-remove and flag every unbalanced pgtable dtor.
+
+    Replays the page-table freeing code of a kernel era on the captured state
+    (vmemmap_free() per section, then __remove_pgd_mapping() for the linear
+    map, with free_empty_tables()' floor/ceiling rule; or the 2017 RFC's
+    recursive removal) and judges every freed table page against its struct
+    page: dtor without ctor, ctor without dtor, memblock page freed to buddy,
+    kernel-image table freed, shared table freed, ptlock held, efi_mm touched.
+
+    \b
+    Exit status: 0 clean, 1 a finding at or above --fail-on,
+                 3 the kernel would refuse the removal, 2 bad input.
+    """
+    from mminspect.hotremove import Proposal, available_policies, get_policy, select_policy, simulate
+    from mminspect.report.simulate import simulate_json, simulate_text
+
+    if list_policies:
+        for name, cls in sorted(available_policies().items()):
+            click.echo(f"{name:<12} {cls.summary}")
+        return
+    if bool(range_) == bool(blocks):
+        raise MMInspectError("give the memory to remove with --range START-END or --block N (one of them)")
+    options = _parse_options(policy_options)
+    snap = _load_or_capture(snapshot_path, core, symbols, live, qemu)
+    if range_:
+        start, end = parse_range(range_)
+        proposal = Proposal(start, end)
+    else:
+        proposal = Proposal.from_blocks(blocks, snap.kernel["block_size"])
+    pol = get_policy(policy, snap.era, options) if policy else select_policy(snap.era, options)
+    result = simulate(snap, proposal, pol, force=force)
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        simulate_json(result, snap, out)
+    else:
+        simulate_text(result, snap, out, tables=tables, fail_on=fail_on)
+    if not result.simulated:
+        sys.exit(3)
+    from mminspect.hotremove.simulate import SEVERITIES
+
+    if any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in result.findings):
+        sys.exit(1)
