@@ -46,6 +46,15 @@ def qemu_version() -> str:
     return out.splitlines()[0] if out else "?"
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -198,7 +207,7 @@ class Guest:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
             self.cmdline, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
         threading.Thread(target=self._reader, daemon=True).start()
         self.qmp = QMP(self.qmp_path)

@@ -36,6 +36,14 @@ def get_dump(kernel_id: str, scenario: str) -> vmcores.Dump | str:
     d = vmcores.find(kernel_id, scenario)
     if d is not None:
         return d
+    try:
+        kf = vmcores.cached_kernel(kernel_id)
+    except RecipeError:
+        kf = None
+    if kf is not None:
+        why = vmcores.supported_scenarios(kf)[scenario]
+        if why:
+            return f"{kernel_id} cannot make {scenario}: {why}"
     if kernel_id not in make_kernels():
         return (f"no cached vmcore {kernel_id}/{scenario} (make it with: python -m vmcores make "
                 f"--kernel {kernel_id}, or set MMINSPECT_MAKE_VMCORES)")
