@@ -1,0 +1,84 @@
+"""Simulated hot-removes against real ones.
+
+Each kernel that hot-added a DIMM and removed it again left three dumps. The
+simulation runs on the hot-add dump with the policy mminspect picks for that
+kernel, and must free exactly the table pages that the real kernel freed
+(tables of the hot-add dump that are gone, or have become other tables, in
+the hot-remove dump), and predict the NR_PAGETABLE change the guest's own
+/proc/vmstat shows, up to the typed tables allocated in between.
+"""
+
+import functools
+
+import pytest
+
+import mminspect
+import vmcores
+from mminspect.hotremove import Proposal, capture_snapshot, diff_snapshots, select_policy, simulate
+
+KERNELS = [k for k in vmcores.kernel_ids()]
+
+
+def _nr_pagetable(dump) -> int:
+    text = (dump.truth / "vmstat_refreshed").read_text()
+    return int(text.split("nr_page_table_pages ")[1].split()[0])
+
+
+@functools.cache
+def _snapshots(kernel_id):
+    from tests.real.conftest import get_dump
+
+    dumps = {sc: get_dump(kernel_id, sc) for sc in ("hotadd", "hotremove")}
+    for sc, d in dumps.items():
+        if isinstance(d, str):
+            return d
+    snaps = {}
+    for sc, d in dumps.items():
+        snaps[sc] = capture_snapshot(mminspect.open(prog=d.program()))
+    return dumps, snaps
+
+
+@pytest.fixture(params=KERNELS)
+def pair(request):
+    got = _snapshots(request.param)
+    if isinstance(got, str):
+        pytest.skip(got)
+    return got
+
+
+def _proposal(snap):
+    added = [b.id for b in snap.blocks if not b.early]
+    assert added, "the hot-add dump shows no hot-added memory block"
+    return Proposal.from_blocks(added, snap.kernel["block_size"])
+
+
+def test_freed_tables_match_the_real_hot_remove(pair):
+    dumps, snaps = pair
+    before, after = snaps["hotadd"], snaps["hotremove"]
+    result = simulate(before, _proposal(before), select_policy(before.era))
+    assert result.simulated and not [r for r in result.refusals if r.fatal]
+    real = diff_snapshots(before, after)
+    assert {e.phys for e in result.freed} == set(real["freed"])
+    assert result.freed, "a 1 GiB removal frees linear-map tables"
+    assert not result.warnings
+
+
+def test_nr_pagetable_change_matches_the_guest(pair):
+    dumps, snaps = pair
+    before, after = snaps["hotadd"], snaps["hotremove"]
+    if any(t.typed is None for t in before.tables.values()):
+        pytest.skip("no struct page facts (classification not available)")
+    result = simulate(before, _proposal(before), select_policy(before.era))
+    real = diff_snapshots(before, after)
+    allocated_typed = sum(1 for p in real["allocated"] if after.tables[p].typed)
+    truth = _nr_pagetable(dumps["hotremove"]) - _nr_pagetable(dumps["hotadd"])
+    assert result.delta_nr_pagetable + allocated_typed == truth
+
+
+def test_boot_memory_is_refused_like_the_kernel(pair):
+    _, snaps = pair
+    snap = snaps["hotadd"]
+    boot = next(b for b in snap.blocks if b.early and b.start)
+    result = simulate(snap, Proposal(boot.start, boot.start + boot.size), select_policy(snap.era))
+    assert not result.simulated
+    assert any(r.rule == "boot-memory" and "offlining attempted" in r.message for r in result.refusals)
