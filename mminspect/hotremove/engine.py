@@ -110,8 +110,23 @@ def _addr_end(addr: int, end: int, span: int) -> int:
     return boundary if (boundary - 1) & _U64 < (end - 1) & _U64 else end
 
 
-def _index(r: Regime, level: int, va: int, n: int) -> int:
-    return (va >> r.shift(level)) & (n - 1)
+def _entries(st: TableState, phys: int, level: int, addr: int, end: int, routine: str):
+    """Walk the entries of one table covering ``[addr, end)`` as the kernel's
+    ``do { next = p?d_addr_end(addr, end); ... } while (addr = next, addr < end)``
+    loops do: yields (index, descriptor, addr, next), reading the current state."""
+    r = st.regime
+    if st.entries(phys) is None:
+        st.warn(routine, phys, level, addr, "table not in the snapshot")
+        return
+    span = 1 << r.shift(level)
+    n = len(st.entries(phys))
+    while True:
+        nxt = _addr_end(addr, end, span)
+        i = (addr >> r.shift(level)) & (n - 1)
+        yield i, int(st.entries(phys)[i]), addr, nxt
+        addr = nxt
+        if addr == end or addr == 0:
+            break
 
 
 def unmap_hotplug_range(st: TableState, addr: int, end: int, free_mapped: bool,
@@ -123,34 +138,22 @@ def unmap_hotplug_range(st: TableState, addr: int, end: int, free_mapped: bool,
 
 def _unmap(st, phys, level, addr, end, free_mapped, routine) -> None:
     r = st.regime
-    span = 1 << r.shift(level)
-    t = st.entries(phys)
-    if t is None:
-        st.warn(routine, phys, level, addr, "table not in the snapshot")
-        return
-    n = len(t)
-    while True:
-        nxt = _addr_end(addr, end, span)
-        i = _index(r, level, addr, n)
-        d = int(t[i])
-        if d:
-            if not d & 1:
-                st.warn(routine, phys, level, addr, f"WARN_ON(!{r.level_name(level).lower()}_present)")
-            elif st.is_leaf(d, level):
-                w = st.writable(phys)
-                w[i] = 0
-                t = w
-                if free_mapped:
-                    if d & PTE_CONT:
-                        st.warn(routine, phys, level, addr, f"WARN_ON({r.level_name(level).lower()}_cont)")
-                    st.events.append(Event("free_data", routine, r.desc_to_phys(d), level, addr, span))
-            elif level < 3 and d & 3 == 3:
-                _unmap(st, st.child(d), level + 1, addr, nxt, free_mapped, routine)
-            else:
-                st.warn(routine, phys, level, addr, "descriptor is neither table nor leaf")
-        addr = nxt
-        if addr == end or addr == 0:
-            break
+    name = r.level_name(level).lower()
+    for i, d, a, nxt in _entries(st, phys, level, addr, end, routine):
+        if not d:
+            continue
+        if not d & 1:
+            st.warn(routine, phys, level, a, f"WARN_ON(!{name}_present)")
+        elif st.is_leaf(d, level):
+            st.writable(phys)[i] = 0
+            if free_mapped:
+                if d & PTE_CONT:
+                    st.warn(routine, phys, level, a, f"WARN_ON({name}_cont)")
+                st.events.append(Event("free_data", routine, r.desc_to_phys(d), level, a, 1 << r.shift(level)))
+        elif level < 3 and d & 3 == 3:
+            _unmap(st, st.child(d), level + 1, a, nxt, free_mapped, routine)
+        else:
+            st.warn(routine, phys, level, a, "descriptor is neither table nor leaf")
 
 
 def free_empty_tables(st: TableState, addr: int, end: int, floor: int, ceiling: int,
@@ -163,29 +166,19 @@ def free_empty_tables(st: TableState, addr: int, end: int, floor: int, ceiling: 
 
 def _free_empty(st, phys, level, addr, end, floor, ceiling, parent, routine) -> None:
     r = st.regime
-    span = 1 << r.shift(level)
     start = addr
-    t = st.entries(phys)
-    if t is None:
-        st.warn(routine, phys, level, addr, "table not in the snapshot")
-        return
-    n = len(t)
-    while True:
-        nxt = _addr_end(addr, end, span)
-        i = _index(r, level, addr, n)
-        d = int(st.entries(phys)[i])
+    for i, d, a, nxt in _entries(st, phys, level, addr, end, routine):
         if level == 3:
             if d:
-                st.warn(routine, phys, level, addr, "WARN_ON(!pte_none(pte))")
+                st.warn(routine, phys, level, a, "WARN_ON(!pte_none(pte))")
         elif d:
             if not d & 1 or d & 3 != 3:
-                st.warn(routine, phys, level, addr,
+                st.warn(routine, phys, level, a,
                         f"WARN_ON(!{r.level_name(level).lower()}_present || !table || sect)")
             else:
-                _free_empty(st, st.child(d), level + 1, addr, nxt, floor, ceiling, (phys, i), routine)
-        addr = nxt
-        if addr == end or addr == 0:
-            break
+                _free_empty(st, st.child(d), level + 1, a, nxt, floor, ceiling, (phys, i), routine)
+    if st.entries(phys) is None:
+        return
     if parent is None:
         return  # the root (or a level folded into it) is never freed
     mask = ~((1 << r.shift(level - 1)) - 1) & _U64
@@ -213,29 +206,17 @@ def remove_pagetable_rfc2017(st: TableState, addr: int, end: int, direct: bool) 
 
 def _rfc(st, phys, level, addr, end, direct, routine) -> None:
     r = st.regime
-    span = 1 << r.shift(level)
-    t = st.entries(phys)
-    if t is None:
-        st.warn(routine, phys, level, addr, "table not in the snapshot")
-        return
-    n = len(t)
-    while True:
-        nxt = _addr_end(addr, end, span)
-        i = _index(r, level, addr, n)
-        d = int(st.entries(phys)[i])
+    for i, d, a, nxt in _entries(st, phys, level, addr, end, routine):
         if d and st.is_leaf(d, level):
             st.writable(phys)[i] = 0
             if not direct:
-                st.events.append(Event("free_data", routine, r.desc_to_phys(d), level, addr, span))
+                st.events.append(Event("free_data", routine, r.desc_to_phys(d), level, a, 1 << r.shift(level)))
         elif d and level < 3 and d & 3 == 3:
             child = st.child(d)
-            _rfc(st, child, level + 1, addr, nxt, direct, routine)
+            _rfc(st, child, level + 1, a, nxt, direct, routine)
             ct = st.entries(child)
             # free_p?d_table(): free the child if every entry is none; PUD
             # tables only when CONFIG_PGTABLE_LEVELS > 3 (never the root).
             if ct is not None and not ct.any():
                 st.writable(phys)[i] = 0
-                st.events.append(Event("free_table", routine, child, level + 1, addr, 0, (phys, i)))
-        addr = nxt
-        if addr == end or addr == 0:
-            break
+                st.events.append(Event("free_table", routine, child, level + 1, a, 0, (phys, i)))

@@ -64,13 +64,24 @@ def _flush_address(w: Walk) -> int:
     return end if modern else 0
 
 
+def _range_line(start: int, end: int, level_name: str, prot: int) -> str:
+    """One ``note_page()`` line: range, size scaled while divisible, level, prot."""
+    units = "KMGTPE"
+    delta = ((end - start) & _U64) >> 10
+    u = 0
+    while not (delta & 1023) and u + 1 < len(units):
+        delta >>= 10
+        u += 1
+    line = f"0x{start:016x}-0x{end:016x}   {delta:9d}{units[u]} {level_name}"
+    return line + decode_prot(prot) if prot else line
+
+
 def ptdump_lines(w: Walk) -> Iterator[str]:
     """The lines of kernel_page_tables (init_mm) or efi_page_tables (efi_mm)."""
     k = w.kernel
     r = w.regime
     markers = k.ptdump_markers(w.root)
     base = k.ptdump_base(w.root)
-    units = "KMGTPE"
     st_level = -1
     st_prot = 0
     st_start = 0
@@ -85,15 +96,7 @@ def ptdump_lines(w: Walk) -> Iterator[str]:
             st_level, st_prot, st_start = level, prot, addr
             yield f"---[ {markers[mi][1]} ]---"
         elif prot != st_prot or level != st_level or addr >= markers[mi + 1][0]:
-            delta = ((addr - st_start) & _U64) >> 10
-            u = 0
-            while not (delta & 1023) and u + 1 < len(units):
-                delta >>= 10
-                u += 1
-            line = f"0x{st_start:016x}-0x{addr:016x}   {delta:9d}{units[u]} {name(st_level)}"
-            if st_prot:
-                line += decode_prot(st_prot)
-            yield line
+            yield _range_line(st_start, addr, name(st_level), st_prot)
             if addr >= markers[mi + 1][0]:
                 mi += 1
                 yield f"---[ {markers[mi][1]} ]---"
@@ -108,15 +111,7 @@ def ptdump_lines(w: Walk) -> Iterator[str]:
         # note_page(st, end, -1, 0): level -1 always differs, so the last
         # range is printed; a flush at 0 never crosses a marker.
         flush = _flush_address(w)
-        delta = ((flush - st_start) & _U64) >> 10
-        u = 0
-        while not (delta & 1023) and u + 1 < len(units):
-            delta >>= 10
-            u += 1
-        line = f"0x{st_start:016x}-0x{flush:016x}   {delta:9d}{units[u]} {name(st_level)}"
-        if st_prot:
-            line += decode_prot(st_prot)
-        yield line
+        yield _range_line(st_start, flush, name(st_level), st_prot)
         if flush and flush >= markers[mi + 1][0] and markers[mi + 1][1]:
             yield f"---[ {markers[mi + 1][1]} ]---"
 
