@@ -11,8 +11,6 @@ commands and the gdb commands all print through these functions.
 import json
 from typing import IO, Any, Dict, Iterator
 
-from tabulate import tabulate
-
 from mminspect.report.ptdump import check_wx
 from mminspect.walk import Mapping, TablePage, Walk
 
@@ -48,6 +46,8 @@ def _summary(w: Walk) -> Dict[str, Any]:
 def walk_text(w: Walk, out: IO[str], tables: bool = False) -> None:
     """Print a summary, the coalesced leaf ranges, optionally every table
     page, and whatever the walk could not see."""
+    from tabulate import tabulate  # only here: the Python API must not need it
+
     s = _summary(w)
     rows = [(k, v) for k, v in s.items() if v is not None]
     out.write(tabulate(rows, tablefmt="plain") + "\n\n")

@@ -1,0 +1,283 @@
+"""
+Page Tables (mminspect)
+-----------------------
+
+The ``mminspect.drgn_plugin`` module provides drgn helpers for arm64 kernel
+page tables, and registers the ``mminspect`` command in drgn's CLI.
+
+The helpers walk a whole page-table tree at once — ``init_mm``
+(``swapper_pg_dir``), ``efi_mm``, the vmemmap region, a task's ``mm`` — reading
+every table page once, and return records: coalesced leaf mappings
+(:class:`~mminspect.walk.Mapping`) and table pages with every entry that
+references them (:class:`~mminspect.walk.TablePage`). drgn's own
+``follow_phys()`` translates one address; these answer "what does this tree
+map, and with which tables".
+
+The command runs the same subcommands, with the same options and output, as
+the shell's ``mminspect``, on the program of the session; drgn's redirections
+and pipes apply, and ``--drgn`` prints the equivalent Python::
+
+    >>> %mminspect walk --mm efi_mm --format ptdump > efi.txt
+    >>> %mminspect walk --mm init_mm | grep -c PTE
+    >>> %mminspect walk --mm efi_mm --drgn
+
+drgn loads this module through the ``drgn.plugins`` entry point that
+installing mminspect registers (``DRGN_DISABLE_PLUGINS=mminspect`` turns it
+off). The command is enabled only for Linux kernel programs.
+"""
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
+
+from drgn import Object, Program
+from drgn.helpers.common.prog import takes_program_or_default
+
+if TYPE_CHECKING:
+    from mminspect.kernel import Kernel
+    from mminspect.walk import Mapping, TablePage, Walk
+
+__all__ = (
+    "for_each_mapping",
+    "for_each_page_table",
+    "mminspect_kernel",
+    "print_ptdump",
+    "ptdump_check_wx",
+    "walk_page_tables",
+)
+
+_CACHE_KEY = "mminspect.kernel"
+
+MMLike = Union[str, int, Object]
+
+
+@takes_program_or_default
+def mminspect_kernel(prog: Program) -> "Kernel":
+    """
+    Get mminspect's view of the kernel: translation regime, VA layout and
+    roots, derived from VMCOREINFO. Built once per program.
+
+    >>> k = mminspect_kernel()
+    >>> k.regime.describe()
+    '4K pages, 48-bit VA, 4 levels'
+    >>> hex(k.layout.vmemmap_start)
+    '0xfffffc0000000000'
+
+    :return: :class:`mminspect.kernel.Kernel`
+    :raises MMInspectError: if the program is not an arm64 Linux kernel or
+        has no VMCOREINFO
+    """
+    k = prog.cache.get(_CACHE_KEY)
+    if k is None:
+        from mminspect.kernel import Kernel
+        from mminspect.target.drgn import DrgnTarget
+
+        k = Kernel(DrgnTarget(prog, _describe(prog)))
+        prog.cache[_CACHE_KEY] = k
+    return k
+
+
+def _describe(prog: Program) -> str:
+    from drgn import ProgramFlags
+
+    if prog.flags & ProgramFlags.IS_LIVE:
+        return "live kernel (drgn)"
+    return "vmcore (drgn)"
+
+
+def _root(prog: Program, k: "Kernel", mm: MMLike, start: Optional[int], end: Optional[int]):
+    if isinstance(mm, Object):
+        type_ = mm.type_.unaliased()
+        target = type_.type.unaliased() if type_.kind.name == "POINTER" else type_
+        tag = getattr(target, "tag", None)
+        if tag == "task_struct":
+            return k.root(str(mm.pid.value_()), start, end)
+        if tag != "mm_struct":
+            raise TypeError(f"expected struct mm_struct * or struct task_struct *, not {mm.type_}")
+        address = mm.value_() if type_.kind.name == "POINTER" else mm.address_
+        for name in ("init_mm", "efi_mm"):
+            sym = k.target.symbol(name)
+            if sym is not None and sym == address:
+                return k.root(name, start, end)
+        pgd = mm.pgd.value_()
+        root = k.root(f"pgd:{k.virt_to_phys(pgd):x}", start, end)
+        return dataclasses.replace(root, name=f"mm {address:#x}")
+    if isinstance(mm, bool) or not isinstance(mm, (str, int)):
+        raise TypeError(f"expected a root name, a pid or an mm/task Object, not {type(mm).__name__}")
+    return k.root(str(mm), start, end)
+
+
+@takes_program_or_default
+def walk_page_tables(
+    prog: Program, mm: MMLike = "init_mm", *, start: Optional[int] = None, end: Optional[int] = None
+) -> "Walk":
+    """
+    Walk one page-table tree in a single pass and return its records.
+
+    >>> w = walk_page_tables("efi_mm")
+    >>> next(w.mappings())
+    Mapping(0x4000000-0x8000000 -> 0x4000000 PMD block [RW NX SHD AF NG CON BLK UXN DEVICE/nGnRE])
+    >>> w = walk_page_tables(find_task(1).mm)          # a task's user half
+    >>> w = walk_page_tables(prog["init_mm"].address_of_(), start=0xffff800008000000, end=0xffff800008010000)
+    >>> w.translate(0xffff800008001234) is not None
+    True
+
+    :param mm: ``"init_mm"`` (the kernel half, from ``swapper_pg_dir``),
+        ``"efi_mm"``, ``"vmemmap"`` (the vmemmap region of init_mm), a pid,
+        ``"pgd:PHYS"`` (any user-half pgd), or a ``struct mm_struct *`` or
+        ``struct task_struct *`` Object
+    :param start: first virtual address of interest (inclusive)
+    :param end: end of the range (exclusive)
+    :return: :class:`mminspect.walk.Walk` (``mappings()``, ``tables()``,
+        ``problems``, ``translate(va)``)
+    :raises MMInspectError: for an unknown root, a range outside it, or a root
+        that needs debug info that is not loaded (efi_mm, pids)
+    :raises TypeError: if *mm* is an Object of another type
+    """
+    from mminspect.walk import walk
+
+    k = mminspect_kernel(prog)
+    return walk(k, _root(prog, k, mm, start, end))
+
+
+@takes_program_or_default
+def for_each_mapping(
+    prog: Program, mm: MMLike = "init_mm", *, start: Optional[int] = None, end: Optional[int] = None
+) -> Iterator["Mapping"]:
+    """
+    Iterate over the leaf mappings of a page-table tree, in VA order, with
+    contiguous ranges of identical attributes coalesced.
+
+    >>> for m in for_each_mapping("efi_mm"):
+    ...     print(hex(m.va), hex(m.pa), m.size, m.level_name, m.kind, m.attrs)
+    0x4000000 0x4000000 67108864 PMD block RW NX SHD AF NG CON BLK UXN DEVICE/nGnRE
+    ...
+
+    :param mm: as for :func:`walk_page_tables()`
+    :return: Iterator of :class:`mminspect.walk.Mapping`
+    :raises MMInspectError: as for :func:`walk_page_tables()`
+    """
+    return walk_page_tables(prog, mm, start=start, end=end).mappings()
+
+
+@takes_program_or_default
+def for_each_page_table(
+    prog: Program, mm: MMLike = "init_mm", *, start: Optional[int] = None, end: Optional[int] = None
+) -> Iterator["TablePage"]:
+    """
+    Iterate over every page-table page of a tree once, top level first,
+    with every entry that references it.
+
+    >>> for t in for_each_page_table("init_mm"):
+    ...     if t.level_name == "PTE" and len(t.parents) > 1:
+    ...         print(t)
+
+    :param mm: as for :func:`walk_page_tables()`
+    :return: Iterator of :class:`mminspect.walk.TablePage`
+    :raises MMInspectError: as for :func:`walk_page_tables()`
+    """
+    return walk_page_tables(prog, mm, start=start, end=end).tables()
+
+
+@takes_program_or_default
+def print_ptdump(prog: Program, mm: MMLike = "init_mm") -> None:
+    """
+    Print a tree in the format of the kernel's
+    ``/sys/kernel/debug/kernel_page_tables`` (``init_mm``) or
+    ``efi_page_tables`` (``efi_mm``), address markers included.
+
+    >>> print_ptdump("efi_mm")
+    ---[ UEFI runtime start ]---
+    0x0000000000000000-0x0000000004000000          64M PMD
+    ...
+
+    :param mm: as for :func:`walk_page_tables()`
+    :raises MMInspectError: as for :func:`walk_page_tables()`
+    """
+    from mminspect.report.ptdump import ptdump_lines
+
+    for line in ptdump_lines(walk_page_tables(prog, mm)):
+        print(line)
+
+
+@takes_program_or_default
+def ptdump_check_wx(prog: Program) -> str:
+    """
+    Run the kernel's ``CONFIG_DEBUG_WX`` check (``ptdump_check_wx()``) on
+    ``init_mm`` and return the message the kernel would print.
+
+    >>> ptdump_check_wx()
+    'Checked W+X mappings: passed, no W+X pages found'
+
+    :raises MMInspectError: if the program is not an arm64 kernel
+    """
+    from mminspect.report.ptdump import check_wx
+
+    return check_wx(walk_page_tables(prog, "init_mm"))[2]
+
+
+# -- the drgn command -----------------------------------------------------------
+
+
+def _run_command(prog: Program, args: Sequence[str]) -> Optional[int]:
+    from drgn.commands import CommandArgumentError, CommandError, DrgnCodeBuilder
+
+    from mminspect import commands
+    from mminspect.errors import MMInspectError
+
+    try:
+        inv = commands.parse(args, "drgn")
+        if inv is None:
+            return None
+        if inv.params.get("drgn"):
+            snippet = commands.drgn_code(inv)
+            code = DrgnCodeBuilder(prog)
+            for module, names in snippet.imports:
+                if names:
+                    code.add_from_import(module, *names)
+                else:
+                    code.add_import(module)
+            code.append(snippet.body)
+            code.print()
+            return None
+        k = mminspect_kernel(prog)
+        with commands.bound(k.target, "drgn", k):
+            # The shell's exit status when it is not 0 (simulate-remove: 1 for
+            # findings, 3 for a refused removal), as drgn's sh command returns it.
+            return commands.invoke(inv, "drgn") or None
+    except commands.UsageError as e:
+        raise CommandArgumentError(str(e)) from None
+    except MMInspectError as e:
+        if commands.debug_enabled():
+            raise
+        raise CommandError(str(e)) from None
+
+
+def _register() -> None:
+    try:
+        from drgn.commands import parse_shell_command
+        from drgn.commands.linux import linux_kernel_custom_command
+    except ImportError:  # drgn before the command framework (0.0.31)
+        return
+
+    @linux_kernel_custom_command(
+        name="mminspect",
+        description="walk arm64 kernel page tables (mminspect)",
+        usage="**mminspect** *SUBCOMMAND* [*OPTIONS*] [**--drgn**]",
+        long_description="""
+        Run an mminspect subcommand on this program, with the options and
+        output of the shell's ``mminspect`` (without -c/-s/-k/--qemu: the
+        target is this program). ``mminspect`` alone lists the subcommands;
+        ``mminspect SUBCOMMAND -h`` shows a subcommand's options. ``--drgn``
+        prints the Python that does the same through mminspect's API.
+
+        Examples: ``mminspect walk --mm efi_mm``, ``mminspect walk --format
+        ptdump > kernel_page_tables.txt``, ``mminspect walk --mm 1 --tables |
+        grep PTE``.
+        """,
+        parse=parse_shell_command,
+    )
+    def _cmd_mminspect(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -> Optional[int]:
+        return _run_command(prog, args)
+
+
+_register()
