@@ -58,6 +58,45 @@ def _cmd_path(args) -> int:
     return 0
 
 
+LIVE_HELP = """commands: sh <shell command> | hotadd | hotremove | dump <dir> | pause | cont | quit"""
+
+
+def _cmd_live(args) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from .live import live_guest  # noqa: PLC0415
+
+    with live_guest(args.kernel, cpu=args.cpu) as lg:
+        print(f"qmp={lg.qmp_socket} gdb=127.0.0.1:{lg.gdb_port} pid={lg.pid} vmlinux={lg.kernel.vmlinux}")
+        print(f"  drgn --qemu {lg.qmp_socket} -s {lg.kernel.vmlinux}")
+        print(f"  gdb-multiarch {lg.kernel.vmlinux} -ex 'target remote 127.0.0.1:{lg.gdb_port}'")
+        print(LIVE_HELP, flush=True)
+        for line in sys.stdin:
+            cmd, _, rest = line.strip().partition(" ")
+            try:
+                if cmd == "sh":
+                    rc, out, err = lg.run(rest, check=False)
+                    sys.stdout.write(out.decode(errors="replace") + err.decode(errors="replace") + f"[exit {rc}]\n")
+                elif cmd == "hotadd":
+                    print(lg.hotadd())
+                elif cmd == "hotremove":
+                    print(lg.hotremove())
+                elif cmd == "dump":
+                    print(lg.dump(Path(rest or "live-dump")).dir)
+                elif cmd == "pause":
+                    lg.guest.stop()
+                elif cmd == "cont":
+                    lg.guest.cont()
+                elif cmd in ("quit", "exit"):
+                    break
+                elif cmd:
+                    print(LIVE_HELP)
+            except RecipeError as e:
+                print(f"vmcores: {e}")
+            sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vmcores", description="real arm64 vmcores for mminspect")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -74,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kernel")
     p.add_argument("scenario", choices=SCENARIOS)
     p.set_defaults(fn=_cmd_path)
+    lv = sub.add_parser("live", help="boot a guest and keep it running (QMP socket, gdbstub); "
+                        "commands on stdin")
+    lv.add_argument("--kernel", default="debian-6.1-cloud-arm64")
+    lv.add_argument("--cpu")
+    lv.set_defaults(fn=_cmd_live)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
