@@ -28,6 +28,9 @@ from pathlib import Path
 from .cache import RecipeError, cache_dir, kernels_dir, progress, read_json, sha256_file, write_json
 
 DEFAULT_CPU = "cortex-a57"
+# FEAT_LPA2 (52-bit VA with 4K/16K pages) and a 16K granule need "max";
+# pauth-impdef makes TCG's pointer authentication cheaper (boot 12 s -> 9 s).
+CPU_MAX = "max,pauth-impdef=on"
 
 
 @dataclass
@@ -92,7 +95,7 @@ _SPECS: list[KernelSpec] = [
         "debian",
         "Debian sid linux-binary-*-cloud-arm64, the newest kernel (4K pages, 52-bit VA with LPA2: "
         "5 levels on -cpu max; ACPI memory hotplug built in)",
-        cpu="max",
+        cpu=CPU_MAX,
         flavour="cloud-arm64",
         layout="sid",
         series="",
@@ -102,7 +105,7 @@ _SPECS: list[KernelSpec] = [
         "debian",
         "Debian sid linux-binary-*-arm64, the newest generic flavour (4K pages, 52-bit VA with "
         "LPA2 on -cpu max; no CONFIG_ACPI_HOTPLUG_MEMORY, so boot scenario only)",
-        cpu="max",
+        cpu=CPU_MAX,
         flavour="arm64",
         layout="sid",
         series="",
@@ -112,7 +115,7 @@ _SPECS: list[KernelSpec] = [
         "debian",
         "Debian sid linux-binary-*-arm64-16k (16 KiB pages; -cpu max, as cortex-a57 has no 16K "
         "granule; no CONFIG_ACPI_HOTPLUG_MEMORY, so boot scenario only)",
-        cpu="max",
+        cpu=CPU_MAX,
         flavour="arm64-16k",
         layout="sid",
         series="",
