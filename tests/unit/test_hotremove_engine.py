@@ -170,3 +170,81 @@ def test_snapshot_roundtrip_gives_the_same_result(tmp_path, policy):
     b = simulate(again, Proposal(RAM, RAM + (4 << 20)), policy(again.era))
     assert [e.phys for e in a.freed] == [e.phys for e in b.freed]
     assert a.findings == b.findings
+
+
+VMEMMAP_START = 0xFFFFFC0000000000
+
+
+def _vmemmap_snapshot(era):
+    """A section whose memmap sits in one PTE-mapped vmemmap table (as for
+    base-page vmemmap) whose PTE table has no ctor (vmemmap_alloc_block)."""
+    snap = _snapshot({p: {"typed": True, "reserved": False} for p in (PTE0, PTE1, PMD, PUD)}, era)
+    vroot_i = (VMEMMAP_START >> 39) & 511
+    VPUD, VPMD, VPTE = 0x6000, 0x7000, 0x8000
+    t = snap.entries
+    for p in (VPUD, VPMD, VPTE):
+        t[p] = np.zeros(512, dtype=np.uint64)
+    t[ROOT][vroot_i] = VPUD | TABLE
+    # pfn_to_page(RAM >> 12) with PHYS_OFFSET == RAM is VMEMMAP_START itself.
+    t[VPUD][0] = VPMD | TABLE
+    t[VPMD][0] = VPTE | TABLE
+    for i in range(512):
+        t[VPTE][i] = (0x9000_0000 + i * 4096) | PAGE
+    for p, level, name, parent in ((VPUD, 1, "PUD", (ROOT, vroot_i)), (VPMD, 2, "PMD", (VPUD, 0)),
+                                   (VPTE, 3, "PTE", (VPMD, 0))):
+        snap.tables[p] = TableFacts(p, level, name, VMEMMAP_START, "vmemmap", [parent], ["init_mm"],
+                                    typed=False, reserved=False)
+    snap.kernel["section_size"] = snap.kernel["block_size"] = 2 << 20
+    return snap, VPTE
+
+
+def test_s14_after_the_fix_vmemmap_tables_get_a_dtor_without_ctor():
+    era = Era(page_type="pgty", init_mm_ctor=True, free_clears_type=True, ptlock_free_null_safe=True)
+    snap, vpte = _vmemmap_snapshot(era)
+    # 2 MiB of RAM has 32 KiB of memmap: 8 of the vmemmap PTEs; remove all
+    # 64 sections' worth so the vmemmap PTE table empties (64 x 2 MiB = 128 MiB).
+    for i in range(64):
+        snap.sections.append(Section(snap.sections[0].nr + i + 2, RAM + (i + 2) * (2 << 20), 2 << 20, 0x7))
+        snap.blocks.append(MemoryBlock(snap.sections[-1].nr, snap.sections[-1].start, 2 << 20, "online",
+                                       "Movable", 0, False))
+    prop = Proposal(RAM, RAM + (128 << 20))
+    after = simulate(snap, prop, Mainline616(era, {"dtor_fix": "yes"}))
+    s14 = [f for f in after.findings if f.rule == "dtor without ctor"]
+    # The whole vmemmap branch empties: its PTE, PMD and PUD tables are freed,
+    # each through vmemmap_free() with a dtor and no ctor behind it.
+    assert sorted(f.phys for f in s14) == [vpte - 0x2000, vpte - 0x1000, vpte]
+    assert {f.routine for f in s14} == {"vmemmap_free"}
+    assert after.drift == -3  # NR_PAGETABLE ends three below the typed-page count
+    before = simulate(snap, prop, Mainline616(era))
+    assert {f.rule for f in before.findings} == {"ctor without dtor"}
+    assert vpte not in {f.phys for f in before.findings}  # untyped, no dtor: balanced
+
+
+@pytest.mark.parametrize("page_shift,va_bits,vabits_actual", [
+    (12, 52, 48),  # 4K/52 LPA2 build folded to 4 levels
+    (14, 52, 47),  # 16K/52 LPA2 build folded to 3 levels
+    (14, 48, 48),  # 16K/48: a 2-entry PGD
+    (16, 52, 48),  # 64K/52 on a CPU without LVA
+    (16, 42, 42),  # 64K/42: 2 levels
+])
+def test_s18_the_root_page_is_never_freed(page_shift, va_bits, vabits_actual):
+    r = Regime(page_shift, va_bits, vabits_actual, 48)
+    n = r.entries_per_table
+    base = (-(1 << (va_bits if not r.folded else vabits_actual))) & U64
+    root = 0x10_0000
+    tables = {root: np.zeros(r.root_entries(index_bits=va_bits), dtype=np.uint64)}
+    phys, parent, idx = root, None, (base >> r.shift(r.top_level)) & (len(tables[root]) - 1)
+    for level in range(r.top_level, 3):
+        child = phys + (1 << 20)
+        tables[child] = np.zeros(n, dtype=np.uint64)
+        tables[phys][idx if level == r.top_level else 0] = child | TABLE
+        phys, idx = child, 0
+    tables[phys][0] = RAM | PAGE
+    st = TableState(r, root, tables)
+    span = 1 << r.shift(r.top_level)
+    unmap_hotplug_range(st, base, (base + span) & U64, False)
+    free_empty_tables(st, base, (base + span) & U64, 0, 0)
+    freed = {e.phys for e in st.events if e.kind == "free_table"}
+    assert root not in freed
+    assert freed == set(tables) - {root}
+    assert st.entries(root).any() == False  # noqa: E712  (the root's entry was cleared, the page kept)
