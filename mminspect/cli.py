@@ -270,9 +270,11 @@ def _parse_options(pairs):
 @click.option("--fail-on", type=click.Choice(["info", "warning", "error", "critical"]), default="error",
               show_default=True, help="exit 1 if a finding of this severity or worse fires")
 @click.option("--list-policies", is_flag=True, help="list the registered policies and exit")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE",
+              help="load a policy plugin from a Python file (see plugins/example_policy)")
 @_errors
 def simulate_remove(core, symbols, live, qemu, range_, blocks, policy, policy_options, snapshot_path,
-                    force, fmt, tables, fail_on, list_policies) -> None:
+                    force, fmt, tables, fail_on, list_policies, plugins) -> None:
     """Simulate a memory hot-remove and flag every unbalanced pgtable dtor.
 
     Replays the page-table freeing code of a kernel era on the captured state
@@ -287,8 +289,11 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, policy, policy_op
                  3 the kernel would refuse the removal, 2 bad input.
     """
     from mminspect.hotremove import Proposal, available_policies, get_policy, select_policy, simulate
+    from mminspect.hotremove.policy import load_plugin_file
     from mminspect.report.simulate import simulate_json, simulate_text
 
+    for path in plugins:
+        load_plugin_file(path)
     if list_policies:
         for name, cls in sorted(available_policies().items()):
             click.echo(f"{name:<12} {cls.summary}")

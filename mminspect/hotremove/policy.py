@@ -19,9 +19,12 @@ from typing import Dict, List, Optional, Type
 
 from mminspect.errors import MMInspectError
 
-__all__ = ("Era", "Policy", "available_policies", "get_policy", "select_policy")
+__all__ = ("Era", "Policy", "available_policies", "get_policy", "load_plugin_file", "select_policy")
 
 GROUP = "mminspect.policies"
+
+#: Policies registered from plugin files loaded in this process.
+_loaded: Dict[str, Type["Policy"]] = {}
 
 
 @dataclass
@@ -98,9 +101,33 @@ def available_policies() -> Dict[str, Type[Policy]]:
             raise MMInspectError(f"policy plugin {ep.name!r} failed to load: {e}") from None
         for cls in result if isinstance(result, (list, tuple)) else [result]:
             found[cls.name] = cls
+    found.update(_loaded)
     if not found:
         raise MMInspectError("no hot-remove policies registered (is mminspect installed?)")
     return found
+
+
+def load_plugin_file(path: str) -> List[str]:
+    """Load a policy plugin from a Python file (the same ``register()`` an
+    installed plugin's entry point names) and return the policy names."""
+    import importlib.util
+    import os
+
+    if not os.path.isfile(path):
+        raise MMInspectError(f"{path}: no such plugin file")
+    name = "mminspect_plugin_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        result = module.register()
+    except Exception as e:
+        raise MMInspectError(f"{path}: plugin failed to load: {e}") from None
+    names = []
+    for cls in result if isinstance(result, (list, tuple)) else [result]:
+        _loaded[cls.name] = cls
+        names.append(cls.name)
+    return names
 
 
 def get_policy(name: str, era: Era, options: Optional[Dict[str, str]] = None) -> Policy:

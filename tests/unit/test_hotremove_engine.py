@@ -248,3 +248,26 @@ def test_s18_the_root_page_is_never_freed(page_shift, va_bits, vabits_actual):
     assert root not in freed
     assert freed == set(tables) - {root}
     assert st.entries(root).any() == False  # noqa: E712  (the root's entry was cleared, the page kept)
+
+
+def test_builtin_policies_come_through_the_entry_point_group():
+    from mminspect.hotremove.policy import available_policies
+
+    assert {"rfc2017", "v5.7", "v6.16", "v6.16-dtor"} <= set(available_policies())
+
+
+def test_example_third_party_policy_balances_s14():
+    from pathlib import Path
+
+    from mminspect.hotremove.policy import get_policy, load_plugin_file
+
+    plugin = Path(__file__).parents[2] / "plugins" / "example_policy" / "mminspect_balanced_dtor.py"
+    assert load_plugin_file(str(plugin)) == ["balanced-dtor"]
+    era = Era(page_type="pgty", init_mm_ctor=True, free_clears_type=True, ptlock_free_null_safe=True)
+    snap, _ = _vmemmap_snapshot(era)
+    for i in range(64):
+        snap.sections.append(Section(snap.sections[0].nr + i + 2, RAM + (i + 2) * (2 << 20), 2 << 20, 0x7))
+        snap.blocks.append(MemoryBlock(snap.sections[-1].nr, snap.sections[-1].start, 2 << 20, "online",
+                                       "Movable", 0, False))
+    res = simulate(snap, Proposal(RAM, RAM + (128 << 20)), get_policy("balanced-dtor", era))
+    assert res.freed and res.findings == [] and res.drift == 0
