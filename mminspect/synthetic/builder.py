@@ -185,17 +185,23 @@ class _Table:
 
 
 class _Extent:
-    """A run of lazily generated PTE tables for a page-granular uniform mapping."""
+    """A run of lazily generated PTE tables for a page-granular uniform mapping.
 
-    __slots__ = ("table_pa0", "n_tables", "va0", "pa0", "attr_bits", "root", "parents_of")
+    The tables occupy ``[table_pa0, table_pa0 + n_tables pages)``. Table ``k`` in VA
+    order is page ``k`` of that range, or page ``n_tables - 1 - k`` when ``reverse``
+    (memblock's top-down order: each table below the previous one).
+    """
 
-    def __init__(self, table_pa0, n_tables, va0, pa0, attr_bits, root):
+    __slots__ = ("table_pa0", "n_tables", "va0", "pa0", "attr_bits", "root", "parents_of", "reverse")
+
+    def __init__(self, table_pa0, n_tables, va0, pa0, attr_bits, root, reverse=False):
         self.table_pa0 = table_pa0
         self.n_tables = n_tables
         self.va0 = va0
         self.pa0 = pa0
         self.attr_bits = attr_bits
         self.root = root
+        self.reverse = reverse
 
 
 class _Pool:
@@ -414,8 +420,18 @@ class Builder:
             e = self._extents[i]
             k, rem = divmod(pa - e.table_pa0, self.page)
             if rem == 0 and 0 <= k < e.n_tables:
-                return e, k
+                return e, (e.n_tables - 1 - k if e.reverse else k)
         return None
+
+    def _ext_pa(self, e: _Extent, k: int) -> int:
+        """PA of the table with VA index ``k`` of an extent."""
+        return e.table_pa0 + ((e.n_tables - 1 - k) if e.reverse else k) * self.page
+
+    def _extent_pages(self, e: _Extent, j0: int, n: int) -> np.ndarray:
+        """Contents of the extent's pages ``j0 .. j0 + n - 1`` in PA order."""
+        if not e.reverse:
+            return self._extent_table_content(e, j0, n)
+        return self._extent_table_content(e, e.n_tables - j0 - n, n)[::-1]
 
     def _extent_table_content(self, e: _Extent, k0: int, n: int) -> np.ndarray:
         E = self.regime.entries_per_table
@@ -442,7 +458,7 @@ class Builder:
             return c
         for i0, n, e, k0 in self._ext_parent.get(table.pa, ()):
             if i0 <= idx < i0 + n:
-                return e.table_pa0 + (k0 + idx - i0) * self.page
+                return self._ext_pa(e, k0 + idx - i0)
         return None
 
     def _check_root_va(self, root: str, va: int, size: int) -> None:
@@ -706,6 +722,52 @@ class Builder:
         self._runs.append(run)
         return run
 
+    def map_uniform_topdown(self, va: int, pa: int, size: int, prot: Prot = PAGE_KERNEL, *,
+                            table_prot: TableProt = TABLE_KERNEL, root: str = "swapper",
+                            pool: str = "ram", label: str = "linear") -> LeafRun:
+        """Like :meth:`map_uniform`, with the tables placed the way
+        ``__create_pgd_mapping`` gets them from memblock at boot: one at a time,
+        top-down, each below the previous. A PMD table is allocated when its
+        first entry is needed, then the PTE tables of its entries, so PTE tables
+        of consecutive VAs have descending PAs and each PMD table sits just above
+        the PTE tables it points to. ``pool`` must allocate top-down.
+        """
+        r = self.regime
+        va &= U64
+        self._check_root_va(root, va, size)
+        span = r.table_span(3)
+        if r.start_level == 3:
+            raise ValueError("no PTE tables below the root")
+        if va % span or pa % span or size % span or size <= 0:
+            raise ValueError(f"map_uniform_topdown needs {span:#x}-aligned va, pa and size")
+        if not self._pools[pool].down:
+            raise ValueError(f"pool {pool} does not allocate top-down")
+        self.enc.check_oa(pa, self.page)
+        n_tables = size // span
+        attr = self.enc.leaf_type(3) | prot.bits(r)
+        k = 0
+        while k < n_tables:
+            v = va + k * span
+            pt = self._ensure(root, v, 2, pool, table_prot)
+            idx = r.index(v, 2)
+            n = min(n_tables - k, pt.n - idx)
+            sl = pt.arr[idx:idx + n]
+            if np.any(sl):
+                raise ValueError(f"map_uniform_topdown overlaps existing entries at {v:#x}")
+            t0 = self._pools[pool].alloc(n)
+            e = _Extent(t0, n, v, pa + k * span, attr, root, reverse=True)
+            pas = np.uint64(t0) + (np.uint64(n - 1) - np.arange(n, dtype=np.uint64)) * np.uint64(self.page)
+            sl[:] = self.enc.oa_vec(pas) | np.uint64(PMD_TYPE_TABLE | table_prot.bits())
+            self._ext_parent.setdefault(pt.pa, []).append((idx, n, e, 0))
+            e.parents_of = [(pt.pa, idx + j) for j in range(n)]
+            i = bisect.bisect_right(self._extent_starts, t0)
+            self._extent_starts.insert(i, t0)
+            self._extents.insert(i, e)
+            k += n
+        run = LeafRun(root, va, pa, size // self.page, 3, LeafKind.PAGE, prot, attr, self.page, label)
+        self._runs.append(run)
+        return run
+
     # ---- data ------------------------------------------------------------------------
     def write_phys(self, pa: int, data: bytes) -> None:
         """Put bytes in physical memory (they end up in the dump)."""
@@ -945,7 +1007,7 @@ class BuiltKernel:
         for e in b._extents:
             span = r.table_span(3)
             for k in range(e.n_tables):
-                pa = e.table_pa0 + k * b.page
+                pa = b._ext_pa(e, k)
                 if pa in b._tables:
                     continue
                 par = e.parents_of[k] if isinstance(e.parents_of, list) else e.parents_of(k)

@@ -250,7 +250,7 @@ def write_vmcore(path: str | os.PathLike, built: BuiltKernel, *, full_ram: bool 
             while k < e.n_tables:
                 n = min(chunk_tables, e.n_tables - k)
                 pa0 = e.table_pa0 + k * ps
-                content = b._extent_table_content(e, k, n)
+                content = b._extent_pages(e, k, n)
                 # write maximal sub-runs that are in one segment and not omitted
                 j = 0
                 while j < n:
