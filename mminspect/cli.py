@@ -260,6 +260,7 @@ def _parse_options(pairs):
 @target_options
 @click.option("--range", "range_", metavar="START-END", help="physical range to remove (hex; START+SIZE works)")
 @click.option("--block", "blocks", type=int, multiple=True, metavar="N", help="memory block id (repeatable)")
+@click.option("--dimm", metavar="ID", help="a QEMU pc-dimm's range, asked of the --qemu SOCKET")
 @click.option("--policy", metavar="ERA", help="freeing rules to replay (default: chosen from the dump); see --list-policies")
 @click.option("--policy-option", "policy_options", multiple=True, metavar="KEY=VALUE",
               help="policy option, e.g. dtor_fix=yes for v6.16")
@@ -273,7 +274,7 @@ def _parse_options(pairs):
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE",
               help="load a policy plugin from a Python file (see plugins/example_policy)")
 @_errors
-def simulate_remove(core, symbols, live, qemu, range_, blocks, policy, policy_options, snapshot_path,
+def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, policy_options, snapshot_path,
                     force, fmt, tables, fail_on, list_policies, plugins) -> None:
     """Simulate a memory hot-remove and flag every unbalanced pgtable dtor.
 
@@ -298,8 +299,15 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, policy, policy_op
         for name, cls in sorted(available_policies().items()):
             click.echo(f"{name:<12} {cls.summary}")
         return
-    if bool(range_) == bool(blocks):
-        raise MMInspectError("give the memory to remove with --range START-END or --block N (one of them)")
+    if (bool(range_) + bool(blocks) + bool(dimm)) != 1:
+        raise MMInspectError("give the memory to remove with one of --range START-END, --block N, --dimm ID")
+    if dimm:
+        if not qemu:
+            raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
+        from mminspect.qmp import dimm_range
+
+        start, end = dimm_range(qemu, dimm)
+        range_ = f"{start:x}-{end:x}"
     options = _parse_options(policy_options)
     snap = _load_or_capture(snapshot_path, core, symbols, live, qemu)
     if range_:
