@@ -65,6 +65,15 @@ vmcoreinfo_omit=()) -> VmcoreFile(path, segments, file_size, vmcoreinfo)``
     fast path (1 TiB with 4K pages = 525,322 tables: built in 0.04 s, written as a
     2 GiB vmcore in about 10 s with 48 MiB RSS).
 
+``make_server_kernel(regime, linear_size, *, granular=True, hotadd=0, efi=True,
+vmalloc=True) -> BuiltKernel`` and ``write_server_vmcore(path, built)`` (:mod:`.server`)
+    The benchmark's kernels: boot tables placed top-down as memblock places them
+    (``Builder.map_uniform_topdown``), a PMD-mapped vmemmap with 6.12 ``struct page``s
+    for every table page (PG_reserved, PGTY_table, buddy poison), ``mem_section``,
+    hot-added memory, and the VMCOREINFO keys a classifier reads; ``built.server``
+    (:class:`ServerFacts`) holds the facts to check against.  1 TiB page-granular:
+    built in 1.6 s, written in 4 s (2 GiB of data in a sparse file).
+
 :mod:`.oracle`: ``open_drgn(path)``, ``drgn_translate(prog, pgtable_va, va)``,
 ``compare(prog, built, vas)``, ``sample_vas(built)``.
 
@@ -145,6 +154,7 @@ from .builder import (
 from .encode import Prot, TableProt
 from .regime import REGIMES, REGIMES_BY_NAME, Regime
 from .sample import Region, default_ram, make_linear_kernel, make_sample
+from .server import ServerFacts, make_server_kernel, write_server_vmcore
 from .vmcore import VmcoreFile, vmcoreinfo_text, write_vmcore
 
 __all__ = [
@@ -161,6 +171,7 @@ __all__ = [
     "Regime",
     "Region",
     "RootRecord",
+    "ServerFacts",
     "Status",
     "TableProt",
     "TableRecord",
@@ -169,6 +180,8 @@ __all__ = [
     "default_ram",
     "make_linear_kernel",
     "make_sample",
+    "make_server_kernel",
     "vmcoreinfo_text",
+    "write_server_vmcore",
     "write_vmcore",
 ]

@@ -127,8 +127,9 @@ def _present_runs(built: BuiltKernel) -> list[tuple[int, int]]:
 
 
 def plan_segments(built: BuiltKernel, *, merge_gap: int | None = None,
-                  full_ram: bool = False) -> list[Segment]:
-    """Segments (without file offsets) for the dump."""
+                  full_ram: bool = False, include=()) -> list[Segment]:
+    """Segments (without file offsets) for the dump; ``include`` lists extra
+    ``(start, end)`` PA ranges to cover even where they hold only zeros."""
     b = built._b
     ps = b.page
     if merge_gap is None:
@@ -137,6 +138,8 @@ def plan_segments(built: BuiltKernel, *, merge_gap: int | None = None,
         runs = [(s, s + n) for s, n in built.ram]
     else:
         runs = _present_runs(built)
+    if include:
+        runs = sorted(list(runs) + [(int(s), int(e)) for s, e in include])
     # clip runs to RAM banks
     clipped: list[tuple[int, int]] = []
     for s, e in runs:
@@ -149,7 +152,7 @@ def plan_segments(built: BuiltKernel, *, merge_gap: int | None = None,
     merged: list[tuple[int, int]] = []
     for s, e in sorted(clipped):
         if merged and s - merged[-1][1] <= merge_gap and bank_of(s) == bank_of(merged[-1][0]):
-            merged[-1] = (merged[-1][0], e)
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
         else:
             merged.append((s, e))
     # cut at omitted pages
@@ -183,7 +186,8 @@ def plan_segments(built: BuiltKernel, *, merge_gap: int | None = None,
 
 def write_vmcore(path: str | os.PathLike, built: BuiltKernel, *, full_ram: bool = False,
                  merge_gap: int | None = None, vmcoreinfo_extra: dict[str, str] | None = None,
-                 vmcoreinfo_omit: tuple[str, ...] = (), chunk_tables: int = 256) -> VmcoreFile:
+                 vmcoreinfo_omit: tuple[str, ...] = (), chunk_tables: int = 256,
+                 include=()) -> VmcoreFile:
     """Write ``built`` to ``path`` as an aarch64 ELF vmcore and return a summary.
 
     :param full_ram: one segment per RAM bank (a sparse file whose apparent size is the
@@ -191,12 +195,14 @@ def write_vmcore(path: str | os.PathLike, built: BuiltKernel, *, full_ram: bool 
     :param merge_gap: largest all-zero gap (bytes) bridged inside one segment.
     :param vmcoreinfo_extra: keys to add or override in VMCOREINFO.
     :param vmcoreinfo_omit: keys to drop from VMCOREINFO.
+    :param include: extra ``(start, end)`` PA ranges the dump covers even where they
+        hold only zeros (written as sparse holes), e.g. a whole memmap.
     """
     b = built._b
     ps = b.page
     info = vmcoreinfo_text(built, extra=vmcoreinfo_extra, omit=vmcoreinfo_omit)
     note = _note(b"VMCOREINFO", 0, info.encode())
-    segs = plan_segments(built, merge_gap=merge_gap, full_ram=full_ram)
+    segs = plan_segments(built, merge_gap=merge_gap, full_ram=full_ram, include=include)
 
     nph = 1 + len(segs)
     use_xnum = nph >= PN_XNUM
