@@ -53,8 +53,10 @@ def get_dump(kernel_id: str, scenario: str) -> vmcores.Dump | str:
         return f"cannot make {kernel_id}/{scenario}: {e}"
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1)
 def get_program(kernel_id: str, scenario: str):
+    """A drgn Program on the dump (only the last one is kept: a Program with a
+    300 MB vmlinux loaded takes a few hundred MB)."""
     d = get_dump(kernel_id, scenario)
     assert not isinstance(d, str)
     return d.program()
@@ -63,7 +65,9 @@ def get_program(kernel_id: str, scenario: str):
 DUMP_CASES = [(k, s) for k in vmcores.kernel_ids() for s in vmcores.SCENARIOS]
 
 
-@pytest.fixture(params=DUMP_CASES, ids=[f"{k}-{s}" for k, s in DUMP_CASES])
+# Session-scoped and parametrized: pytest then runs the tests grouped by dump, so
+# each dump's Program is made once.
+@pytest.fixture(scope="session", params=DUMP_CASES, ids=[f"{k}-{s}" for k, s in DUMP_CASES])
 def real_dump(request) -> vmcores.Dump:
     d = get_dump(*request.param)
     if isinstance(d, str):
@@ -71,7 +75,7 @@ def real_dump(request) -> vmcores.Dump:
     return d
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_prog(real_dump):
     """(Dump, drgn.Program on it with its vmlinux loaded)."""
     return real_dump, get_program(real_dump.kernel_id, real_dump.scenario)
