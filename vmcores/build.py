@@ -35,8 +35,13 @@ and to refresh the committed artifacts as well:
 
 Host packages needed for a build (Debian 12): gcc-aarch64-linux-gnu,
 binutils-aarch64-linux-gnu, make, bc, bison, flex, libssl-dev, libelf-dev,
-xz-utils, and linux-source-6.12 / linux-source-6.1.  Unpacking the committed
-artifacts needs only Python's lzma module.
+perl, xz-utils, dwz (optional: without it vmlinux.xz is about twice as big),
+and linux-source-6.12 / linux-source-6.1.  Unpacking the committed artifacts
+needs only Python's lzma module.
+
+Loading the vmlinux in drgn 0.3.0: with a vmcore, ``set_core_dump()`` then
+``load_debug_info([vmlinux])``.  Without a core, ``load_debug_info()``
+ignores the file (no module matches it); see :func:`drgn_program`.
 """
 
 from __future__ import annotations
@@ -541,6 +546,7 @@ def _install(art: Path, kdir: Path) -> None:
         shutil.copyfile(art / "config", tmp / "config")
         shutil.copyfile(art / "BUILDINFO.json", tmp / "BUILDINFO.json")
         shutil.copyfile(art / "SHA256SUMS", tmp / "SHA256SUMS")
+        tmp.chmod(0o755)
         if kdir.exists():
             shutil.rmtree(kdir)
         tmp.rename(kdir)
