@@ -615,6 +615,25 @@ def ensure_kernel(
         return _files(kernel_id, kdir)
 
 
+def verify_kernel(kf: KernelFiles) -> list[str]:
+    """Re-derive the facts of an unpacked kernel (config and drgn) and list
+    the differences from its BUILDINFO.json."""
+    want = kf.info.get("facts", {})
+    have = config_facts(kf.config)
+    try:
+        have.update(drgn_facts(kf.vmlinux))
+    except Exception as e:  # noqa: BLE001  (report any drgn failure)
+        return [f"drgn: {type(e).__name__}: {e}"]
+    bad = [
+        f"{key}: BUILDINFO {want[key]!r}, now {have.get(key)!r}"
+        for key in want
+        if key != "drgn_version" and have.get(key) != want[key]
+    ]
+    if not have.get("ptl_allocated", True):
+        bad.append("spinlock_t is not bigger than a pointer: ptlocks are not allocated")
+    return bad
+
+
 # ---------------------------------------------------------------------------
 # command line
 
@@ -632,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --rebuild: write the result to vmcores/kernels/<id>/ (for committing)")
     ap.add_argument("-j", "--jobs", type=int, default=None)
     ap.add_argument("--list", action="store_true", help="list kernel ids and their state")
+    ap.add_argument("--verify", action="store_true",
+                    help="after unpacking, load the vmlinux in drgn and compare with BUILDINFO facts")
     args = ap.parse_args(argv)
 
     if args.list or not args.kernel_ids:
@@ -659,6 +680,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k}: {e}", file=sys.stderr)
             return 1
         print(f"{k}: image={kf.image} vmlinux={kf.vmlinux} config={kf.config} cpu={kf.cpu}")
+        if args.verify:
+            bad = verify_kernel(kf)
+            if bad:
+                print(f"{k}: verify FAILED: " + "; ".join(bad), file=sys.stderr)
+                return 1
+            print(f"{k}: verify ok ({json.dumps(kf.info['facts'], sort_keys=True)})")
     return 0
 
 
