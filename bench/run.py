@@ -1,0 +1,227 @@
+"""
+mminspect benchmark (issue 7)
+-----------------------------
+
+``python -m bench [--sizes 16G,256G,1T] [--modes page,block] [--smoke]``
+
+Builds (or finds in the cache) synthetic arm64 kernels whose linear map is
+each size, page-granular (``rodata=full``) and block-mapped, written as ELF
+vmcores that drgn opens; warms the page cache with each dump; then runs every
+stage in a fresh process (``bench/stages.py``), interleaving the repeats of
+all stages so that a change in machine load hits them alike, and keeps each
+stage's best time and highest peak RSS. Prints one row per kernel and stage
+(seconds, ratio to the baseline ``read`` of the same kernel, peak RSS, cost
+per table page), then the acceptance summary for the page-granular kernels.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+if __package__ in (None, ""):  # python bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.kernels import GiB, ensure_kernel, parse_size, size_label, warm  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ALL_STAGES = ["read", "read-bulk", "walk", "classify", "audit", "remove-1G", "remove-64G"]
+LABELS = {
+    "read": "(a) read table pages, 1 read/page",
+    "read-bulk": "    read, contiguous 1 MiB reads",
+    "walk": "(b) walk init_mm",
+    "walk-before": "    walk, before issue 7",
+    "classify": "(c) classify (struct pages)",
+    "walk+classify": "    walk + classify",
+    "audit": "(d) audit",
+    "remove-1G": "(e) simulate-remove 1 GiB",
+    "remove-64G": "(e) simulate-remove 64 GiB",
+}
+#: Acceptance of issue 7 (page-granular kernels): stage -> max ratio to read.
+TARGETS = {"walk+classify": 2.0, "audit": 3.0, "remove-64G": 3.0}
+
+
+def run_one(stage: str, kdir: str, timeout: float, inner_repeat: int = 1) -> Dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "bench.stages", stage, kdir, "--repeat", str(inner_repeat)]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"stage": stage, "status": "timeout", "reason": f"timeout after {timeout:.0f} s"}
+    for line in p.stdout.splitlines()[::-1]:
+        if line.startswith("BENCH-RESULT "):
+            res = json.loads(line[len("BENCH-RESULT "):])
+            res["process_seconds"] = time.perf_counter() - t0
+            return res
+    tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+    return {"stage": stage, "status": "error", "reason": f"exit {p.returncode}: " + " | ".join(tail)}
+
+
+def best_of(results: List[Dict]) -> Dict:
+    ok = [r for r in results if r.get("status") == "ok"]
+    if not ok:
+        return results[-1]
+    best = dict(min(ok, key=lambda r: r["seconds"]))
+    best["peak_rss_kib"] = max(r.get("peak_rss_kib", 0) for r in ok)
+    best["all_seconds"] = [round(r["seconds"], 4) for r in ok]
+    best["cpu_seconds"] = min(r["cpu_seconds"] for r in ok)
+    return best
+
+
+def bench_kernel(k, stages: List[str], repeat: int, timeout: float, log) -> Dict[str, Dict]:
+    runs: Dict[str, List[Dict]] = {s: [] for s in stages}
+    slow = set()
+    for rep in range(repeat):
+        for s in stages:
+            if s in slow or (runs[s] and runs[s][-1].get("status") != "ok"):
+                continue
+            res = run_one(s, str(k.dir), timeout)
+            runs[s].append(res)
+            if res.get("status") == "ok":
+                msg = f"{res['seconds']:.3f} s, peak {res.get('peak_rss_kib', 0) >> 10} MiB"
+                if res["seconds"] > 30:
+                    slow.add(s)  # one run is enough
+            else:
+                msg = res.get("reason", res.get("status"))
+            log(f"  [{rep + 1}/{repeat}] {k.label:>10} {s:<12} {msg}")
+    return {s: best_of(v) for s, v in runs.items() if v}
+
+
+def derive(res: Dict[str, Dict]) -> None:
+    """Add walk+classify (the walk's time from the walk stage, the
+    classifier's from the classify stage; the classify process did both,
+    so its peak RSS is the pair's)."""
+    w, c = res.get("walk"), res.get("classify")
+    if w and c and w.get("status") == "ok" and c.get("status") == "ok":
+        res["walk+classify"] = {
+            "stage": "walk+classify", "status": "ok",
+            "seconds": w["seconds"] + c["seconds"],
+            "peak_rss_kib": c.get("peak_rss_kib", 0),
+            "checks": {"ok": w["checks"].get("ok") and c["checks"].get("ok")},
+        }
+    elif c is not None:
+        res["walk+classify"] = dict(c, stage="walk+classify")
+
+
+def fmt_row(kernel: str, n_tables: int, stage: str, r: Dict, base: Optional[float]) -> List:
+    label = LABELS.get(stage, stage)
+    if r.get("status") != "ok":
+        reason = r.get("reason") or r.get("status")
+        if r.get("status") == "n/a":
+            reason = f"n/a ({reason})"
+        return [kernel, label, reason, "", "", "", ""]
+    sec = r["seconds"]
+    ratio = f"{sec / base:.2f}" if base else ""
+    rss = r.get("peak_rss_kib", 0) / 1024
+    per = f"{sec / n_tables * 1e6:.2f}" if n_tables else ""
+    chk = r.get("checks", {})
+    ok = "ok" if chk.get("ok") else ("FAIL" if chk else "")
+    return [kernel, label, f"{sec:.3f}", ratio, f"{rss:.0f}", per, ok]
+
+
+def render(all_res: Dict[str, Dict], kernels: Dict[str, Dict], order: List[str]) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for key in all_res:
+        res = all_res[key]
+        meta = kernels[key]
+        n = meta["n_tables"]
+        label = f"{size_label(meta['linear_size'])} {meta['mode']}"
+        base = res.get("read", {}).get("seconds") if res.get("read", {}).get("status") == "ok" else None
+        for s in order:
+            if s in res:
+                rows.append(fmt_row(label, n, s, res[s], base))
+        rows.append(["", "", "", "", "", "", ""])
+    head = ["kernel", "stage", "seconds", "x read", "peak RSS MiB", "us/table page", "check"]
+    out = [tabulate(rows[:-1], headers=head, tablefmt="github", disable_numparse=True)]
+
+    summ = []
+    for key in all_res:
+        meta = kernels[key]
+        res = all_res[key]
+        n = meta["n_tables"]
+        base = res.get("read", {}).get("seconds") if res.get("read", {}).get("status") == "ok" else None
+
+        def ratio(stage):
+            r = res.get(stage)
+            if not r or r.get("status") != "ok" or not base:
+                return "n/a"
+            v = r["seconds"] / base
+            tgt = TARGETS.get(stage)
+            mark = "" if tgt is None or meta["mode"] != "page" else (" ok" if v <= tgt else " MISS")
+            return f"{v:.2f}{mark}"
+
+        def per(stage):
+            r = res.get(stage)
+            return f"{r['seconds'] / n * 1e6:.2f}" if r and r.get("status") == "ok" else "n/a"
+
+        wc = res.get("walk+classify", {})
+        summ.append([
+            f"{size_label(meta['linear_size'])} {meta['mode']}", n,
+            per("read"), per("walk"), per("walk+classify"),
+            ratio("walk+classify"), ratio("audit"), ratio("remove-64G"),
+            f"{wc.get('peak_rss_kib', 0) / 1024:.0f}" if wc.get("status") == "ok" else
+            f"{res.get('walk', {}).get('peak_rss_kib', 0) / 1024:.0f} (walk)",
+        ])
+    out.append("")
+    out.append(tabulate(summ, headers=[
+        "kernel", "table pages", "read us/page", "walk us/page", "walk+classify us/page",
+        "walk+classify x read (<=2)", "audit x read (<=3)", "remove-64G x read (<=3)",
+        "peak RSS MiB walk+classify"], tablefmt="github", disable_numparse=True))
+    return "\n".join(out)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="16G,256G,1T", help="linear-map sizes (default 16G,256G,1T; 4T fits on 60 GB of disk)")
+    ap.add_argument("--modes", default="page,block", help="page (rodata=full) and/or block")
+    ap.add_argument("--stages", default=",".join(ALL_STAGES), help="comma list; see bench/stages.py")
+    ap.add_argument("--before", action="store_true", help="also time the walker before issue 7")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per stage (fresh processes); best time kept")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per stage run")
+    ap.add_argument("--smoke", action="store_true", help="smallest size, page mode, one run (CI)")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the kernels even if cached")
+    ap.add_argument("--no-warm", action="store_true", help="do not pre-read the dumps into the page cache")
+    ap.add_argument("--json", metavar="FILE", help="write every result as JSON")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.sizes, a.modes, a.repeat = "16G", "page", 1
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    if a.before and "walk-before" not in stages:
+        stages.insert(stages.index("walk") + 1 if "walk" in stages else len(stages), "walk-before")
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+
+    kernels = []
+    for size in [parse_size(x) for x in a.sizes.split(",") if x.strip()]:
+        for mode in [m.strip() for m in a.modes.split(",") if m.strip()]:
+            kernels.append(ensure_kernel(size, mode, rebuild=a.rebuild, log=log))
+    all_res: Dict[str, Dict] = {}
+    metas: Dict[str, Dict] = {}
+    for k in kernels:
+        if not a.no_warm:
+            t0 = time.perf_counter()
+            n = warm(k.core)
+            log(f"warmed {k.label}: {n >> 20} MiB in {time.perf_counter() - t0:.1f} s")
+        res = bench_kernel(k, stages, a.repeat, a.timeout, log)
+        derive(res)
+        all_res[k.meta["key"]] = res
+        metas[k.meta["key"]] = k.meta
+    order = [s for s in ["read", "read-bulk", "walk", "walk-before", "classify", "walk+classify",
+                         "audit", "remove-1G", "remove-64G"]]
+    text = render(all_res, metas, order)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"kernels": metas, "results": all_res,
+                                            "argv": sys.argv[1:]}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""
+Benchmark stages, each run in a fresh process
+---------------------------------------------
+
+``python -m bench.stages STAGE KERNEL_DIR [--repeat N]`` opens the cached
+vmcore through mminspect's drgn target, runs one stage, and prints one line
+``BENCH-RESULT {json}``: seconds (the best of the repeats), CPU seconds, the
+peak RSS of the process while the stage ran (VmHWM, reset after opening the
+dump where the kernel allows it), and checks of the stage's output against
+what the generator built. A stage whose code has not landed (or cannot run on
+this kernel) reports ``status: n/a`` with the reason.
+
+Stages:
+
+==============  ==========================================================
+``read``        (a) the baseline: every init_mm table page read once
+                through the same target, one ``read_phys`` per page
+``read-bulk``   the same pages, physically contiguous ones in 1 MiB reads
+``walk``        (b) ``walk(kernel, init_mm)``
+``walk-before`` the walker before issue 7 (bench/walk_before.py)
+``classify``    (c) walk, then classify every table page (struct page
+                reads); the time is classify's alone, ``walk_seconds``
+                holds the walk's
+``audit``       (d) the NR_PAGETABLE audit
+``remove-1G``   (e) simulate-remove of the top 1 GiB of RAM (hot-added)
+``remove-64G``  (e) simulate-remove of the top 64 GiB (all hot-added)
+==============  ==========================================================
+"""
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+GiB = 1 << 30
+
+
+class NotAvailable(Exception):
+    """The stage cannot run: its code has not landed, or the kernel lacks something."""
+
+
+def vm_status(key: str) -> int:
+    """A /proc/self/status value in KiB (VmHWM, VmRSS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux 4.0+: ``echo 5 > clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- stages ------------------------------------------------------------------
+# Each returns (run, check): run() does the timed work and returns a result;
+# check(result) returns a dict of facts about it (not timed).
+
+
+def _load(meta, name: str) -> np.ndarray:
+    return np.load(os.path.join(meta["_dir"], name + ".npy"))
+
+
+def _linear_mapped(kernel, w) -> int:
+    from mminspect.walk import CLS_LEAF
+
+    runs = w.runs[w.runs["cls"] == CLS_LEAF]
+    lo, hi = np.uint64(kernel.layout.page_offset), np.uint64(kernel.layout.page_end)
+    sel = (runs["va"] >= lo) & (runs["va"] < hi)
+    return int(runs["size"][sel].sum())
+
+
+def stage_read(kernel, meta, tables) -> Tuple[Callable, Callable]:
+    t = kernel.target
+    ps = meta["page_size"]
+    pas = tables.tolist()
+
+    def run():
+        n = 0
+        for pa in pas:
+            n += len(t.read_phys(pa, ps))
+        return n
+
+    return run, lambda n: {"pages": len(pas), "bytes": n, "ok": n == len(pas) * ps}
+
+
+def stage_read_bulk(kernel, meta, tables) -> Tuple[Callable, Callable]:
+    t = kernel.target
+    ps = meta["page_size"]
+    brk = np.nonzero(np.diff(tables) != np.uint64(ps))[0] + 1
+    starts = np.concatenate(([0], brk)).tolist()
+    ends = np.concatenate((brk, [len(tables)])).tolist()
+    per = max(1, (1 << 20) // ps)
+    pieces = []
+    for s, e in zip(starts, ends):
+        for s2 in range(s, e, per):
+            pieces.append((int(tables[s2]), (min(e, s2 + per) - s2) * ps))
+
+    def run():
+        n = 0
+        for pa, size in pieces:
+            n += len(t.read_phys(pa, size))
+        return n
+
+    return run, lambda n: {"reads": len(pieces), "bytes": n, "ok": n == len(tables) * ps}
+
+
+def _walk_check(kernel, meta, tables):
+    def check(w):
+        mapped = _linear_mapped(kernel, w)
+        found = np.sort(w.table_phys)
+        return {
+            "tables": int(w.table_count),
+            "expected_tables": len(tables),
+            "tables_match": bool(np.array_equal(found, tables)),
+            "linear_mapped": mapped,
+            "linear_size": meta["linear_size"],
+            "problems": len(w.problems),
+            "runs": int(len(w.runs)),
+            "reads": int(w.stats.get("reads", 0)),
+            "ok": bool(np.array_equal(found, tables)) and mapped == meta["linear_size"] and not w.problems,
+        }
+
+    return check
+
+
+def stage_walk(kernel, meta, tables):
+    from mminspect.walk import walk
+
+    root = kernel.root("init_mm")
+    return (lambda: walk(kernel, root)), _walk_check(kernel, meta, tables)
+
+
+def stage_walk_before(kernel, meta, tables):
+    from bench.walk_before import walk
+
+    root = kernel.root("init_mm")
+    return (lambda: walk(kernel, root)), _walk_check(kernel, meta, tables)
+
+
+def _classifier():
+    try:
+        from mminspect import classify as mod
+    except ImportError as e:
+        raise NotAvailable(f"mminspect.classify not importable ({e.name or e})") from None
+    for name in ("classify_walk", "classify"):
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return fn
+    raise NotAvailable("mminspect.classify has no classify_walk")
+
+
+def stage_classify(kernel, meta, tables):
+    from mminspect.walk import walk
+
+    fn = _classifier()
+    t0 = time.perf_counter()
+    w = walk(kernel, kernel.root("init_mm"))
+    walk_seconds = time.perf_counter() - t0
+
+    def run():
+        out = fn(kernel, w)
+        if not isinstance(out, (list, tuple, dict)) and hasattr(out, "__iter__"):
+            out = list(out)
+        return out
+
+    def check(out):
+        facts: Dict[str, object] = {"walk_seconds": walk_seconds}
+        rows = list(out.values()) if isinstance(out, dict) else out
+        try:
+            facts["classified"] = len(rows)
+        except TypeError:
+            facts["classified"] = None
+        origins: Dict[str, int] = {}
+        typed = reserved = 0
+        for c in rows if isinstance(rows, (list, tuple)) else ():
+            o = str(getattr(c, "origin", "?"))
+            origins[o] = origins.get(o, 0) + 1
+            typed += bool(getattr(c, "typed", False))
+            reserved += bool(getattr(c, "reserved", False))
+        facts.update(origins=origins, typed=typed, reserved=reserved,
+                     expected_typed=len(np.intersect1d(tables, _load(meta, "typed"))),
+                     expected_reserved=len(np.intersect1d(tables, _load(meta, "reserved"))),
+                     ok=facts["classified"] == len(tables))
+        return facts
+
+    return run, check
+
+
+def _auditor():
+    candidates = (("mminspect.classify", "audit"), ("mminspect.audit", "audit"),
+                  ("mminspect.pages", "audit"), ("mminspect.audit", "run_audit"))
+    import importlib
+
+    for modname, name in candidates:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return fn
+    raise NotAvailable("no audit function in mminspect.classify, .audit or .pages")
+
+
+def stage_audit(kernel, meta, tables):
+    fn = _auditor()
+
+    def check(res):
+        facts: Dict[str, object] = {}
+        for name in ("typed_pages", "table_typed", "found", "counted", "nr_pagetable", "difference"):
+            v = getattr(res, name, None)
+            if isinstance(v, (int, float)) or v is None:
+                if v is not None:
+                    facts[name] = v
+            else:
+                try:
+                    facts[name] = len(v)
+                except TypeError:
+                    pass
+        facts["ok"] = True
+        return facts
+
+    return (lambda: fn(kernel)), check
+
+
+def _remove(size: int):
+    def stage(kernel, meta, tables):
+        try:
+            from mminspect.hotremove import Proposal, capture_snapshot, select_policy, simulate
+        except ImportError as e:
+            raise NotAvailable(f"mminspect.hotremove not importable ({e})") from None
+        hot = meta.get("hotadd")
+        if not hot or hot[1] < size:
+            raise NotAvailable(f"kernel has {((hot or [0, 0])[1]) >> 30} GiB hot-added, block is {size >> 30} GiB")
+        end = hot[0] + hot[1]
+        prop = Proposal(end - size, end)
+        times: Dict[str, float] = {}
+
+        def run():
+            t0 = time.perf_counter()
+            snap = capture_snapshot(kernel)
+            t1 = time.perf_counter()
+            res = simulate(snap, prop, select_policy(snap.era), force=True)
+            times["capture_seconds"] = t1 - t0
+            times["simulate_seconds"] = time.perf_counter() - t1
+            return res
+
+        def check(res):
+            return {
+                **times,
+                "refusals": [r.rule for r in res.refusals],
+                "freed_tables": len(res.freed),
+                "kept_tables": len(res.kept),
+                "warnings": len(res.warnings),
+                "findings": len(res.findings),
+                "delta_nr_pagetable": res.delta_nr_pagetable,
+                "ok": res.simulated,
+            }
+
+        return run, check
+
+    return stage
+
+
+STAGES = {
+    "read": stage_read,
+    "read-bulk": stage_read_bulk,
+    "walk": stage_walk,
+    "walk-before": stage_walk_before,
+    "classify": stage_classify,
+    "audit": stage_audit,
+    "remove-1G": _remove(1 * GiB),
+    "remove-64G": _remove(64 * GiB),
+}
+
+
+def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0) -> Dict:
+    import mminspect
+
+    with open(os.path.join(kernel_dir, "meta.json")) as f:
+        meta = json.load(f)
+    meta["_dir"] = kernel_dir
+    tables = np.load(os.path.join(kernel_dir, "tables.npy"))
+    out: Dict[str, object] = {"stage": stage, "kernel": meta["key"]}
+    t0 = time.perf_counter()
+    kernel = mminspect.open(core=os.path.join(kernel_dir, "vmcore"))
+    out["open_seconds"] = time.perf_counter() - t0
+    out["rss_after_open_kib"] = vm_status("VmRSS")
+    try:
+        run, check = STAGES[stage](kernel, meta, tables)
+    except NotAvailable as e:
+        out.update(status="n/a", reason=str(e))
+        return out
+    gc.collect()
+    out["peak_reset"] = reset_peak()
+    times, cpus = [], []
+    result = None
+    spent = 0.0
+    for i in range(max(1, repeat)):
+        result = None
+        gc.collect()
+        c0, w0 = time.process_time(), time.perf_counter()
+        result = run()
+        wall = time.perf_counter() - w0
+        times.append(wall)
+        cpus.append(time.process_time() - c0)
+        spent += wall
+        if spent + wall > budget:
+            break
+    out["peak_rss_kib"] = vm_status("VmHWM")
+    out.update(status="ok", seconds=min(times), cpu_seconds=min(cpus), times=times)
+    try:
+        out["checks"] = check(result)
+    except Exception as e:  # a check must not hide the timing
+        out["checks"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def main(argv: Optional[list] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.stages")
+    ap.add_argument("stage", choices=sorted(STAGES))
+    ap.add_argument("kernel_dir")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=20.0, help="stop repeating after this many seconds")
+    a = ap.parse_args(argv)
+    try:
+        res = run_stage(a.stage, a.kernel_dir, a.repeat, a.budget)
+    except Exception as e:
+        import traceback
+
+        res = {"stage": a.stage, "status": "error", "reason": f"{type(e).__name__}: {e}",
+               "traceback": traceback.format_exc(limit=8)}
+    sys.stdout.write("BENCH-RESULT " + json.dumps(res, default=str) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
