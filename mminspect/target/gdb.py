@@ -492,6 +492,22 @@ class GdbTarget:
             return int(value, 16) if value is not None else None
         return addr
 
+    def symbol_size(self, name: str) -> Optional[int]:
+        """Size in bytes of a function (its code, from gdb's block of it), or
+        None when gdb does not know it."""
+        link = self._link_address(name)
+        if link is None:
+            return None
+        try:
+            block = gdb.block_for_pc(link)
+            while block is not None and block.function is None:
+                block = block.superblock
+            if block is None or block.function.name != name or block.start != link:
+                return None
+            return int(block.end - block.start)
+        except (gdb.error, RuntimeError):
+            return None
+
     def _eval_int(self, expr: str) -> Optional[int]:
         try:
             return int(gdb.parse_and_eval(expr))
@@ -589,6 +605,41 @@ class GdbTarget:
             return int.from_bytes(self.read_virt(addr, 8), "little")
         except TargetFault:
             return None
+
+    def task_mm_pgd(self, pid: int) -> int:
+        """
+        The ``mm->pgd`` (a kernel VA) of the process with ``pid``, found by
+        following ``init_task.tasks`` (thread-group leaders).
+
+        :raises MMInspectError: if there is no such process, it is a kernel
+            thread, or the debug info lacks the fields
+        """
+        offs = [self.offsetof("struct task_struct", m) for m in ("tasks", "pid", "mm", "comm")]
+        pgd_off = self.offsetof("struct mm_struct", "pgd")
+        head = self.symbol("init_task")
+        if None in offs or pgd_off is None or head is None:
+            raise MMInspectError(f"{self.name}: walking a pid needs the kernel's debug info (file vmlinux)")
+        tasks, pid_off, mm_off, comm_off = offs
+        head += tasks
+        node = self._u64_at(head)
+        for _ in range(1 << 20):
+            if node == head:
+                break
+            task = node - tasks
+            if int.from_bytes(self.read_virt(task + pid_off, 4), "little", signed=True) == pid:
+                mm = self._u64_at(task + mm_off)
+                if not mm:
+                    comm = self.read_virt(task + comm_off, 16).split(b"\0", 1)[0].decode(errors="replace")
+                    raise MMInspectError(f"pid {pid} ({comm}) is a kernel thread: no mm")
+                return self._u64_at(mm + pgd_off)
+            node = self._u64_at(node)
+        raise MMInspectError(f"no task with pid {pid}")
+
+    def _u64_at(self, address: int) -> int:
+        try:
+            return int.from_bytes(self.read_virt(address, 8), "little")
+        except TargetFault as e:
+            raise MMInspectError(f"cannot follow the task list: {e}") from None
 
     def _kernel_vmcoreinfo(self) -> Optional[Dict[str, str]]:
         # kernel/crash_core.c (kernel/vmcore_info.c since v6.9): the buffer the

@@ -109,8 +109,14 @@ class _State:
     def get_kernel(cls):
         from mminspect.kernel import Kernel
 
+        class GdbKernel(Kernel):
+            # Pids: the core resolves them with drgn's find_task(); here the
+            # gdb target follows init_task.tasks itself.
+            def _mm_pgd_of_pid(self, pid: int) -> int:
+                return self.target.task_mm_pgd(pid)
+
         if cls.kernel is None:
-            cls.kernel = Kernel(cls.get_target())
+            cls.kernel = GdbKernel(cls.get_target())
         return cls.kernel
 
 

@@ -156,6 +156,7 @@ def test_gdb_equals_dump(live, record_property):
         "python print('seconds %.3f' % (time.perf_counter() - _t0))",
         "mminspect walk --mm init_mm --tables",
         "mminspect walk --mm vmemmap --range fffffc0000000000+4G",
+        "mminspect walk --mm 1",
     ]
     if "classify" in names:
         cases.append("mminspect classify --mm init_mm --summary")
@@ -168,8 +169,9 @@ def test_gdb_equals_dump(live, record_property):
     assert _no_stats(out[4]) == _no_stats(live.cli("walk", "--mm", "init_mm", "--format", "json", "--tables"))
     assert out[6] == live.cli("walk", "--mm", "init_mm", "--tables")
     assert out[7] == live.cli("walk", "--mm", "vmemmap", "--range", "fffffc0000000000+4G")
+    assert out[8] == live.cli("walk", "--mm", "1")
     if "classify" in names:
-        assert out[8] == live.cli("classify", "--mm", "init_mm", "--summary")
+        assert out[9] == live.cli("classify", "--mm", "init_mm", "--summary")
     # The guest is still paused: nothing changed under the comparison.
     assert live.status() == "paused"
     seconds = float(out[5].split()[1])
