@@ -424,6 +424,79 @@ def _capture_code(params: Dict[str, Any]) -> CodeSnippet:
     return code
 
 
+def _hex(n: int) -> str:
+    return f"{n:#x}"
+
+
+@register_drgn_code("snapshot")
+def _snapshot_code(params: Dict[str, Any]) -> CodeSnippet:
+    code = CodeSnippet()
+    code.add_import("mminspect.drgn_plugin", "snapshot_page_tables")
+    code.append("snap = snapshot_page_tables(prog)\n")
+    code.append(f"snap.save({_quote(params['output'])})\n")
+    code.append("print(len(snap.tables), 'table pages,', len(snap.blocks), 'memory blocks')\n")
+    return code
+
+
+def _quote(text: str) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@register_drgn_code("simulate-remove")
+def _simulate_code(params: Dict[str, Any]) -> CodeSnippet:
+    code = CodeSnippet()
+    if params.get("list_policies"):
+        code.add_import("mminspect.hotremove", "available_policies")
+        code.append("for name, policy in sorted(available_policies().items()):\n"
+                    "    print(name, policy.summary)\n")
+        return code
+    code.add_import("mminspect.drgn_plugin", "simulate_remove_memory")
+    args = []
+    snap = params.get("snapshot_path")
+    if snap:
+        code.add_import("mminspect.hotremove", "Snapshot")
+        code.append(f"snap = Snapshot.load({_quote(snap)})\n")
+    elif params.get("blocks") or params.get("fmt") == "json":
+        code.add_import("mminspect.drgn_plugin", "snapshot_page_tables")
+        code.append("snap = snapshot_page_tables(prog)\n")
+        snap = True
+    if params.get("range_"):
+        from mminspect.cli import parse_range
+
+        start, end = parse_range(params["range_"])
+        args += [_hex(start), _hex(end - start)]
+    elif params.get("blocks"):
+        ids = sorted(set(params["blocks"]))
+        code.append('block_size = snap.kernel["block_size"]\n')
+        args += [f"{ids[0]} * block_size", f"{len(ids)} * block_size"]
+    else:
+        raise UsageError("give the memory to remove with --range START-END or --block N (one of them)")
+    if params.get("policy"):
+        args.append(f"policy={_quote(params['policy'])}")
+    opts = dict(p.partition("=")[::2] for p in params.get("policy_options") or ())
+    if opts:
+        args.append("options={" + ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in opts.items()) + "}")
+    if params.get("force"):
+        args.append("force=True")
+    if snap:
+        args.append("snapshot=snap")
+    code.append(f"result = simulate_remove_memory(prog, {', '.join(args)})\n")
+    if params.get("fmt") == "json":
+        code.add_import("sys")
+        code.add_import("mminspect.report.simulate", "simulate_json")
+        code.append("simulate_json(result, snap, sys.stdout)\n")
+        return code
+    code.append(
+        "print(result.policy)\n"
+        "for refusal in result.refusals:\n"
+        "    print(refusal)\n"
+        "for finding in result.findings:\n"
+        "    # finding.severity, .rule, .phys, .level, .origin, .ptlock, .routine, .sentence\n"
+        "    print(finding.severity, finding.rule, hex(finding.phys), finding.level, finding.sentence)\n"
+    )
+    return code
+
+
 def debug_enabled() -> bool:
     """True when MMINSPECT_DEBUG asks for tracebacks instead of one line."""
     return bool(os.environ.get("MMINSPECT_DEBUG"))

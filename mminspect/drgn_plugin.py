@@ -11,7 +11,8 @@ every table page once, and return records: coalesced leaf mappings
 (:class:`~mminspect.walk.Mapping`) and table pages with every entry that
 references them (:class:`~mminspect.walk.TablePage`). drgn's own
 ``follow_phys()`` translates one address; these answer "what does this tree
-map, and with which tables".
+map, and with which tables". :func:`simulate_remove_memory()` replays what a
+memory hot-remove would do to those tables.
 
 The command runs the same subcommands, with the same options and output, as
 the shell's ``mminspect``, on the program of the session; drgn's redirections
@@ -27,12 +28,13 @@ off). The command is enabled only for Linux kernel programs.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Union
 
 from drgn import Object, Program
 from drgn.helpers.common.prog import takes_program_or_default
 
 if TYPE_CHECKING:
+    from mminspect.hotremove import Result, Snapshot
     from mminspect.kernel import Kernel
     from mminspect.walk import Mapping, TablePage, Walk
 
@@ -42,6 +44,8 @@ __all__ = (
     "mminspect_kernel",
     "print_ptdump",
     "ptdump_check_wx",
+    "simulate_remove_memory",
+    "snapshot_page_tables",
     "walk_page_tables",
 )
 
@@ -167,9 +171,11 @@ def for_each_page_table(
     Iterate over every page-table page of a tree once, top level first,
     with every entry that references it.
 
-    >>> for t in for_each_page_table("init_mm"):
-    ...     if t.level_name == "PTE" and len(t.parents) > 1:
-    ...         print(t)
+    >>> from collections import Counter
+    >>> Counter(t.level_name for t in for_each_page_table("init_mm"))
+    Counter({'PTE': 1028, 'PMD': 7, 'PUD': 5, 'PGD': 1})
+    >>> next(for_each_page_table("efi_mm"))
+    TablePage(PGD phys=0x40246000 va=0x0+0x1000000000000 valid=1/512 parents=1)
 
     :param mm: as for :func:`walk_page_tables()`
     :return: Iterator of :class:`mminspect.walk.TablePage`
@@ -213,6 +219,69 @@ def ptdump_check_wx(prog: Program) -> str:
     from mminspect.report.ptdump import check_wx
 
     return check_wx(walk_page_tables(prog, "init_mm"))[2]
+
+
+@takes_program_or_default
+def snapshot_page_tables(prog: Program) -> "Snapshot":
+    """
+    Capture what a memory hot-remove simulation needs: every ``init_mm``
+    table page with its entries, parents and struct page facts, the efi_mm
+    tables, memory sections and blocks, and the era facts of the kernel.
+    Save it with ``.save(path)`` to simulate later without the dump.
+
+    >>> snap = snapshot_page_tables()
+    >>> len(snap.tables), len(snap.blocks)
+    (1041, 17)
+    >>> snap.save("before.npz")
+
+    :return: :class:`mminspect.hotremove.Snapshot`
+    :raises MMInspectError: if the program is not an arm64 kernel
+    """
+    from mminspect.hotremove import capture_snapshot
+
+    return capture_snapshot(mminspect_kernel(prog))
+
+
+@takes_program_or_default
+def simulate_remove_memory(
+    prog: Program,
+    start: int,
+    size: int,
+    *,
+    policy: Optional[str] = None,
+    options: Optional[Dict[str, str]] = None,
+    force: bool = False,
+    snapshot: Optional["Snapshot"] = None,
+) -> "Result":
+    """
+    Simulate ``remove_memory(start, size)``: replay the page-table freeing
+    code of the kernel's era (or of *policy*) on a snapshot and judge every
+    table page it would free against its struct page (ctor/dtor balance,
+    ptlocks, memblock and kernel-image tables, efi_mm).
+
+    >>> res = simulate_remove_memory(0x80000000, 1 << 30)   # the hot-added GiB
+    >>> res.simulated, len(res.freed), res.findings[0].rule
+    (True, 513, 'ctor unknown')
+    >>> simulate_remove_memory(0x40000000, 128 << 20).refusals[0].message
+    'Boot memory [40000000 48000000] offlining attempted'
+
+    :param start: ``u64``, physical start of the memory to remove
+    :param size: ``u64``, bytes to remove
+    :param policy: name of a registered policy (default: chosen from the
+        kernel's era)
+    :param options: policy options (``{"dtor_fix": "yes"}``)
+    :param force: simulate even where the kernel would refuse the removal
+    :param snapshot: a :class:`~mminspect.hotremove.Snapshot` to simulate
+        on (default: a new one of *prog*)
+    :return: :class:`mminspect.hotremove.Result` (``findings``, ``freed``,
+        ``kept``, ``refusals``, ``simulated``)
+    :raises MMInspectError: for an unknown policy or a bad range
+    """
+    from mminspect.hotremove import Proposal, get_policy, select_policy, simulate
+
+    snap = snapshot if snapshot is not None else snapshot_page_tables(prog)
+    pol = get_policy(policy, snap.era, options) if policy else select_policy(snap.era, options)
+    return simulate(snap, Proposal(start, start + size), pol, force=force)
 
 
 # -- the drgn command -----------------------------------------------------------

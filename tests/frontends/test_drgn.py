@@ -318,3 +318,30 @@ def test_new_cli_subcommands_appear_in_drgn(synthetic_core):
             run_command(prog, "mminspect echo-regime --lower")
     finally:
         del cli_main.commands["echo-regime"]
+
+
+@pytest.mark.parametrize("args", [
+    "--range 78000000+128M --force --format json",
+    "--block 15 --force --policy v5.7 --format json",
+])
+def test_simulate_drgn_code_prints_the_same_json(real_prog, args):
+    from mminspect import commands
+
+    if "simulate-remove" not in commands.subcommand_names("drgn"):
+        pytest.skip("no simulate-remove subcommand")
+    code = _capture(real_prog, f"mminspect simulate-remove {args} --drgn")
+    glob, printed = _exec(code, real_prog)
+    assert printed == _capture(real_prog, f"mminspect simulate-remove {args}")
+    assert glob["result"].simulated
+
+
+def test_simulate_drgn_code_gives_the_same_findings(real_prog):
+    from mminspect import commands
+
+    if "simulate-remove" not in commands.subcommand_names("drgn"):
+        pytest.skip("no simulate-remove subcommand")
+    code = _capture(real_prog, "mminspect simulate-remove --range 78000000+128M --force --drgn")
+    glob, printed = _exec(code, real_prog)
+    ref = drgn_plugin.simulate_remove_memory(real_prog, 0x78000000, 128 << 20, force=True)
+    assert glob["result"].findings == ref.findings and ref.findings
+    assert len(printed.splitlines()) == 1 + len(ref.refusals) + len(ref.findings)
