@@ -53,6 +53,7 @@ __all__ = (
     "Mapping",
     "Parent",
     "Problem",
+    "TABLE_DTYPE",
     "TablePage",
     "Walk",
     "walk",
@@ -77,6 +78,21 @@ RUN_DTYPE = np.dtype(
         ("level", np.int8),
         ("cls", np.uint8),
         ("inherit", np.uint8),
+    ]
+)
+
+#: One table page per element, as :meth:`Walk.table_array` returns them.
+TABLE_DTYPE = np.dtype(
+    [
+        ("phys", np.uint64),
+        ("level", np.int8),
+        ("va", np.uint64),
+        ("span", np.uint64),
+        ("entries", np.int64),
+        ("valid", np.int64),
+        ("parent", np.uint64),
+        ("index", np.int64),
+        ("nparents", np.int64),
     ]
 )
 
@@ -224,26 +240,91 @@ class Walk:
             )
 
     def tables(self) -> Iterator[TablePage]:
-        """Every table page once, top level first, then by VA."""
+        """Every table page once, top level first, then by VA.
+
+        Half a million tables (a 1 TiB page-granular linear map) take about a
+        second here, mostly in creating the objects; bulk consumers should use
+        :meth:`table_array` and :meth:`parents_of` instead.
+        """
         r = self.regime
         order = np.lexsort((self.table_va, self.table_level))
-        parents: Dict[int, List[Parent]] = {}
-        for c, p, i in zip(self.edge_child.tolist(), self.edge_parent.tolist(), self.edge_index.tolist()):
-            parents.setdefault(c, []).append(Parent(None if p == _U64 else p, i))
-        for k in order.tolist():
-            lvl = int(self.table_level[k])
-            phys = int(self.table_phys[k])
-            n = int(self.table_entries[k])
-            yield TablePage(
-                phys,
-                lvl,
-                r.level_name(lvl),
-                int(self.table_va[k]),
-                n << r.shift(lvl),
-                n,
-                int(self.table_valid[k]),
-                tuple(parents.get(phys, ())),
-            )
+        parents = self._parents()
+        names: Dict[int, Tuple[str, int]] = {}
+        new = object.__new__
+        for phys, lvl, va, n, valid in zip(
+            self.table_phys[order].tolist(),
+            self.table_level[order].tolist(),
+            self.table_va[order].tolist(),
+            self.table_entries[order].tolist(),
+            self.table_valid[order].tolist(),
+        ):
+            nm = names.get(lvl)
+            if nm is None:
+                nm = names[lvl] = (r.level_name(lvl), r.shift(lvl))
+            # Equivalent to TablePage(...), without the frozen dataclass's
+            # per-field object.__setattr__ (twice as fast).
+            tp = new(TablePage)
+            tp.__dict__.update(phys=phys, level=lvl, level_name=nm[0], va=va, span=n << nm[1],
+                               entries=n, valid=valid, parents=parents.get(phys, ()))
+            yield tp
+
+    def parents_of(self, phys: int) -> Tuple[Parent, ...]:
+        """Every entry that references the table page at ``phys``."""
+        return self._parents().get(phys, ())
+
+    def _parents(self) -> Dict[int, Tuple[Parent, ...]]:
+        cache = self.__dict__.get("_parents_cache")
+        if cache is None:
+            cache = {}
+            new = object.__new__
+            for c, p, i in zip(self.edge_child.tolist(), self.edge_parent.tolist(), self.edge_index.tolist()):
+                o = new(Parent)
+                d = o.__dict__
+                d["phys"] = None if p == _U64 else p
+                d["index"] = i
+                t = cache.get(c)
+                cache[c] = (o,) if t is None else t + (o,)
+            self.__dict__["_parents_cache"] = cache
+        return cache
+
+    def table_array(self) -> np.ndarray:
+        """Every table page once as a structured array (``TABLE_DTYPE``), in
+        :meth:`tables` order: ``phys``, ``level``, ``va``, ``span``,
+        ``entries``, ``valid``, the first parent entry (``parent``, the
+        parent table's PA or 2**64-1 for the root register, and ``index``)
+        and the number of parents (``nparents``). No Python object per table:
+        this is what a classifier of half a million tables should iterate."""
+        r = self.regime
+        order = np.lexsort((self.table_va, self.table_level))
+        n = len(order)
+        out = np.empty(n, TABLE_DTYPE)
+        out["phys"] = self.table_phys[order]
+        lvl = self.table_level[order]
+        out["level"] = lvl
+        out["va"] = self.table_va[order]
+        ent = self.table_entries[order]
+        out["entries"] = ent
+        shifts = np.zeros(len(lvl), dtype=np.uint64)
+        for L in np.unique(lvl).tolist():
+            shifts[lvl == L] = r.shift(L)
+        out["span"] = ent.astype(np.uint64) << shifts
+        out["valid"] = self.table_valid[order]
+        # First parent per child (edges keep walk order), and parent counts.
+        ec = self.edge_child
+        es = np.argsort(ec, kind="stable")
+        sc = ec[es]
+        head = np.ones(len(sc), dtype=bool)
+        head[1:] = sc[1:] != sc[:-1]
+        uc = sc[head]
+        counts = np.diff(np.append(np.nonzero(head)[0], len(sc)))
+        pos = np.searchsorted(uc, out["phys"])
+        pos = np.minimum(pos, max(len(uc) - 1, 0))
+        has = (uc[pos] == out["phys"]) if len(uc) else np.zeros(n, bool)
+        first = es[head][pos] if len(uc) else np.zeros(n, np.int64)
+        out["parent"] = np.where(has, self.edge_parent[first] if len(uc) else 0, np.uint64(_U64))
+        out["index"] = np.where(has, self.edge_index[first] if len(uc) else 0, -1)
+        out["nparents"] = np.where(has, counts[pos] if len(uc) else 0, 0)
+        return out
 
     def translate(self, va: int) -> Optional[int]:
         """The PA a VA maps to according to this walk, or None."""
