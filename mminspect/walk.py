@@ -497,15 +497,8 @@ class _Walker:
         u = np.nonzero(uniform)[0]
         if len(u):
             valid_counts[occ_idx[u]] = E
-            runs = np.empty(len(u), RUN_DTYPE)
-            runs["va"] = va[u]
-            runs["size"] = np.uint64(E) * span
-            runs["pa"] = pa_first[u]
-            runs["attr"] = first[u] & ~self.oa_mask
-            runs["level"] = level
-            runs["cls"] = CLS_LEAF
-            runs["inherit"] = inh[u]
-            out.append(runs)
+            out.append(_coalesce_rows(level, np.uint64(E) * span, va[u], pa_first[u],
+                                      first[u] & ~self.oa_mask, inh[u]))
         nxt = None
         g = np.nonzero(~uniform)[0]
         if len(g):
@@ -530,7 +523,9 @@ class _Walker:
                     g, sub = g[keep], sub[keep]
                 nxt, runs = self._entries(level, sub, phys[g], va[g], inh[g], inside[g], span)
                 out.append(runs)
-        if out:
+        if len(out) == 1 and len(u):
+            self.runs.append(out[0])  # sorted and coalesced already
+        elif out:
             self.runs.append(_merge(np.concatenate(out)))
         return nxt
 
@@ -691,6 +686,31 @@ class _Walker:
         if end_incl > self.hi:
             runs[-1]["size"] = self.hi - int(last["va"]) + 1
         return runs
+
+
+def _coalesce_rows(level, size, va, pa, attr, inh) -> np.ndarray:
+    """Leaf runs of whole uniform tables (each ``size`` bytes), sorted by VA
+    and coalesced, built from plain columns (cheaper than :func:`_merge`)."""
+    if len(va) > 1:
+        o = np.argsort(va, kind="stable")
+        va, pa, attr, inh = va[o], pa[o], attr[o], inh[o]
+        cont = ((va[1:] == va[:-1] + size) & (pa[1:] == pa[:-1] + size)
+                & (attr[1:] == attr[:-1]) & (inh[1:] == inh[:-1]))
+        starts = np.flatnonzero(~cont) + 1
+        starts = np.concatenate(([0], starts))
+        counts = np.diff(np.append(starts, len(va))).astype(np.uint64)
+    else:
+        starts = np.zeros(len(va), dtype=np.int64)
+        counts = np.ones(len(va), dtype=np.uint64)
+    runs = np.empty(len(starts), RUN_DTYPE)
+    runs["va"] = va[starts]
+    runs["size"] = counts * size
+    runs["pa"] = pa[starts]
+    runs["attr"] = attr[starts]
+    runs["level"] = level
+    runs["cls"] = CLS_LEAF
+    runs["inherit"] = inh[starts]
+    return runs
 
 
 def _merge(runs: np.ndarray, presorted: bool = False) -> np.ndarray:
