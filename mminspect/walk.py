@@ -374,7 +374,6 @@ class _Walker:
         self.seen = np.empty(0, dtype=np.uint64)  # sorted table PAs walked so far
         self.bytes_read = 0
         self.reads = 0
-        self._buf: Optional[np.ndarray] = None  # reused read buffer of one batch
         self._scratch: Optional[np.ndarray] = None
         self._bscratch: Optional[np.ndarray] = None
 
@@ -426,7 +425,7 @@ class _Walker:
         head[1:] = sp[1:] != sp[:-1]
         uniq, first = sp[head], srt[head]
         seen = np.concatenate((self.seen, uniq))
-        seen.sort()
+        seen.sort(kind="stable")  # two sorted runs: linear
         self.seen = seen  # sorted; a PA seen at an earlier level may repeat
         self.edges.append((phys, parent, pindex))
         valid_counts = np.zeros(len(phys), dtype=np.int64)
@@ -464,7 +463,7 @@ class _Walker:
         if not len(rows):
             return None
         phys, va, inh, occ_idx = phys[rows], va[rows], inh[rows], occ_idx[rows]
-        n, E = D.shape
+        n, E = D.n, D.E
         lo, hi = np.uint64(self.lo), np.uint64(self.hi)
         # Rows wholly inside [lo, hi]; only the others need per-entry VAs.
         row_last = va + (np.uint64(E) * span - np.uint64(1))
@@ -473,7 +472,7 @@ class _Walker:
         # attributes. Cheap column tests first (leaf type in entry 0, no carry
         # out of the OA field into attribute bits by the last entry), then
         # one comparison of every entry against the generated progression.
-        first = D[:, 0]
+        first = D.column(0)
         if level == 3:
             leaf_type = 3
         elif level in r.block_levels():
@@ -483,13 +482,16 @@ class _Walker:
         if leaf_type is not None and E > 1:
             pa_first = r.descs_to_phys(first)
             cand = inside & ((first & np.uint64(3)) == np.uint64(leaf_type))
-            cand &= r.descs_to_phys(D[:, -1]) == pa_first + np.uint64(E - 1) * span
+            cand &= r.descs_to_phys(D.column(E - 1)) == pa_first + np.uint64(E - 1) * span
             uniform = np.zeros(n, dtype=bool)
-            ci = np.nonzero(cand)[0]
-            if len(ci) == n:
-                uniform = self._uniform_rows(D, level, span)
-            elif len(ci):
-                uniform[ci] = self._uniform_rows(D[ci], level, span)
+            if cand.any():
+                for s0, e0, A in D.pieces:
+                    c = cand[s0:e0]
+                    if c.all():
+                        uniform[s0:e0] = self._uniform_rows(A, span)
+                    elif c.any():
+                        ci = np.flatnonzero(c)
+                        uniform[s0 + ci] = self._uniform_rows(A[ci], span)
         else:
             pa_first = None
             uniform = np.zeros(n, dtype=bool)
@@ -502,7 +504,7 @@ class _Walker:
         nxt = None
         g = np.nonzero(~uniform)[0]
         if len(g):
-            sub = D if len(g) == n else D[g]
+            sub = D.take(g)
             valid = np.count_nonzero(sub & np.uint64(1), axis=1)
             valid_counts[occ_idx[g]] = valid
             empty = inside[g] & ~np.any(sub, axis=1)
@@ -529,7 +531,7 @@ class _Walker:
             self.runs.append(_merge(np.concatenate(out)))
         return nxt
 
-    def _uniform_rows(self, D, level, span) -> np.ndarray:
+    def _uniform_rows(self, D, span) -> np.ndarray:
         """Rows whose entries are ``D[i, 0] + k * span``, in two passes over
         ``D`` and none per row: every entry plus ``span`` must equal the next
         entry of the flattened rows. The last entry of each row is compared
@@ -607,9 +609,10 @@ class _Walker:
     # -- reading ------------------------------------------------------------
     def _read_tables(self, level, phys, va, entries):
         """Read each distinct table once, physically contiguous ones together
-        (in pieces of at most MAX_READ bytes). Return the rows and, for each
-        row, the index of its occurrence in ``phys``; unreadable tables have
-        no row."""
+        (in pieces of at most MAX_READ bytes). Return the readable rows, as
+        :class:`_Rows` over the buffers the reads returned (not copied), and
+        for each row the index of its occurrence in ``phys``; unreadable
+        tables have no row."""
         r = self.r
         nbytes = entries * 8
         n = len(phys)
@@ -621,10 +624,7 @@ class _Walker:
         else:
             uniq = sp
         m = len(uniq)
-        buf = self._buf
-        if buf is None or buf.size < m * entries:
-            buf = self._buf = np.empty(max(m * entries, CHUNK_BYTES // 8), dtype=np.uint64)
-        data = buf[: m * entries].reshape(m, entries)
+        pieces: List[Tuple[int, int, np.ndarray]] = []  # (first row, end row, rows) in uniq order
         good = np.ones(m, dtype=bool)
         if nbytes < r.page_size or m == 1:
             groups = [(0, m)]
@@ -638,7 +638,7 @@ class _Walker:
                 e2 = min(e, s2 + per)
                 try:
                     raw = self._read(int(uniq[s2]), (e2 - s2) * nbytes)
-                    data[s2:e2] = np.frombuffer(raw, dtype="<u8").reshape(e2 - s2, entries)
+                    pieces.append((s2, e2, np.frombuffer(raw, dtype="<u8").reshape(e2 - s2, entries)))
                     continue
                 except TargetFault as err:
                     if e2 - s2 == 1:
@@ -647,16 +647,22 @@ class _Walker:
                         continue
                 for k in range(s2, e2):  # find the pages that are missing
                     try:
-                        data[k] = np.frombuffer(self._read(int(uniq[k]), nbytes), dtype="<u8")
+                        raw = self._read(int(uniq[k]), nbytes)
+                        pieces.append((k, k + 1, np.frombuffer(raw, dtype="<u8").reshape(1, entries)))
                     except TargetFault as err:
                         self._unreadable(level, va, phys, uniq, k, err)
                         good[k] = False
+        if not good.all():
+            # Renumber the rows of the readable tables.
+            newpos = np.cumsum(good) - 1
+            pieces = [(int(newpos[s]), int(newpos[s]) + (e - s), A) for s, e, A in pieces]
+        rows_u = _Rows(pieces, int(good.sum()), entries)
         if dup:
-            rows = np.nonzero(good[inverse])[0]
-            return data[inverse[rows]], rows
-        if good.all():
-            return data, srt
-        return data[good], srt[good]
+            occ = np.nonzero(good[inverse])[0]
+            newpos = np.cumsum(good) - 1
+            full = rows_u.take(np.arange(rows_u.n))
+            return _Rows.of(full[newpos[inverse[occ]]]), occ
+        return rows_u, (srt if good.all() else srt[good])
 
     def _unreadable(self, level, va, phys, uniq, k, err) -> None:
         reason = str(err).split(": ", 1)[-1]
@@ -686,6 +692,40 @@ class _Walker:
         if end_incl > self.hi:
             runs[-1]["size"] = self.hi - int(last["va"]) + 1
         return runs
+
+
+class _Rows:
+    """The table rows of one batch, held as the arrays each read returned
+    (``pieces``: first row, end row, 2-D view), so that rows are copied only
+    when the per-entry path needs them together."""
+
+    __slots__ = ("pieces", "n", "E")
+
+    def __init__(self, pieces, n: int, E: int) -> None:
+        self.pieces = pieces
+        self.n = n
+        self.E = E
+
+    @classmethod
+    def of(cls, D: np.ndarray) -> "_Rows":
+        return cls([(0, len(D), D)] if len(D) else [], len(D), D.shape[1])
+
+    def column(self, j: int) -> np.ndarray:
+        out = np.empty(self.n, dtype=np.uint64)
+        for s, e, A in self.pieces:
+            out[s:e] = A[:, j]
+        return out
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (sorted) as one array."""
+        if len(self.pieces) == 1 and len(idx) == self.n:
+            return self.pieces[0][2]
+        out = np.empty((len(idx), self.E), dtype=np.uint64)
+        for s, e, A in self.pieces:
+            lo, hi = np.searchsorted(idx, (s, e))
+            if hi > lo:
+                out[lo:hi] = A[idx[lo:hi] - s]
+        return out
 
 
 def _coalesce_rows(level, size, va, pa, attr, inh) -> np.ndarray:
