@@ -548,6 +548,8 @@ class _Walker:
         eq = self._bscratch[:m]
         np.equal(flat[1:], nxt[:-1], out=eq[:-1])
         eq[-1] = True
+        if eq.all():
+            return np.ones(n, dtype=bool)
         return eq.reshape(n, E).all(axis=1)
 
     def _entries(self, level, D, phys, va, inh, inside, span):
