@@ -58,7 +58,8 @@ MMLike = Union[str, int, Object]
 def mminspect_kernel(prog: Program) -> "Kernel":
     """
     Get mminspect's view of the kernel: translation regime, VA layout and
-    roots, derived from VMCOREINFO. Built once per program.
+    roots, derived from VMCOREINFO. Built once per program (once its debug
+    info is loaded).
 
     >>> k = mminspect_kernel()
     >>> k.regime.describe()
@@ -76,7 +77,8 @@ def mminspect_kernel(prog: Program) -> "Kernel":
         from mminspect.target.drgn import DrgnTarget
 
         k = Kernel(DrgnTarget(prog, _describe(prog)))
-        prog.cache[_CACHE_KEY] = k
+        if k.target.has_debug_info:  # else load_debug_info() later must be seen
+            prog.cache[_CACHE_KEY] = k
     return k
 
 
