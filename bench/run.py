@@ -109,20 +109,43 @@ def derive(res: Dict[str, Dict]) -> None:
         res["walk+classify"] = dict(c, stage="walk+classify")
 
 
+def notes(stage: str, r: Dict) -> str:
+    """A few words on what the stage produced (from its checks)."""
+    c = r.get("checks") or {}
+    if "error" in c:
+        return "check error: " + c["error"]
+    if stage == "read":
+        return f"{c.get('pages', 0)} pages"
+    if stage == "read-bulk":
+        return f"{c.get('reads', 0)} reads"
+    if stage in ("walk", "walk-before"):
+        return (f"{c.get('tables', 0)} tables, {c.get('linear_mapped', 0) / GiB:.0f} GiB linear map, "
+                f"{c.get('reads', 0)} reads, {c.get('problems', 0)} problems")
+    if stage == "classify":
+        origins = ", ".join(f"{k} {v}" for k, v in sorted(c.get("origins", {}).items(), key=lambda x: -x[1])[:3])
+        return f"{c.get('classified')} classified ({origins}); typed {c.get('typed')}/{c.get('expected_typed')}"
+    if stage.startswith("remove"):
+        return (f"capture {c.get('capture_seconds', 0):.1f} s + simulate {c.get('simulate_seconds', 0):.1f} s; "
+                f"{c.get('freed_tables')} tables freed, {c.get('findings')} findings")
+    if stage == "audit":
+        return ", ".join(f"{k} {v}" for k, v in c.items() if k != "ok")
+    return ""
+
+
 def fmt_row(kernel: str, n_tables: int, stage: str, r: Dict, base: Optional[float]) -> List:
     label = LABELS.get(stage, stage)
     if r.get("status") != "ok":
         reason = r.get("reason") or r.get("status")
         if r.get("status") == "n/a":
             reason = f"n/a ({reason})"
-        return [kernel, label, reason, "", "", "", ""]
+        return [kernel, label, reason, "", "", "", "", ""]
     sec = r["seconds"]
     ratio = f"{sec / base:.2f}" if base else ""
     rss = r.get("peak_rss_kib", 0) / 1024
     per = f"{sec / n_tables * 1e6:.2f}" if n_tables else ""
     chk = r.get("checks", {})
     ok = "ok" if chk.get("ok") else ("FAIL" if chk else "")
-    return [kernel, label, f"{sec:.3f}", ratio, f"{rss:.0f}", per, ok]
+    return [kernel, label, f"{sec:.3f}", ratio, f"{rss:.0f}", per, ok, notes(stage, r)]
 
 
 def render(all_res: Dict[str, Dict], kernels: Dict[str, Dict], order: List[str]) -> str:
@@ -138,8 +161,8 @@ def render(all_res: Dict[str, Dict], kernels: Dict[str, Dict], order: List[str])
         for s in order:
             if s in res:
                 rows.append(fmt_row(label, n, s, res[s], base))
-        rows.append(["", "", "", "", "", "", ""])
-    head = ["kernel", "stage", "seconds", "x read", "peak RSS MiB", "us/table page", "check"]
+        rows.append([""] * 8)
+    head = ["kernel", "stage", "seconds", "x read", "peak RSS MiB", "us/table page", "check", "notes"]
     out = [tabulate(rows[:-1], headers=head, tablefmt="github", disable_numparse=True)]
 
     summ = []

@@ -153,15 +153,21 @@ def stage_walk_before(kernel, meta, tables):
 
 
 def _classifier():
+    import importlib
+
     try:
-        from mminspect import classify as mod
+        mod = importlib.import_module("mminspect.classify")
+    except ModuleNotFoundError as e:
+        if e.name == "mminspect.classify":
+            raise NotAvailable("not available: no mminspect/classify.py yet") from None
+        raise NotAvailable(f"mminspect.classify does not import: {e}") from None
     except ImportError as e:
-        raise NotAvailable(f"mminspect.classify not importable ({e.name or e})") from None
+        raise NotAvailable(f"mminspect.classify does not import: {e}") from None
     for name in ("classify_walk", "classify"):
         fn = getattr(mod, name, None)
         if callable(fn):
             return fn
-    raise NotAvailable("mminspect.classify has no classify_walk")
+    raise NotAvailable("not available: mminspect.classify has no classify_walk")
 
 
 def stage_classify(kernel, meta, tables):
@@ -214,7 +220,7 @@ def _auditor():
         fn = getattr(mod, name, None)
         if callable(fn):
             return fn
-    raise NotAvailable("no audit function in mminspect.classify, .audit or .pages")
+    raise NotAvailable("not available: no audit() in mminspect.classify, .audit or .pages")
 
 
 def stage_audit(kernel, meta, tables):
