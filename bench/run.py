@@ -145,7 +145,7 @@ def fmt_row(kernel: str, n_tables: int, stage: str, r: Dict, base: Optional[floa
     per = f"{sec / n_tables * 1e6:.2f}" if n_tables else ""
     chk = r.get("checks", {})
     ok = "ok" if chk.get("ok") else ("FAIL" if chk else "")
-    return [kernel, label, f"{sec:.3f}", ratio, f"{rss:.0f}", per, ok, notes(stage, r)]
+    return [kernel, label, f"{sec:.3g}", ratio, f"{rss:.0f}", per, ok, notes(stage, r)]
 
 
 def render(all_res: Dict[str, Dict], kernels: Dict[str, Dict], order: List[str]) -> str:
@@ -201,6 +201,32 @@ def render(all_res: Dict[str, Dict], kernels: Dict[str, Dict], order: List[str])
     return "\n".join(out)
 
 
+def environment() -> str:
+    """One line on the machine and the software, printed above the tables."""
+    import platform
+
+    import numpy
+
+    try:
+        import drgn
+
+        dv = drgn.__version__
+    except Exception:
+        dv = "?"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"{time.strftime('%Y-%m-%d %H:%M')}  {cpu}, {os.cpu_count()} CPUs, load {load}; "
+            f"Python {platform.python_version()}, numpy {numpy.__version__}, drgn {dv}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="16G,256G,1T", help="linear-map sizes (default 16G,256G,1T; 4T fits on 60 GB of disk)")
@@ -227,6 +253,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             kernels.append(ensure_kernel(size, mode, rebuild=a.rebuild, log=log))
     all_res: Dict[str, Dict] = {}
     metas: Dict[str, Dict] = {}
+    env_line = environment()
     for k in kernels:
         if not a.no_warm:
             t0 = time.perf_counter()
@@ -239,6 +266,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     order = [s for s in ["read", "read-bulk", "walk", "walk-before", "classify", "walk+classify",
                          "audit", "remove-1G", "remove-64G"]]
     text = render(all_res, metas, order)
+    print(env_line)
+    print(f"best of {a.repeat} run(s) per stage, each in a fresh process; dumps in the page cache"
+          + ("" if not a.no_warm else " (not warmed)"))
+    print()
     print(text)
     if a.json:
         Path(a.json).write_text(json.dumps({"kernels": metas, "results": all_res,
