@@ -25,13 +25,33 @@ Building takes minutes, so each kernel is also committed in compressed form in
 unpacking the committed artifacts (sha256-checked) when the cache is missing
 or stale, and building from source only when there is no committed artifact.
 
-Build from source (one command; writes <cache>/build/<id>/build.log):
+Kernels (KernelFiles.cpu is the QEMU -cpu to boot each with):
+
+  debug-6.12-4k   4K pages, VA 48, 4 levels                      cortex-a57
+  debug-6.12-16k  16K pages, VA 48, 4 levels, 2-entry PGD        cortex-a76
+                  (cortex-a57 has no 16K granule: the EFI stub refuses)
+  debug-6.12-64k  64K pages, VA 52 (FEAT_LVA), PA 52, 3 levels,   max
+                  1024-entry PGD (other CPUs fall back to VA 48)
+  debug-6.1-4k    Linux 6.1, 4K pages, VA 48, 4 levels            cortex-a57
+
+All: DEBUG_SPINLOCK (spinlock_t is 24 bytes, so split PTE/PMD ptlocks are
+page_ptl_cachep objects with magic 0xdead4ead), DEBUG_VM, PTDUMP_DEBUGFS,
+DEBUG_WX, ACPI memory hot-add/remove, EFI runtime, KASLR (with a
+virtio-rng-pci seed), fw_cfg built in (VMCOREINFO for -device vmcoreinfo).
+
+Unpack into the cache and check in drgn (cheap, what CI may run):
+
+    python -m vmcores.build --verify all
+
+Build from source (one command; writes <cache>/build/<id>/build.log; the
+unpacked source and build tree take about 1.7 GB + 0.45 GB per kernel):
 
     python -m vmcores.build --rebuild debug-6.12-4k
 
-and to refresh the committed artifacts as well:
+and to refresh the committed artifacts as well (every refresh adds about
+8 MB per kernel to git history, so only when the kernel must change):
 
-    python -m vmcores.build --rebuild --update-artifacts debug-6.12-4k
+    python -m vmcores.build --rebuild --clean --update-artifacts debug-6.12-4k
 
 Host packages needed for a build (Debian 12): gcc-aarch64-linux-gnu,
 binutils-aarch64-linux-gnu, make, bc, bison, flex, libssl-dev, libelf-dev,
