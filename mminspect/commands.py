@@ -39,6 +39,7 @@ from mminspect.errors import MMInspectError
 __all__ = (
     "Binding",
     "CodeSnippet",
+    "Invocation",
     "UsageError",
     "bound",
     "bound_kernel",
