@@ -523,7 +523,7 @@ class _Walker:
             if keep.any():
                 if not keep.all():
                     g, sub = g[keep], sub[keep]
-                nxt, runs = self._entries(level, sub, phys[g], va[g], inh[g], inside[g], span)
+                nxt, runs = self._entries(level, sub, phys[g], va[g], inh[g], inside[g], span, rows[g])
                 out.append(runs)
         if len(out) == 1 and len(u):
             self.runs.append(out[0])  # sorted and coalesced already
@@ -552,9 +552,11 @@ class _Walker:
             return np.ones(n, dtype=bool)
         return eq.reshape(n, E).all(axis=1)
 
-    def _entries(self, level, D, phys, va, inh, inside, span):
+    def _entries(self, level, D, phys, va, inh, inside, span, rank):
         """Per-entry decoding of the rows that are neither uniform nor empty:
-        the next level's tables, and leaf/hole/invalid runs."""
+        the next level's tables, and leaf/hole/invalid runs. ``rank`` is each
+        row's place in the batch's VA order: children are listed in that
+        order (rows are in physical order here)."""
         r = self.r
         n, E = D.shape
         typ = D & np.uint64(3)
@@ -571,6 +573,8 @@ class _Walker:
             is_table = (typ == np.uint64(3)) & in_range
             rows, cols = np.nonzero(is_table)
             if len(rows):
+                o = np.argsort(rank[rows].astype(np.int64) * E + cols, kind="stable")
+                rows, cols = rows[o], cols[o]
                 desc = D[rows, cols]
                 child_pa = r.descs_to_phys(desc)
                 child_va = va[rows] + cols.astype(np.uint64) * span
