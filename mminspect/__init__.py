@@ -13,11 +13,33 @@ by allocator origin and ptlock state, and simulate a memory hot-remove.
 ...     print(m)
 """
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from mminspect.errors import MMInspectError
-from mminspect.kernel import Kernel, Root
-from mminspect.walk import Mapping, Problem, TablePage, Walk
+
+if TYPE_CHECKING:
+    from mminspect.kernel import Kernel, Root
+    from mminspect.walk import Mapping, Problem, TablePage, Walk
+
+# Records load on first use (PEP 562), so importing mminspect (as drgn does
+# for every program, through the plugin) does not pull in numpy.
+_LAZY = {
+    "Kernel": "mminspect.kernel",
+    "Root": "mminspect.kernel",
+    "Mapping": "mminspect.walk",
+    "Problem": "mminspect.walk",
+    "TablePage": "mminspect.walk",
+    "Walk": "mminspect.walk",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mminspect' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 __all__ = (
     "Kernel",
@@ -38,13 +60,15 @@ def open(
     kernel: bool = False,
     qemu: Optional[str] = None,
     prog=None,
-) -> Kernel:
+) -> "Kernel":
     """
     Open a kernel: a vmcore (``core``), the running kernel (``kernel=True``),
     a QEMU guest's QMP socket (``qemu``), or a drgn ``prog`` you already hold.
 
     :raises MMInspectError: if the target cannot be opened or is not arm64
     """
+    from mminspect.kernel import Kernel
+
     if prog is not None:
         from mminspect.target.drgn import DrgnTarget
 
@@ -54,8 +78,8 @@ def open(
     return Kernel(open_target(core=core, symbols=symbols, kernel=kernel, qemu=qemu))
 
 
-def walk(kernel: Kernel, mm: str = "init_mm", start: Optional[int] = None,
-         end: Optional[int] = None) -> Walk:
+def walk(kernel: "Kernel", mm: str = "init_mm", start: Optional[int] = None,
+         end: Optional[int] = None) -> "Walk":
     """
     Walk ``mm`` (``init_mm``, ``efi_mm``, ``vmemmap`` or a pid as a string)
     between ``start`` and ``end`` (exclusive) and return the :class:`Walk`.

@@ -65,6 +65,12 @@ def capture(target, path: str, roots: Sequence[str] = DEFAULT_ROOTS, force: bool
             skipped[name] = str(e)
     if not done:
         raise MMInspectError("nothing captured: " + "; ".join(f"{r}: {e}" for r, e in skipped.items()))
+    # A bundle reader translates kernel-virtual reads (efi_mm.pgd, struct
+    # pages ...) through swapper_pg_dir itself: keep the tables on each path.
+    init = k.root("init_mm")
+    for va, size in sorted(rec.virt_reads):
+        if init.start <= va:
+            walk(k, k.root("init_mm", va, min(va + max(size, 1), (1 << 64) - 1)))
     runs = rec.page_runs()
     answers = {
         "debug_info": target.has_debug_info,

@@ -59,6 +59,10 @@ class Root:
     def end_inclusive(self) -> int:
         return (self.end - 1) & _U64
 
+    def __repr__(self) -> str:
+        return (f"Root({self.name} phys={self.phys:#x} entries={self.entries} "
+                f"range={self.start:#x}-{self.end_inclusive:#x})")
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -133,6 +137,9 @@ class Kernel:
         self.kaslr_offset = int(info.get("KERNELOFFSET", "0"), 16)
         self.layout = self._layout()
         self.struct_page_size = int(info.get("SIZE(page)", 0)) or target.sizeof("struct page") or 64
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.vmcoreinfo.get('OSRELEASE', '?')}, {self.regime.describe()}, {self.target.name})"
 
     # -- VMCOREINFO --------------------------------------------------------
     def _number(self, name: str, decimal: bool = False) -> Optional[int]:

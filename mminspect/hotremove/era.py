@@ -53,26 +53,19 @@ def _version(kernel) -> Tuple[int, int]:
 def function_calls(kernel, functions: Iterable[str], targets: Iterable[str]) -> Optional[Dict[str, str]]:
     """Which of ``functions`` contain an arm64 ``BL`` to one of ``targets``:
     {function: target}. None when the code cannot be read (no symbol sizes)."""
-    prog = getattr(kernel.target, "prog", None)
-    if prog is None:
+    t = kernel.target
+    symbol_size = getattr(t, "symbol_size", None)
+    if symbol_size is None:
         return None
-    addrs = {}
-    for name in targets:
-        try:
-            addrs[prog.symbol(name).address] = name
-        except LookupError:
-            continue
+    addrs = {a: name for name in targets if (a := t.symbol(name)) is not None}
     found: Dict[str, str] = {}
     seen_any = False
     for fn in functions:
-        try:
-            sym = prog.symbol(fn)
-        except LookupError:
-            continue
-        if not sym.size:
+        start, size = t.symbol(fn), symbol_size(fn)
+        if start is None or not size:
             continue
         try:
-            code = kernel.target.read_virt(sym.address, sym.size)
+            code = t.read_virt(start, size)
         except TargetFault:
             continue
         seen_any = True
@@ -82,7 +75,7 @@ def function_calls(kernel, functions: Iterable[str], targets: Iterable[str]) -> 
             off = insn & 0x03FFFFFF
             if off & 0x02000000:
                 off -= 1 << 26
-            dest = sym.address + 4 * i + 4 * off
+            dest = start + 4 * i + 4 * off
             if dest in addrs:
                 found[fn] = addrs[dest]
                 break

@@ -133,6 +133,9 @@ class BundleTarget(DrgnTarget):
     def sizeof(self, type_name: str) -> Optional[int]:
         return self._get("sizeof", type_name)
 
+    def symbol_size(self, name: str) -> Optional[int]:
+        return self._get("symbol_size", name)
+
     def offsetof(self, type_name: str, member: str) -> Optional[int]:
         return self._get("offsetof", f"{type_name}::{member}")
 

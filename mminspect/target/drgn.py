@@ -149,6 +149,13 @@ class DrgnTarget:
         value = self.vmcoreinfo().get(f"SYMBOL({name})")
         return int(value, 16) if value is not None else None
 
+    def symbol_size(self, name: str) -> Optional[int]:
+        """Size of a symbol (a function's code), or None."""
+        try:
+            return self.prog.symbol(name).size or None
+        except LookupError:
+            return None
+
     def sizeof(self, type_name: str) -> Optional[int]:
         try:
             return drgn.sizeof(self.prog.type(type_name))

@@ -30,8 +30,12 @@ class RecordingTarget:
             "sizeof": {},
             "offsetof": {},
             "constant": {},
+            "symbol_size": {},
         }
         self._swapper: Optional[int] = None
+        #: Kernel-virtual ranges read, so that a capture can keep the table
+        #: pages a reader of the bundle needs to translate them again.
+        self.virt_reads: Set[Tuple[int, int]] = set()
 
     def _note_phys(self, address: int, size: int) -> None:
         mask = ~(self.page_size - 1)
@@ -45,6 +49,7 @@ class RecordingTarget:
 
     def read_virt(self, address: int, size: int) -> bytes:
         data = self.inner.read_virt(address, size)
+        self.virt_reads.add((address, size))
         mask = ~(self.page_size - 1)
         for page in range(address & mask, address + max(size, 1), self.page_size):
             pa = self._translate(page)
@@ -90,6 +95,10 @@ class RecordingTarget:
 
     def constant(self, name: str) -> Optional[int]:
         return self._ask("constant", name, self.inner.constant(name))
+
+    def symbol_size(self, name: str) -> Optional[int]:
+        size = getattr(self.inner, "symbol_size", lambda n: None)(name)
+        return self._ask("symbol_size", name, size)
 
     def page_runs(self) -> Tuple[Tuple[int, int], ...]:
         """The recorded pages as sorted (start, size) runs."""
