@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+import types
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -180,24 +181,37 @@ def stage_classify(kernel, meta, tables):
 
     def run():
         out = fn(kernel, w)
-        if not isinstance(out, (list, tuple, dict)) and hasattr(out, "__iter__"):
+        if isinstance(out, types.GeneratorType):  # a lazy API: make it do the work
             out = list(out)
         return out
 
     def check(out):
+        import importlib
+
         facts: Dict[str, object] = {"walk_seconds": walk_seconds}
-        rows = list(out.values()) if isinstance(out, dict) else out
         try:
-            facts["classified"] = len(rows)
+            facts["classified"] = len(out)
         except TypeError:
             facts["classified"] = None
         origins: Dict[str, int] = {}
         typed = reserved = 0
-        for c in rows if isinstance(rows, (list, tuple)) else ():
-            o = str(getattr(c, "origin", "?"))
-            origins[o] = origins.get(o, 0) + 1
-            typed += bool(getattr(c, "typed", False))
-            reserved += bool(getattr(c, "reserved", False))
+        names = getattr(importlib.import_module("mminspect.classify"), "ORIGINS", None)
+        if hasattr(out, "origin") and hasattr(out, "facts") and names is not None:
+            # columnar (Classification): count without building a record per table
+            u, n = np.unique(np.asarray(out.origin), return_counts=True)
+            origins = {str(names[int(a)]): int(b) for a, b in zip(u, n)}
+            typed = int(np.count_nonzero(out.facts["table"] & out.facts["ok"]))
+            reserved = int(np.count_nonzero(out.facts["reserved"] & out.facts["ok"]))
+            facts["mismatches"] = int(getattr(out, "mismatches", 0))
+            facts["findings"] = len(getattr(out, "findings", ()))
+            facts["stats"] = getattr(out, "stats", {})
+        else:
+            rows = list(out.values()) if isinstance(out, dict) else out
+            for c in rows if isinstance(rows, (list, tuple)) else ():
+                o = str(getattr(c, "origin", "?"))
+                origins[o] = origins.get(o, 0) + 1
+                typed += bool(getattr(c, "typed", False))
+                reserved += bool(getattr(c, "reserved", False))
         facts.update(origins=origins, typed=typed, reserved=reserved,
                      expected_typed=len(np.intersect1d(tables, _load(meta, "typed"))),
                      expected_reserved=len(np.intersect1d(tables, _load(meta, "reserved"))),
@@ -228,11 +242,11 @@ def stage_audit(kernel, meta, tables):
 
     def check(res):
         facts: Dict[str, object] = {}
-        for name in ("typed_pages", "table_typed", "found", "counted", "nr_pagetable", "difference"):
+        for name in ("typed_count", "counter", "difference", "scanned_pages", "unreadable_pages",
+                     "roots", "root_errors", "unreachable_typed", "stats"):
             v = getattr(res, name, None)
-            if isinstance(v, (int, float)) or v is None:
-                if v is not None:
-                    facts[name] = v
+            if v is None or isinstance(v, (int, float, dict)):
+                facts[name] = v
             else:
                 try:
                     facts[name] = len(v)
