@@ -13,33 +13,14 @@ by allocator origin and ptlock state, and simulate a memory hot-remove.
 ...     print(m)
 """
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 from mminspect.errors import MMInspectError
+from mminspect.kernel import Kernel, Root
 
-if TYPE_CHECKING:
-    from mminspect.kernel import Kernel, Root
-    from mminspect.walk import Mapping, Problem, TablePage, Walk
-
-# Records load on first use (PEP 562), so importing mminspect (as drgn does
-# for every program, through the plugin) does not pull in numpy.
-_LAZY = {
-    "Kernel": "mminspect.kernel",
-    "Root": "mminspect.kernel",
-    "Mapping": "mminspect.walk",
-    "Problem": "mminspect.walk",
-    "TablePage": "mminspect.walk",
-    "Walk": "mminspect.walk",
-}
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mminspect' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+# Import the walk module before defining walk() below: importing a submodule
+# binds its name on the package, and the function must win.
+from mminspect.walk import Mapping, Problem, TablePage, Walk  # isort: skip
 
 __all__ = (
     "Kernel",
@@ -67,8 +48,6 @@ def open(
 
     :raises MMInspectError: if the target cannot be opened or is not arm64
     """
-    from mminspect.kernel import Kernel
-
     if prog is not None:
         from mminspect.target.drgn import DrgnTarget
 
