@@ -958,8 +958,8 @@ def _evidence(cls: Classification, i: int, image_symbol: Optional[str], lock) ->
     p = int(cls.ptlock[i])
     word = int(f["ptl"])
     if p == P_INLINE0:
-        out.append("inline ptl 0: initialised-unlocked and never-initialised look the same "
-                   "(no DEBUG_SPINLOCK); the table type says the ctor, and so ptlock_init, ran")
+        out.append("inline ptl 0: initialised and never-initialised look alike (no DEBUG_SPINLOCK); "
+                   "the table type says ptlock_init ran")
     elif p == P_MISSING:
         if c.features.alloc_split:
             out.append("page->ptl NULL where the mm needs a split lock")
