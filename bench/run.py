@@ -47,13 +47,21 @@ LABELS = {
 TARGETS = {"walk+classify": 2.0, "audit": 3.0, "remove-64G": 3.0}
 
 
-def run_one(stage: str, kdir: str, timeout: float, inner_repeat: int = 1) -> Dict:
+def run_one(stage: str, kdir: str, timeout: float, inner_repeat: int = 1, mem_limit: int = 0) -> Dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "bench.stages", stage, kdir, "--repeat", str(inner_repeat)]
+
+    def limit():  # a stage over the limit fails with MemoryError instead of starving the machine
+        if mem_limit:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
+
     t0 = time.perf_counter()
     try:
-        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=limit if mem_limit else None)
     except subprocess.TimeoutExpired:
         return {"stage": stage, "status": "timeout", "reason": f"timeout after {timeout:.0f} s"}
     for line in p.stdout.splitlines()[::-1]:
@@ -76,14 +84,14 @@ def best_of(results: List[Dict]) -> Dict:
     return best
 
 
-def bench_kernel(k, stages: List[str], repeat: int, timeout: float, log) -> Dict[str, Dict]:
+def bench_kernel(k, stages: List[str], repeat: int, timeout: float, log, mem_limit: int = 0) -> Dict[str, Dict]:
     runs: Dict[str, List[Dict]] = {s: [] for s in stages}
     slow = set()
     for rep in range(repeat):
         for s in stages:
             if s in slow or (runs[s] and runs[s][-1].get("status") != "ok"):
                 continue
-            res = run_one(s, str(k.dir), timeout)
+            res = run_one(s, str(k.dir), timeout, mem_limit=mem_limit)
             runs[s].append(res)
             if res.get("status") == "ok":
                 msg = f"{res['seconds']:.3f} s, peak {res.get('peak_rss_kib', 0) >> 10} MiB"
@@ -247,6 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="16G,256G,1T", help="linear-map sizes (default 16G,256G,1T; 4T fits on 60 GB of disk)")
     ap.add_argument("--modes", default="page,block", help="page (rodata=full) and/or block")
+    ap.add_argument("--block-sizes", default=None, help="sizes of the block-mapped kernels (default: --sizes)")
+    ap.add_argument("--mem-limit", default="8G", help="address-space limit of each stage process (0: none)")
     ap.add_argument("--stages", default=",".join(ALL_STAGES), help="comma list; see bench/stages.py")
     ap.add_argument("--before", action="store_true", help="also time the walker before issue 7")
     ap.add_argument("--repeat", type=int, default=3, help="runs per stage (fresh processes); best time kept")
@@ -264,9 +274,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
 
     kernels = []
-    for size in [parse_size(x) for x in a.sizes.split(",") if x.strip()]:
-        for mode in [m.strip() for m in a.modes.split(",") if m.strip()]:
-            kernels.append(ensure_kernel(size, mode, rebuild=a.rebuild, log=log))
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    sizes = [parse_size(x) for x in a.sizes.split(",") if x.strip()]
+    block_sizes = sizes if a.block_sizes is None else [parse_size(x) for x in a.block_sizes.split(",") if x.strip()]
+    for size in sorted(set(sizes) | set(block_sizes)):
+        for mode in modes:
+            if size in (sizes if mode == "page" else block_sizes):
+                kernels.append(ensure_kernel(size, mode, rebuild=a.rebuild, log=log))
+    mem_limit = parse_size(a.mem_limit) if a.mem_limit not in ("0", "") else 0
     all_res: Dict[str, Dict] = {}
     metas: Dict[str, Dict] = {}
     env_line = environment()
@@ -275,7 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             t0 = time.perf_counter()
             n = warm(k.core)
             log(f"warmed {k.label}: {n >> 20} MiB in {time.perf_counter() - t0:.1f} s")
-        res = bench_kernel(k, stages, a.repeat, a.timeout, log)
+        res = bench_kernel(k, stages, a.repeat, a.timeout, log, mem_limit)
         derive(res)
         all_res[k.meta["key"]] = res
         metas[k.meta["key"]] = k.meta
