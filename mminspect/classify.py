@@ -117,6 +117,9 @@ R_OTHER = 1 << 7
 
 SEVERITIES = ("info", "warning", "error", "critical")
 
+#: struct pages per read of the memmap scan (4 MiB of 64-byte struct pages).
+SCAN_PAGES = 65536
+
 
 # -- kernel era, by feature -------------------------------------------------------
 
@@ -1215,15 +1218,15 @@ def scan_typed(kernel: Kernel, classifier: Optional[Classifier] = None) -> Tuple
     c = classifier or classifier_for(kernel)
     if c.memory is None:
         raise MMInspectError(f"{kernel.target.name}: no memory sections: cannot scan the memmap")
-    pfns, facts = [], []
+    facts = []
     scanned = bad = 0
-    for chunk in c.pages.scan(c.memory.pfn_ranges(c.shift)):
-        scanned += len(chunk)
-        bad += int(np.count_nonzero(~chunk["ok"]))
-        hit = chunk["table"]
-        if hit.any():
-            facts.append(chunk[hit])
-    f = np.concatenate(facts) if facts else np.zeros(0, dtype=c.pages.facts(np.empty(0, np.uint64)).dtype)
+    for chunk, pages, unreadable in c.pages.scan(c.memory.pfn_ranges(c.shift), chunk_pages=SCAN_PAGES,
+                                                 want="table"):
+        scanned += pages
+        bad += unreadable
+        if len(chunk):
+            facts.append(chunk)
+    f = np.concatenate(facts) if facts else c.pages.facts(np.empty(0, np.uint64))
     return f["pfn"].copy(), f, scanned, bad
 
 
@@ -1264,22 +1267,27 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
         except MMInspectError as e:
             errors[root.name] = str(e)
     t3 = time.perf_counter()
-    reached: Dict[int, List[str]] = {}
     reach_pfns = []
+    objs, owners = [], []
     untyped: Counter = Counter()
     missing_ctor: List[Tuple[str, int, str]] = []
     hot: Counter = Counter()
     mixed: List[Tuple[str, int, str]] = []
     r = kernel.regime
-    for cl in classes:
-        pf = (cl.phys >> np.uint64(c.shift))
-        reach_pfns.append(pf)
-        for p in np.unique(cl.phys).tolist():  # table objects: two sub-page pgds may share a page
-            reached.setdefault(p, []).append(cl.root.name)
+    for k, cl in enumerate(classes):
+        reach_pfns.append(cl.phys >> np.uint64(c.shift))
+        u = np.unique(cl.phys)  # table objects: two sub-page pgds may share a page
+        objs.append(u)
+        owners.append(np.full(len(u), k, dtype=np.int64))
         ok = cl.facts["ok"]
         nt = ok & ~cl.facts["table"]
-        for i in np.nonzero(nt)[0].tolist():
-            untyped[(cl.root.name, r.level_name(int(cl.level[i])), cl._region_text(i))] += 1
+        # group the untyped tables by (level, region) without a loop per table
+        key = cl.level.astype(np.int64)[nt] * (1 << 16) + cl.region[nt]
+        uk, first, cnt = np.unique(key, return_index=True, return_counts=True)
+        idx = np.nonzero(nt)[0]
+        for j, n in zip(first.tolist(), cnt.tolist()):
+            i = int(idx[j])
+            untyped[(cl.root.name, r.level_name(int(cl.level[i])), cl._region_text(i))] += n
         want = ((cl.expected & B_CTOR) != 0) & ((cl.expected & ~B_CTOR) == 0) & nt
         for i in np.nonzero(want)[0].tolist():
             missing_ctor.append((cl.root.name, int(cl.phys[i]), r.level_name(int(cl.level[i]))))
@@ -1289,8 +1297,18 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
             if cl.maps[i] == MAPS_MIXED:
                 mixed.append((cl.root.name, int(cl.phys[i]), lname))
     allreach = np.unique(np.concatenate(reach_pfns)) if reach_pfns else np.empty(0, np.uint64)
-    isin = np.isin(typed, allreach)
-    multi = [(p, tuple(v)) for p, v in sorted(reached.items()) if len(set(v)) > 1]
+    pos = np.minimum(np.searchsorted(allreach, typed), max(len(allreach) - 1, 0))
+    isin = (allreach[pos] == typed) if len(allreach) else np.zeros(len(typed), dtype=bool)
+    multi: List[Tuple[int, Tuple[str, ...]]] = []
+    if objs:
+        o = np.concatenate(objs)
+        w = np.concatenate(owners)
+        srt = np.argsort(o, kind="stable")
+        o, w = o[srt], w[srt]
+        dup = np.nonzero(o[1:] == o[:-1])[0]
+        for p in np.unique(o[dup]).tolist():
+            names = tuple(classes[int(x)].root.name for x in w[o == np.uint64(p)].tolist())
+            multi.append((int(p), names))
     # memcg charge of typed pages (low bits of memcg_data are flags: MEMCG_DATA_OBJEXTS/KMEM)
     memcg: Dict[int, int] = {}
     if len(typed_facts) and c.layout.off_memcg is not None:

@@ -509,21 +509,45 @@ class StructPages:
         upfns, vas, raw, ok = self.read_raw(pfns)
         return self.layout.decode(raw, upfns, vas, ok)
 
-    def scan(self, pfn_ranges: Sequence[Tuple[int, int]], chunk_pages: Optional[int] = None
-             ) -> Iterator[np.ndarray]:
-        """Decode every struct page of ``[start, end)`` PFN ranges, in chunks
-        of ``chunk_pages`` (default: one MAX_READ of memmap)."""
+    def scan(self, pfn_ranges: Sequence[Tuple[int, int]], chunk_pages: Optional[int] = None,
+             want: str = "all") -> Iterator[Tuple[np.ndarray, int, int]]:
+        """Walk every struct page of ``[start, end)`` PFN ranges in chunks of
+        ``chunk_pages`` (default: one MAX_READ of memmap). Yields ``(facts,
+        pages, unreadable)`` per chunk, where ``facts`` holds every page
+        (``want="all"``) or only those typed as page tables (``"table"``:
+        only their rows are decoded, so a scan costs little more than the
+        reads)."""
         size = self.layout.size
+        W = self.layout.words
         per = chunk_pages or max(1, MAX_READ // size)
+        scheme = self.layout.scheme
+        pt_word = self.layout.off_page_type // 8
+        pt_shift = np.uint64((self.layout.off_page_type & 7) * 8)
         for lo, hi in pfn_ranges:
             for s in range(lo, hi, per):
                 e = min(hi, s + per)
                 va = (self.vmemmap + s * size) & _U64
-                words, good = self._read_span(va, (e - s) * size)
-                raw = words.reshape(e - s, self.layout.words)
-                ok = good.reshape(e - s, self.layout.words).all(axis=1)
-                pfns = np.arange(s, e, dtype=np.uint64)
-                yield self.layout.decode(raw, pfns, self.page_va(pfns), ok)
+                nbytes = (e - s) * size
+                try:
+                    words = np.frombuffer(self._read(va, nbytes), dtype="<u8")
+                    good = None
+                except TargetFault:
+                    words, good = self._read_span(va, nbytes)
+                raw = words.reshape(e - s, W)
+                ok = np.ones(e - s, dtype=bool) if good is None else good.reshape(e - s, W).all(axis=1)
+                bad = 0 if good is None else int(np.count_nonzero(~ok))
+                if want == "table":
+                    pt = ((raw[:, pt_word] >> pt_shift) & np.uint64(_U32)).astype(np.uint32)
+                    rows = np.nonzero(scheme.is_table(pt) & ok)[0]
+                    if not len(rows):
+                        yield self.layout.decode(raw[:0], np.empty(0, np.uint64), np.empty(0, np.uint64),
+                                                 ok[:0]), e - s, bad
+                        continue
+                    raw, ok = raw[rows], ok[rows]
+                    pfns = np.uint64(s) + rows.astype(np.uint64)
+                else:
+                    pfns = np.arange(s, e, dtype=np.uint64)
+                yield self.layout.decode(raw, pfns, self.page_va(pfns), ok), e - s, bad
 
     def heads(self, facts: np.ndarray) -> np.ndarray:
         """For each row, the facts of its compound head (itself when not a
