@@ -901,8 +901,9 @@ def _ptlocks(c: Classifier, kind: str, level: np.ndarray, facts: np.ndarray, ok:
                 live &= intact
             held = objs["val"] != 0
             st = np.where(live, np.where(held, P_HELD, P_INIT), P_DANGLING).astype(np.int8)
-            st = np.where(~typed[idx] | ~split[idx], np.where(live & held, P_HELD, P_STALE), st)
-            # a typed table whose era needs no ptl, with a live lock: an extra lock, stale.
+            # A lock where none belongs: on a page without the table type (a
+            # table no more, or never ctor'd), or where the era/level has none.
+            st = np.where(~typed[idx] | ~need[idx], np.where(live & held, P_HELD, P_STALE), st)
             state[idx] = st
     else:
         val = (word & np.uint64(0xFFFFFFFF)).astype(np.uint32)
