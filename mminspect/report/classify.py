@@ -89,13 +89,17 @@ def classify_text(classes: Sequence[Classification], out: IO[str], summary: bool
                           f"{t.origin:<13}  {t.ptlock:<11}  {ev}\n")
             out.write("\n")
     findings = [f for cl in classes for f in cl.findings]
+    unread = sum(int((~cl.facts["ok"]).sum()) for cl in classes)
+    if unread:
+        out.write(f"\n{unread} table page(s) whose struct page is not in the dump: origin and ptlock unknown "
+                  "(a bundle captured before the classifier existed, or a filtered dump)\n")
     if findings:
         by = Counter(f.severity for f in findings)
         out.write(f"\n{len(findings)} finding(s): "
                   + ", ".join(f"{by[s]} {s}" for s in ("critical", "error", "warning", "info") if by[s]) + "\n")
         for f in findings:
             out.write(f"  {f.severity}: {f.kind}: {f.sentence}\n")
-    else:
+    elif not unread:
         out.write("\nno findings: every table page has the origin this kernel's allocation sites give it\n")
 
 
