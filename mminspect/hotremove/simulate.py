@@ -126,6 +126,10 @@ def simulate(snapshot, proposal: Proposal, policy: Policy, force: bool = False) 
     return result
 
 
+def _call(routine: str) -> str:
+    return routine if "(" in routine else routine + "()"
+
+
 def _judge(snapshot, sim: _Sim, policy: Policy, result: Result) -> None:
     era = snapshot.era
     freed = {ev.phys for ev in result.freed}
@@ -146,7 +150,7 @@ def _judge(snapshot, sim: _Sim, policy: Policy, result: Result) -> None:
         # Tables the kernel must never free.
         if t.image_symbol or t.origin == "kernel-image":
             add("critical", "kernel-image table freed",
-                f"{ev.routine}() frees {t.image_symbol or 'a kernel-image table'} at {t.phys:#x}: "
+                f"{_call(ev.routine)} frees {t.image_symbol or 'a kernel-image table'} at {t.phys:#x}: "
                 "live kernel data handed to the page allocator.",
                 "WARNING: ... free_hotplug_page_range (WARN_ON(PageReserved(page)))")
         if "efi_mm" in t.roots:
@@ -170,7 +174,7 @@ def _judge(snapshot, sim: _Sim, policy: Policy, result: Result) -> None:
                             "PAGE_FLAGS_CHECK_AT_FREE flag(s) set")
             add("error", "memblock page freed to buddy",
                 f"{t.level_name} table {t.phys:#x} came from memblock (PG_reserved) but "
-                f"{ev.routine}() frees it with free_pages(): "
+                f"{_call(ev.routine)} frees it with free_pages(): "
                 + ("the page is leaked as a bad page." if era.check_pages else
                    "it joins the buddy allocator and managed_pages drifts."),
                 *msgs)
@@ -182,7 +186,7 @@ def _judge(snapshot, sim: _Sim, policy: Policy, result: Result) -> None:
             if era.alloc_split and not (era.ptlock_free_null_safe and not t.ptl_pointer):
                 msgs.append("kmem_cache_free(page_ptl_cachep) of a ptl that was never allocated")
             add("error", "dtor without ctor",
-                f"{ev.routine}() runs the pgtable dtor on {t.level_name} table {t.phys:#x} "
+                f"{_call(ev.routine)} runs the pgtable dtor on {t.level_name} table {t.phys:#x} "
                 f"({t.origin}), whose ctor never ran: NR_PAGETABLE drops below the real count by one.",
                 *msgs)
         elif not dtor and t.typed:
@@ -193,7 +197,7 @@ def _judge(snapshot, sim: _Sim, policy: Policy, result: Result) -> None:
                             + " ... page dumped because: nonzero mapcount")
             leak = "; its ptl object leaks too" if era.alloc_split and t.ptl_pointer else ""
             add("error", "ctor without dtor",
-                f"{ev.routine}() frees {t.level_name} table {t.phys:#x} ({t.origin}) without the "
+                f"{_call(ev.routine)} frees {t.level_name} table {t.phys:#x} ({t.origin}) without the "
                 f"pgtable dtor its ctor needs: NR_PAGETABLE stays one page too high{leak}.",
                 *msgs)
         elif t.typed is None:

@@ -56,9 +56,9 @@ def simulate_text(result: Result, snapshot, out: IO[str], tables: bool = False,
     out.write("\nera facts (from the dump):\n")
     for name, why in era.evidence.items():
         out.write(f"  {name:<22}{why}\n")
-    out.write(f"\n{'ROUTINE':<22}  {'LEVEL':<5}  {'REGION':<10}  {'ORIGIN':<22}  {'CTOR':<7}  COUNT\n")
+    out.write(f"\n{'ROUTINE':<24}  {'LEVEL':<5}  {'REGION':<10}  {'ORIGIN':<22}  {'CTOR':<7}  COUNT\n")
     for (routine, level, region, origin, typed), n in sorted(_groups(result, snapshot).items()):
-        out.write(f"{routine:<22}  {level:<5}  {region:<10}  {origin:<22}  {typed:<7}  {n}\n")
+        out.write(f"{routine:<24}  {level:<5}  {region:<10}  {origin:<22}  {typed:<7}  {n}\n")
     if result.findings:
         out.write(f"\n{'SEVERITY':<8}  {'RULE':<28}  {'PHYS':<12}  {'LEVEL':<5}  {'ORIGIN':<20}  {'PTLOCK':<14}\n")
         shown = 0

@@ -9,12 +9,13 @@ the hot-remove dump), and predict the NR_PAGETABLE change the guest's own
 """
 
 import functools
+import re
 
 import pytest
 
 import mminspect
 import vmcores
-from mminspect.hotremove import Proposal, capture_snapshot, diff_snapshots, select_policy, simulate
+from mminspect.hotremove import Proposal, capture_snapshot, diff_snapshots, get_policy, select_policy, simulate
 
 KERNELS = [k for k in vmcores.kernel_ids()]
 
@@ -86,3 +87,39 @@ def test_boot_memory_is_refused_like_the_kernel(pair):
     result = simulate(snap, Proposal(boot.start, boot.start + boot.size), select_policy(snap.era))
     assert not result.simulated
     assert any(r.rule == "boot-memory" and "offlining attempted" in r.message for r in result.refusals)
+
+
+def test_findings_match_what_the_guest_printed(pair):
+    """No finding where the real kernel printed nothing; a finding for every
+    warning it printed during the removal."""
+    dumps, snaps = pair
+    before = snaps["hotadd"]
+    if any(t.typed is None for t in before.tables.values()):
+        pytest.skip("no struct page facts (classification not available)")
+    result = simulate(before, _proposal(before), select_policy(before.era))
+    old = dumps["hotadd"].truth_text("dmesg")
+    new = dumps["hotremove"].truth_text("dmesg")
+    during = new[len(old):] if new.startswith(old) else new
+    printed = re.findall(r"(WARNING:.*|BUG:.*|Bad page state.*)", during)
+    predicted = [f for f in result.findings if f.severity in ("warning", "error", "critical")]
+    assert bool(printed) == bool(predicted), (printed, predicted[:3])
+
+
+def test_rfc2017_on_6_1_flags_every_hot_add_table_page_by_page():
+    """The 2017 RFC's free_pagetable(page, order, direct=true) runs the dtor
+    on every non-reserved linear-map table it frees; on 6.1 those tables came
+    from __pgd_pgtable_alloc with no ctor: each one is a dtor without ctor."""
+    got = _snapshots("debian-6.1-cloud-arm64")
+    if isinstance(got, str):
+        pytest.skip(got)
+    dumps, snaps = got
+    before = snaps["hotadd"]
+    result = simulate(before, _proposal(before), get_policy("rfc2017", before.era))
+    flagged = {f.phys for f in result.findings if f.rule == "dtor without ctor"}
+    expected = {e.phys for e in result.freed
+                if e.routine == "remove_pagetable(direct)"
+                and before.tables[e.phys].typed is False and not before.tables[e.phys].reserved}
+    assert flagged == expected
+    # ... and they are exactly the tables the real (mainline) removal freed.
+    assert flagged == set(diff_snapshots(before, snaps["hotremove"])["freed"])
+    assert result.delta_nr_pagetable == -len(flagged) and result.drift == -len(flagged)
