@@ -1343,25 +1343,24 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
 
 
 def _writable_roots(kernel: Kernel, classes: Sequence[Classification]) -> List[str]:
-    """Static root tables the kernel maps read-only (swapper_pg_dir since
-    v4.19 'arm64/mm: Separate boot-time page tables from swapper_pg_dir') that
-    the walk of init_mm finds writable through their kernel-image VA."""
-    from mminspect.arch.arm64 import PTE_RDONLY
-    from mminspect.walk import CLS_LEAF
-
+    """Static root tables the kernel maps read-only (swapper_pg_dir and
+    tramp_pg_dir live in .rodata since v4.19, "arm64/mm: Move swapper_pg_dir
+    to rodata section", and are written through the fixmap) that init_mm maps
+    writable, through their kernel-image VA or their linear-map alias."""
     init = next((cl for cl in classes if cl.kind == K_INIT and cl.root.name == "init_mm"), None)
     if init is None:
         return []
     c = init.classifier
     out = []
-    runs = None
-    for name in ("swapper_pg_dir",):
+    for name in ("swapper_pg_dir", "tramp_pg_dir"):
         va = c._image_symbol(name)
         if va is None:
             continue
-        if runs is None:
-            runs = walk(kernel, kernel.root("init_mm", va, va + 1)).runs
-        hit = runs[(runs["cls"] == CLS_LEAF)]
-        if len(hit) and not int(hit[0]["attr"]) & PTE_RDONLY:
-            out.append(f"{name} ({va:#x}) is mapped writable")
+        for alias in (va, kernel.phys_to_virt(kernel.virt_to_phys(va))):
+            try:
+                m = next(walk(kernel, kernel.root("init_mm", alias, alias + 1)).mappings(), None)
+            except MMInspectError:
+                continue
+            if m is not None and not m.effective["ro"]:
+                out.append(f"{name} is mapped writable at {alias:#x} ({m.attrs})")
     return out

@@ -104,6 +104,8 @@ def test_audit_counter_equals_typed_pages_and_truth(real_prog):
     assert len(a.reachable_typed) == a.typed_count
     # the scan covered the memmap of every present section
     assert a.scanned_pages and a.unreadable_pages == 0
+    # swapper_pg_dir is read-only through both its aliases (v4.19+: in .rodata)
+    assert a.writable_roots == []
 
 
 def test_audit_raw_vmstat_within_the_documented_caveat(real_prog):

@@ -550,3 +550,27 @@ def test_v616_init_mm_tables_have_no_ptlock():
     efi, _ = syn.classify("efi_mm")
     # efi_mm is not init_mm: its PTE/PMD tables still need a lock (here none was made)
     assert {t.level_name: t.ptlock for t in efi}["PTE"] == "missing"
+
+
+def test_audit_flags_a_writable_swapper_pg_dir():
+    # (the generator maps the linear map, image alias included, read-write: only
+    # the kernel-image alias is modelled read-only, so only it is checked here)
+    syn = Synth()
+    va = syn.built.swapper_pg_dir
+    image_alias = lambda a: [x for x in a.writable_roots if f" at {va:#x} " in x]  # noqa: E731
+    assert image_alias(audit(syn.kernel, [syn.kernel.root("init_mm")])) == []
+    # clear AP[2] (PTE_RDONLY, bit 7) in the leaf that maps swapper_pg_dir's image VA
+    r = syn.built.regime
+    for level in (3, 2, 1):
+        table = syn.b.table_at("swapper", va, level)
+        if table is None:
+            continue
+        entry = table + 8 * r.index(va, level)
+        desc = int.from_bytes(syn.built.read_phys(entry, 8), "little")
+        if desc & 3 == (3 if level == 3 else 1):
+            syn.b.write_phys(entry, (desc & ~(1 << 7)).to_bytes(8, "little"))
+            break
+    else:
+        pytest.fail("no leaf maps swapper_pg_dir")
+    got = image_alias(audit(syn.kernel, [syn.kernel.root("init_mm")]))
+    assert len(got) == 1 and got[0].startswith("swapper_pg_dir is mapped writable at " + hex(va))
