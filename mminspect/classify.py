@@ -542,53 +542,121 @@ class Classification:
         return int(np.count_nonzero((self.expected >> self.origin.astype(np.int64)) & 1 == 0))
 
     def records(self) -> Iterator[TableClass]:
-        """One :class:`TableClass` per table page, top level first, then by VA."""
-        order = np.lexsort((self.va, self.level))
-        for i in order.tolist():
-            yield self.record(i)
+        """One :class:`TableClass` per table page, top level first, then by VA.
 
-    def record(self, i: int) -> TableClass:
+        The strings (region, allocator, expected, evidence) depend only on a
+        handful of per-table facts; they are built once per distinct
+        combination, so listing half a million tables costs little more than
+        creating the records."""
+        order = np.lexsort((self.va, self.level))
+        group = self._groups()
+        shared: Dict[int, Tuple] = {}
+        for i in order.tolist():
+            g = int(group[i])
+            if g < 0:
+                yield self.record(i)
+                continue
+            strings = shared.get(g)
+            if strings is None:
+                rec = self.record(i)
+                shared[g] = (rec.region, rec.allocator, rec.expected, rec.evidence)
+                yield rec
+                continue
+            yield self.record(i, strings)
+
+    def _groups(self) -> np.ndarray:
+        """A group id per table whose strings are shared, -1 for tables that
+        need their own (kernel-image symbols, ptl objects, a root table)."""
+        n = len(self.phys)
+        f = self.facts
+        bits = np.zeros(n, dtype=np.int64)
+        for k, col in enumerate((self.in_image, self.in_memblock, f["ok"], f["reserved"], f["slab"], f["tail"],
+                                 f["buddy"], f["table"], f["self_linked"], f["poisoned"], f["w2"] == 0)):
+            bits |= col.astype(np.int64) << k
+        small = (((self.level.astype(np.int64) + 2) << 40) | (self.origin.astype(np.int64) << 32)
+                 | (self.ptlock.astype(np.int64) << 24) | ((self.maps.astype(np.int64) + 1) << 16) | bits)
+        cols = (small, self.region, self.parents.astype(np.int64), self.expected,
+                f["page_type"].astype(np.int64) | (f["refcount"].astype(np.int64) << 32), f["ptl"])
+        order = np.lexsort(cols[::-1])
+        change = np.zeros(n, dtype=bool)
+        if n:
+            change[0] = True
+            for col in cols:
+                sc = col[order]
+                change[1:] |= sc[1:] != sc[:-1]
+        gid = np.empty(n, dtype=np.int64)
+        gid[order] = np.cumsum(change) - 1
+        r = self.kernel.regime
+        own = self.image | self.in_image | ((self.level == r.top_level) & (self.phys == np.uint64(self.root.phys)))
+        if self.locks:
+            own[np.fromiter(self.locks, dtype=np.int64)] = True
+        gid[own] = -1
+        return gid
+
+    def _lists(self) -> Dict[str, list]:
+        """Python lists of the columns a record reads (numpy scalars are slow)."""
+        cache = self.__dict__.get("_pylists")
+        if cache is None:
+            f = self.facts
+            cache = {name: getattr(self, name).tolist()
+                     for name in ("phys", "level", "va", "span", "origin", "ptlock", "maps", "block", "parents")}
+            for name in ("ok", "table", "reserved", "ptl", "page_type", "refcount"):
+                cache["f_" + name] = f[name].tolist()
+            self.__dict__["_pylists"] = cache
+        return cache
+
+    def record(self, i: int, strings: Optional[Tuple] = None) -> TableClass:
         r = self.kernel.regime
         c = self.classifier
-        f = self.facts[i]
-        lvl = int(self.level[i])
-        phys = int(self.phys[i])
-        origin = int(self.origin[i])
-        image_symbol = c.image_name(phys) if self.image[i] else None
-        ptl_word = int(f["ptl"])
+        L = self._lists()
+        lvl = L["level"][i]
+        phys = L["phys"][i]
+        origin = L["origin"][i]
+        ok = L["f_ok"][i]
+        image_symbol = c.image_name(phys) if strings is None and self.image[i] else None
+        ptl_word = L["f_ptl"][i]
         lock = self.locks.get(i)
-        held = int(self.ptlock[i]) == P_HELD
+        held = L["ptlock"][i] == P_HELD
         owner = None
         if held and lock is not None and c.features.debug_spinlock:
             owner = _owner_text(c, lock)
         blocks = c.memory.blocks if c.memory else []
-        b = int(self.block[i])
+        b = L["block"][i]
         block = blocks[b] if b >= 0 else None
+        maps = L["maps"][i]
+        if strings is None:
+            strings = (
+                self._region_text(i),
+                _allocator(self, i, image_symbol),
+                tuple(ORIGINS[k] for k in range(len(ORIGINS)) if int(self.expected[i]) >> k & 1),
+                tuple(_evidence(self, i, image_symbol, lock)),
+            )
+        region, allocator, expected, evidence = strings
         return TableClass(
             phys=phys,
             level=lvl,
             level_name=r.level_name(lvl),
-            va=int(self.va[i]),
-            span=int(self.span[i]),
+            va=L["va"][i],
+            span=L["span"][i],
             root=self.root.name,
-            region=self._region_text(i),
+            region=region,
             origin=ORIGINS[origin],
-            allocator=_allocator(self, i, image_symbol),
-            expected=tuple(ORIGINS[k] for k in range(len(ORIGINS)) if int(self.expected[i]) >> k & 1),
-            ptlock=PTLOCKS[int(self.ptlock[i])],
-            typed=bool(f["table"]) if f["ok"] and self.features.page_type != "unknown" else None,
-            reserved=bool(f["reserved"]) if f["ok"] and c.layout.pg_reserved is not None else None,
+            allocator=allocator,
+            expected=expected,
+            ptlock=PTLOCKS[L["ptlock"][i]],
+            typed=L["f_table"][i] if ok and self.features.page_type != "unknown" else None,
+            reserved=L["f_reserved"][i] if ok and c.layout.pg_reserved is not None else None,
             image_symbol=image_symbol,
             ptl_held=held,
             ptl_pointer=ptl_word if c.features.alloc_split else 0,
             ptl_owner=owner,
-            page_type=int(f["page_type"]),
-            refcount=int(f["refcount"]),
-            maps=MAPS_NAMES.get(int(self.maps[i])) if self.maps[i] >= 0 else None,
+            page_type=L["f_page_type"][i],
+            refcount=L["f_refcount"][i],
+            maps=MAPS_NAMES.get(maps) if maps >= 0 else None,
             block=block.id if block else None,
             zone=block.zone if block else None,
-            parents=int(self.parents[i]),
-            evidence=tuple(_evidence(self, i, image_symbol, lock)),
+            parents=L["parents"][i],
+            evidence=evidence,
         )
 
     def _region_text(self, i: int) -> str:
