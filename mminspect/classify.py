@@ -648,7 +648,8 @@ class Classification:
             reserved=L["f_reserved"][i] if ok and c.layout.pg_reserved is not None else None,
             image_symbol=image_symbol,
             ptl_held=held,
-            ptl_pointer=ptl_word if c.features.alloc_split else 0,
+            # (a slab page's word there is the slab's, not a lock: n/a)
+            ptl_pointer=ptl_word if c.features.alloc_split and L["ptlock"][i] != P_NA else 0,
             ptl_owner=owner,
             page_type=L["f_page_type"][i],
             refcount=L["f_refcount"][i],
