@@ -1209,6 +1209,8 @@ class Audit:
     reachable_typed: np.ndarray  #: typed PFNs reached from a root
     unreachable_typed: np.ndarray  #: typed PFNs no root reaches (leaks, or RCU-pending frees)
     unreachable_facts: np.ndarray
+    #: per unreachable typed page: what its words suggest (an RCU free in flight ...)
+    unreachable_hints: List[str]
     untyped_tables: Dict[Tuple[str, str, str], int]  #: (root, level, region) -> reachable tables without ctor
     expected_ctor_missing: List[Tuple[str, int, str]]  #: (root, phys, level) ctor expected, not typed
     multi_root: List[Tuple[int, Tuple[str, ...]]]  #: tables (phys) reached from two or more roots
@@ -1266,8 +1268,9 @@ class Audit:
             "reachable_typed": int(len(self.reachable_typed)),
             "unreachable_typed": [
                 {"pfn": int(f["pfn"]), "phys": int(f["pfn"]) << self.page_shift, "page_type": int(f["page_type"]),
-                 "refcount": int(f["refcount"]), "ptl": int(f["ptl"]), "w1": int(f["w1"]), "w2": int(f["w2"])}
-                for f in self.unreachable_facts
+                 "refcount": int(f["refcount"]), "ptl": int(f["ptl"]), "w1": int(f["w1"]), "w2": int(f["w2"]),
+                 "hint": h}
+                for f, h in zip(self.unreachable_facts, self.unreachable_hints)
             ],
             "untyped_tables": [{"root": k[0], "level": k[1], "region": k[2], "count": v}
                                for k, v in sorted(self.untyped_tables.items())],
@@ -1398,6 +1401,7 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
         reachable_typed=typed[isin],
         unreachable_typed=typed[~isin],
         unreachable_facts=typed_facts[~isin],
+        unreachable_hints=[_unreachable_hint(kernel, f, sorted(errors)) for f in typed_facts[~isin]],
         untyped_tables=dict(untyped),
         expected_ctor_missing=missing_ctor,
         multi_root=multi,
@@ -1409,6 +1413,27 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
         stats={"counter_seconds": t1 - t0, "scan_seconds": t2 - t1, "walk_seconds": t3 - t2,
                "compare_seconds": t4 - t3, "seconds": t4 - t0},
     )
+
+
+def _unreachable_hint(kernel: Kernel, f, unwalked: Sequence[str] = ()) -> str:
+    """What a typed page no root reaches looks like: a table whose free waits
+    for RCU (ptdesc pt_rcu_head at offset 8: its func names the callback),
+    one freed without a dtor, or a leak."""
+    prog = getattr(kernel.target, "prog", None)
+    func = int(f["w2"])
+    if prog is not None and func:
+        try:
+            sym = prog.symbol(func)
+            return f"pt_rcu_head.func = {sym.name}: an RCU-deferred table free still pending"
+        except LookupError:
+            pass
+    if int(f["refcount"]) == 0:
+        return "refcount 0 and still typed: freed without a dtor (the type survives the free before v6.17)"
+    if unwalked:
+        return f"typed, referenced by no walked table; not walked: {', '.join(unwalked)} (it may be there)"
+    if f["poisoned"]:
+        return "allocated (refcount %d) and typed, referenced by no walked table: leaked" % int(f["refcount"])
+    return "typed, referenced by no walked table (a root not walked, or a leak)"
 
 
 def _writable_roots(kernel: Kernel, classes: Sequence[Classification]) -> List[str]:

@@ -175,9 +175,9 @@ def audit_text(a: Audit, out: IO[str]) -> None:
         out.write(f"  not walked: {root}: {why}\n")
     if len(a.unreachable_facts):
         out.write(f"\n{'PHYS':<14}  {'PAGE_TYPE':<10}  {'REFCOUNT':>8}  {'PTL':<18}  LRU/RCU WORDS\n")
-        for f in a.unreachable_facts:
+        for f, hint in zip(a.unreachable_facts, a.unreachable_hints):
             out.write(f"{int(f['pfn']) << a.page_shift:014x}  {int(f['page_type']):#010x}  {int(f['refcount']):>8}  "
-                      f"{int(f['ptl']):#018x}  {int(f['w1']):#x} {int(f['w2']):#x}\n")
+                      f"{int(f['ptl']):#018x}  {int(f['w1']):#x} {int(f['w2']):#x}\n      {hint}\n")
     if a.untyped_tables:
         out.write("\ntables without a ctor (not counted by NR_PAGETABLE):\n")
         rows = [(r, l, g, n) for (r, l, g), n in sorted(a.untyped_tables.items())]

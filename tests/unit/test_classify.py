@@ -528,6 +528,7 @@ def test_audit_exact_counter_and_a_leak():
     assert a.unreachable_typed.tolist() == [leak // syn.ps]
     assert any("no walked root reaches" in line for line in a.explanation())
     assert a.as_dict()["unreachable_typed"][0]["phys"] == leak
+    assert a.unreachable_hints[0].endswith("leaked")
 
 
 def test_audit_without_counters_reports_typed_pages_only():
