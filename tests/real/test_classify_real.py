@@ -394,3 +394,39 @@ def test_cli_classify_and_audit_json(real_prog):
     d = json.loads(r.output)
     assert d["schema"] == "mminspect.audit/1"
     assert d["counter"] == d["typed_pages"] == _vmstat(dump, "nr_page_table_pages")
+
+
+def test_hot_added_vmemmap_tables_are_buddy_without_ctor(real_prog):
+    """vmemmap_populate() on 16K/64K pages maps the memmap with base pages
+    (vmemmap_populate_basepages); after boot its tables come from
+    vmemmap_alloc_block() -> alloc_pages_node(): buddy, no ctor, in every era.
+    The tables that map only the DIMM's memmap are the PTE-table windows its
+    memmap touches that no boot memmap touches (struct page addresses from
+    drgn's pfn_to_page, boot RAM from truth/iomem)."""
+    dump, prog = real_prog
+    from drgn.helpers.linux.mm import pfn_to_page
+
+    hot = _hot_range(dump)
+    k = _kernel(real_prog)
+    ps = k.regime.page_size
+    if hot is None or ps == 4096:
+        pytest.skip("hot-add dumps with base-page vmemmap (16K/64K) only")
+    span = (ps // 8) * ps  # one PTE table
+    size = sizeof(prog.type("struct page"))
+
+    def windows(lo_pa, hi_pa):
+        lo = pfn_to_page(prog, lo_pa // ps).value_()
+        hi = pfn_to_page(prog, (hi_pa - 1) // ps).value_() + size
+        return set(range(lo // span, (hi - 1) // span + 1))
+
+    boot = set()
+    for lo, hi in _system_ram(dump):
+        if not hot[0] <= lo < hot[1]:
+            boot |= windows(lo, hi)
+    want = windows(*hot) - boot
+    cl = _classes(real_prog)["init_mm"]
+    got = {t.va // span: t for t in cl if t.region == "vmemmap" and t.level_name == "PTE" and t.maps == "hot-added"}
+    assert set(got) == want
+    for t in got.values():
+        assert t.origin == "buddy-no-ctor" and t.typed is False and not t.reserved, t
+        assert "lru LIST_POISON (left the buddy lists)" in t.evidence
