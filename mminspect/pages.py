@@ -60,7 +60,11 @@ _U32 = (1 << 32) - 1
 #: include/linux/poison.h: ``LIST_POISON1``/``2`` are ``0x100``/``0x122`` plus
 #: ``POISON_POINTER_DELTA``, which is ``CONFIG_ILLEGAL_POINTER_VALUE``:
 #: 0xdead000000000000 on arm64 (arch/arm64/Kconfig). ``list_del()`` leaves
-#: them in ``lru`` when a page leaves the pcp or buddy lists.
+#: them in ``lru`` when a page leaves the pcp or buddy lists; then
+#: prep_new_page() -> clear_page_pfmemalloc() sets ``lru.next = NULL``
+#: (include/linux/mm.h, 6.1 and 6.12), so an allocated page keeps only
+#: LIST_POISON2 at offset 16 (kernel-model.md 3.5 expects POISON1 at 8 too:
+#: the kernel says otherwise, and so do the dumps).
 LIST_POISON1 = 0xDEAD000000000100
 LIST_POISON2 = 0xDEAD000000000122
 #: include/linux/spinlock_types_raw.h ``#define SPINLOCK_MAGIC 0xdead4ead``
