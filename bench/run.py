@@ -43,6 +43,8 @@ LABELS = {
     "remove-1G": "(e) simulate-remove 1 GiB",
     "remove-64G": "(e) simulate-remove 64 GiB",
 }
+#: Display order of the stages.
+ORDER = ["read", "read-bulk", "walk", "walk-before", "classify", "walk+classify", "audit", "remove-1G", "remove-64G"]
 #: Acceptance of issue 7 (page-granular kernels): stage -> max ratio to read.
 TARGETS = {"walk+classify": 2.0, "audit": 3.0, "remove-64G": 3.0}
 
@@ -152,6 +154,8 @@ def fmt_row(kernel: str, n_tables: int, stage: str, r: Dict, base: Optional[floa
         reason = r.get("reason") or r.get("status")
         if r.get("status") == "n/a":
             reason = f"n/a ({reason})"
+        elif r.get("status") in ("error", "timeout"):
+            reason = f"{r['status']}: {reason}"
         return [kernel, label, reason, "", "", "", "", ""]
     sec = r["seconds"]
     ratio = f"{sec / base:.2f}" if base else ""
@@ -189,10 +193,13 @@ def render(all_res: Dict[str, Dict], kernels: Dict[str, Dict], order: List[str])
         def ratio(stage):
             r = res.get(stage)
             if not r or r.get("status") != "ok" or not base:
-                return "n/a"
+                return r.get("status", "n/a") if r else "n/a"
             v = r["seconds"] / base
             tgt = TARGETS.get(stage)
-            mark = "" if tgt is None or meta["mode"] != "page" else (" ok" if v <= tgt else " MISS")
+            # the acceptance is stated for page-granular kernels of 1 TiB and up;
+            # below that, fixed costs of a few milliseconds dominate the ratios
+            judged = tgt is not None and meta["mode"] == "page" and meta["linear_size"] >= 1 << 40
+            mark = (" ok" if v <= tgt else " MISS") if judged else ""
             return f"{v:.2f}{mark}"
 
         def per(stage):
@@ -265,7 +272,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--rebuild", action="store_true", help="rebuild the kernels even if cached")
     ap.add_argument("--no-warm", action="store_true", help="do not pre-read the dumps into the page cache")
     ap.add_argument("--json", metavar="FILE", help="write every result as JSON")
+    ap.add_argument("--render", metavar="FILE", help="print the tables of a --json file again; run nothing")
     a = ap.parse_args(argv)
+    if a.render:
+        saved = json.loads(Path(a.render).read_text())
+        if saved.get("header"):
+            print(saved["header"])
+            print()
+        print(render(saved["results"], saved["kernels"], ORDER))
+        return 0
     if a.smoke:
         a.sizes, a.modes, a.repeat = "16G", "page", 1
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
@@ -294,16 +309,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         derive(res)
         all_res[k.meta["key"]] = res
         metas[k.meta["key"]] = k.meta
-    order = [s for s in ["read", "read-bulk", "walk", "walk-before", "classify", "walk+classify",
-                         "audit", "remove-1G", "remove-64G"]]
-    text = render(all_res, metas, order)
-    print(env_line)
-    print(f"best of {a.repeat} run(s) per stage, each in a fresh process; dumps in the page cache"
-          + ("" if not a.no_warm else " (not warmed)"))
+    text = render(all_res, metas, ORDER)
+    header = (env_line + "\n" + f"best of {a.repeat} run(s) per stage, each in a fresh process; "
+              "dumps in the page cache" + ("" if not a.no_warm else " (not warmed)")
+              + (f"; stage processes limited to {a.mem_limit} of address space" if mem_limit else ""))
+    print(header)
     print()
     print(text)
     if a.json:
-        Path(a.json).write_text(json.dumps({"kernels": metas, "results": all_res,
+        Path(a.json).write_text(json.dumps({"kernels": metas, "results": all_res, "header": header,
                                             "argv": sys.argv[1:]}, indent=1, default=str))
     return 0
 
