@@ -17,7 +17,7 @@ import pytest
 from drgn import sizeof
 from drgn.helpers.linux.slab import slab_object_info
 
-from mminspect.classify import audit, classifier_for, classify_roots, classify_walk, resolve_roots
+from mminspect.classify import audit, classifier_for, classify_roots, resolve_roots
 from mminspect.kernel import Kernel
 from mminspect.target.drgn import DrgnTarget
 from mminspect.walk import walk
