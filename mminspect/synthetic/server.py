@@ -177,7 +177,14 @@ def make_server_kernel(regime: Regime, linear_size: int, *, granular: bool = Tru
     hot_need = (hotadd // span + hotadd // span // max(1, r.entries_per_table) + 64) * ps \
         + (hotadd >> shift) * STRUCT_PAGE + 2 * pmd + 64 * MiB
     mid = (base + pool_lo) // 2 // GiB * GiB
-    b.add_pool("buddy", mid - _align_up(hot_need, GiB), mid)
+    buddy_lo = mid - _align_up(hot_need, GiB)
+    image_end = _align_up(b.image_pa + b.image_size, pmd)
+    if buddy_lo < image_end:  # small RAM: keep the buddy pages off the kernel image
+        buddy_lo = image_end
+        mid = buddy_lo + _align_up(hot_need, pmd)
+        if mid > pool_lo:
+            raise ValueError("RAM too small for its runtime page tables")
+    b.add_pool("buddy", buddy_lo, mid)
 
     # paging_init(): map_kernel, then map_mem
     kva = b.kimage_va
