@@ -12,7 +12,9 @@ captured roots, with no vmlinux and a few MB instead of GBs.
 import os
 from typing import Dict, List, Sequence
 
+from mminspect.classify import capture_hook
 from mminspect.errors import MMInspectError
+from mminspect.hotremove.snapshot import capture_snapshot
 from mminspect.kernel import Kernel
 from mminspect.report.ptdump import check_wx, ptdump_lines
 from mminspect.target.bundle import write_bundle
@@ -30,13 +32,9 @@ def _analyses(k: Kernel, root_name: str) -> None:
     w = walk(k, k.root(root_name))
     list(ptdump_lines(w))
     check_wx(w)
-    try:
-        from mminspect import classify  # noqa: F401  (optional stage)
-    except ImportError:
-        return
-    run = getattr(classify, "capture_hook", None)
-    if run is not None:
-        run(k, w)
+    capture_hook(k, w)
+    if root_name == "init_mm":
+        capture_snapshot(k)  # sections, blocks, era code: what simulate-remove reads
 
 
 def capture(target, path: str, roots: Sequence[str] = DEFAULT_ROOTS, force: bool = False) -> Dict[str, object]:

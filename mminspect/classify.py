@@ -256,15 +256,8 @@ def _version(kernel: Kernel) -> Tuple[int, int]:
 
 
 def _nr_cpus(kernel: Kernel) -> Optional[int]:
-    prog = getattr(kernel.target, "prog", None)
-    if prog is not None:
-        try:
-            sym = prog.symbol("__per_cpu_offset")
-            if sym.size:
-                return sym.size // 8
-        except LookupError:
-            pass
-    return None
+    size = getattr(kernel.target, "symbol_size", lambda name: None)("__per_cpu_offset")
+    return size // 8 if size else None
 
 
 # -- results --------------------------------------------------------------------
@@ -389,17 +382,9 @@ class Classifier:
     def _image_tables(self) -> List[Tuple[int, int, str, int]]:
         """(pa, size, name, per-table size) of every static table in the image."""
         k = self.kernel
-        prog = getattr(k.target, "prog", None)
+        size_of = getattr(k.target, "symbol_size", lambda name: None)
         ps = self.page_size
         out = []
-
-        def size_of(name: str) -> Optional[int]:
-            if prog is None:
-                return None
-            try:
-                return prog.symbol(name).size or None
-            except LookupError:
-                return None
 
         names = ("swapper_pg_dir", "tramp_pg_dir", "idmap_pg_dir", "reserved_pg_dir", "init_idmap_pg_dir",
                  "bm_pud", "bm_pmd", "bm_pte", "idmap_ptes", "kpti_ptes", "kpti_bbml2_ptes",

@@ -141,7 +141,12 @@ class MemoryMap:
         bsize = memory_block_size(kernel, sections)
         ssize = sections[0].size if sections else 1 << int(kernel.vmcoreinfo.get("NUMBER(SECTION_SIZE_BITS)", 27))
         ev = {"sections": f"{len(sections)} present sections from VMCOREINFO mem_section"}
-        blocks = _drgn_blocks(kernel, bsize, sections)
+        hook = getattr(kernel.target, "memory_blocks", None)
+        section_bits = int(kernel.vmcoreinfo.get("NUMBER(SECTION_SIZE_BITS)", 27))
+        if hook is not None:  # recording and bundle targets
+            blocks = hook(bsize, sections, section_bits, kernel.regime.page_shift)
+        else:
+            blocks = drgn_blocks(kernel.target, bsize, sections, section_bits, kernel.regime.page_shift)
         if blocks is None:
             by_block: Dict[int, List[Section]] = {}
             for sec in sections:
@@ -204,9 +209,12 @@ class MemoryMap:
         return out
 
 
-def _drgn_blocks(kernel, bsize: int, sections: List[Section]) -> Optional[List[Block]]:
-    prog = getattr(kernel.target, "prog", None)
-    if prog is None or not kernel.target.has_debug_info:
+def drgn_blocks(target, bsize: int, sections: List[Section], section_bits: int,
+                page_shift: int) -> Optional[List[Block]]:
+    """Memory blocks from the kernel's ``memory_blocks`` xarray through drgn
+    (state, zone, nid, altmap), or None without a drgn Program and DWARF."""
+    prog = getattr(target, "prog", None)
+    if prog is None or not target.has_debug_info:
         return None
     try:
         from drgn.helpers.linux.mm import decode_memory_block_state, for_each_memory_block
@@ -215,8 +223,7 @@ def _drgn_blocks(kernel, bsize: int, sections: List[Section]) -> Optional[List[B
     early_by_block: Dict[int, bool] = {}
     for sec in sections:
         early_by_block[sec.start // bsize] = early_by_block.get(sec.start // bsize, False) or sec.early
-    section_bits = int(kernel.vmcoreinfo.get("NUMBER(SECTION_SIZE_BITS)", 27))
-    shift = kernel.regime.page_shift
+    shift = page_shift
     out = []
     try:
         for mem in for_each_memory_block(prog):

@@ -21,7 +21,7 @@ import numpy as np
 from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault
 
-__all__ = ("MemoryBlock", "SECTION_IS_EARLY", "SECTION_IS_ONLINE", "Section", "read_memory_blocks", "read_sections")
+__all__ = ("SECTION_IS_EARLY", "SECTION_IS_ONLINE", "Section", "memory_block_size", "read_sections")
 
 # include/linux/mmzone.h: the low bits of section_mem_map (stable since v5.x).
 SECTION_MARKED_PRESENT = 1 << 0
@@ -99,54 +99,3 @@ def memory_block_size(kernel, sections: List[Section]) -> int:
         except TargetFault:
             pass
     return sections[0].size if sections else 1 << int(kernel.vmcoreinfo.get("NUMBER(SECTION_SIZE_BITS)", 27))
-
-
-@dataclass(frozen=True)
-class MemoryBlock:
-    """One memory block (sysfs ``memoryN``)."""
-
-    id: int
-    start: int
-    size: int
-    state: str  #: "online", "offline", ... as sysfs prints it
-    zone: Optional[str]
-    nid: Optional[int]
-    early: bool  #: any of its sections is boot memory
-
-    def as_dict(self) -> Dict[str, object]:
-        return dict(self.__dict__)
-
-
-def read_memory_blocks(kernel, sections: List[Section]) -> List[MemoryBlock]:
-    """Memory blocks from the kernel's ``memory_blocks`` xarray when debug info
-    allows (state, zone, nid as the kernel records them), else derived from
-    the sections (online bit; zone unknown)."""
-    size = memory_block_size(kernel, sections)
-    by_block: Dict[int, List[Section]] = {}
-    for sec in sections:
-        by_block.setdefault(sec.start // size, []).append(sec)
-    recorded = _drgn_blocks(kernel, size)
-    out = []
-    for bid, secs in sorted(by_block.items()):
-        state, zone, nid = recorded.get(bid, ("online" if all(x.online for x in secs) else "offline", None, None))
-        out.append(MemoryBlock(bid, bid * size, size, state, zone, nid, any(x.early for x in secs)))
-    return out
-
-
-def _drgn_blocks(kernel, size: int) -> Dict[int, tuple]:
-    prog = getattr(kernel.target, "prog", None)
-    if prog is None or not kernel.target.has_debug_info:
-        return {}
-    try:
-        from drgn.helpers.linux.mm import decode_memory_block_state, for_each_memory_block
-
-        section_bits = int(kernel.vmcoreinfo["NUMBER(SECTION_SIZE_BITS)"])
-        out = {}
-        for mem in for_each_memory_block(prog):
-            bid = (mem.start_section_nr.value_() << section_bits) // size
-            zone = mem.zone.name.string_().decode() if mem.zone else None
-            state = decode_memory_block_state(mem).removeprefix("MEM_").lower()
-            out[bid] = (state, zone, mem.nid.value_())
-        return out
-    except Exception:  # older or unusual layouts: fall back to sections
-        return {}

@@ -22,7 +22,8 @@ from mminspect.errors import MMInspectError
 from mminspect.hotremove.era import detect_era
 from mminspect.hotremove.policy import Era
 from mminspect.kernel import Kernel
-from mminspect.sparse import MemoryBlock, Section, read_memory_blocks, read_sections
+from mminspect.memory import Block, MemoryMap
+from mminspect.sparse import Section
 from mminspect.walk import walk
 
 __all__ = ("SCHEMA", "Snapshot", "TableFacts", "capture_snapshot", "diff_snapshots")
@@ -66,7 +67,7 @@ class Snapshot:
     tables: Dict[int, TableFacts]
     entries: Dict[int, np.ndarray]
     sections: List[Section]
-    blocks: List[MemoryBlock]
+    blocks: List[Block]
     nr_pagetable: Optional[int] = None
 
     # -- persistence ----------------------------------------------------------
@@ -114,7 +115,7 @@ class Snapshot:
             tables=tables,
             entries=entries,
             sections=[Section(**s) for s in header["sections"]],
-            blocks=[MemoryBlock(**b) for b in header["blocks"]],
+            blocks=[Block(**b) for b in header["blocks"]],
             nr_pagetable=header["nr_pagetable"],
         )
 
@@ -164,8 +165,8 @@ def capture_snapshot(kernel: Kernel) -> Snapshot:
                 facts[t.phys].roots.append("efi_mm")
     except MMInspectError:
         pass
-    sections = read_sections(kernel)
-    blocks = read_memory_blocks(kernel, sections)
+    memory = MemoryMap.read(kernel)
+    sections, blocks = memory.sections, memory.blocks
     era = detect_era(kernel)
     return Snapshot(
         kernel={

@@ -144,3 +144,10 @@ class BundleTarget(DrgnTarget):
 
     def variable(self, name: str):
         return None
+
+    def memory_blocks(self, bsize, sections, section_bits, page_shift):
+        """The memory blocks the full target showed at capture time."""
+        from mminspect.memory import Block
+
+        recorded = self.note.get("memory_blocks")
+        return None if recorded is None else [Block(**b) for b in recorded]

@@ -100,6 +100,14 @@ class RecordingTarget:
         size = getattr(self.inner, "symbol_size", lambda n: None)(name)
         return self._ask("symbol_size", name, size)
 
+    def memory_blocks(self, bsize, sections, section_bits, page_shift):
+        """The inner target's memory blocks, remembered for the bundle."""
+        from mminspect.memory import drgn_blocks
+
+        blocks = drgn_blocks(self.inner, bsize, sections, section_bits, page_shift)
+        self.answers["memory_blocks"] = None if blocks is None else [b.as_dict() for b in blocks]
+        return blocks
+
     def page_runs(self) -> Tuple[Tuple[int, int], ...]:
         """The recorded pages as sorted (start, size) runs."""
         runs = []

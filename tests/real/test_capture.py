@@ -6,6 +6,8 @@ import pytest
 
 import mminspect
 from mminspect.capture import capture
+from mminspect.classify import classify_walk
+from mminspect.hotremove import Proposal, capture_snapshot, select_policy, simulate
 from mminspect.report.ptdump import ptdump_lines
 from mminspect.report.walk import walk_text
 from mminspect.target.drgn import DrgnTarget
@@ -15,7 +17,8 @@ def _outputs(kernel, mm):
     w = mminspect.walk(kernel, mm)
     text = io.StringIO()
     walk_text(w, text, tables=True)
-    return text.getvalue(), list(ptdump_lines(w))
+    classes = [c.as_dict() for c in classify_walk(kernel, w)]
+    return text.getvalue(), list(ptdump_lines(w)), classes
 
 
 def test_bundle_equals_dump(real_prog, tmp_path):
@@ -28,6 +31,15 @@ def test_bundle_equals_dump(real_prog, tmp_path):
     assert small.target.name.startswith("bundle")
     for mm in result["roots"]:
         assert _outputs(small, mm) == _outputs(full, mm)
+    # The hot-remove simulation needs no more than the bundle holds.
+    results = []
+    for k in (small, full):
+        snap = capture_snapshot(k)
+        block = max(snap.blocks, key=lambda b: b.start)
+        res = simulate(snap, Proposal(block.start, block.start + block.size), select_policy(snap.era), force=True)
+        results.append(([(e.phys, e.routine) for e in res.freed], res.findings, res.refusals,
+                        snap.era.evidence))
+    assert results[0] == results[1]
     # Much smaller than the dump it came from.
     assert result["bytes"] * 50 < dump.vmcore.stat().st_size
 

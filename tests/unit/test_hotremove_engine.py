@@ -14,7 +14,8 @@ from mminspect.hotremove.policy import Era
 from mminspect.hotremove.proposal import Proposal
 from mminspect.hotremove.simulate import simulate
 from mminspect.hotremove.snapshot import Snapshot, TableFacts
-from mminspect.sparse import MemoryBlock, Section
+from mminspect.memory import Block as MemoryBlock
+from mminspect.sparse import Section
 
 U64 = (1 << 64) - 1
 R = Regime(12, 48, 48, 48)
