@@ -136,8 +136,48 @@ def unmap_hotplug_range(st: TableState, addr: int, end: int, free_mapped: bool,
     _unmap(st, st.root_phys, st.regime.top_level, addr, end, free_mapped, routine)
 
 
+def _pte_slice(st: TableState, phys: int, addr: int, end: int, routine: str):
+    """The last-level entries of one table covering ``[addr, end)``: (start
+    index, the entries), or None when the table is not in the snapshot. The
+    PTE loops run on these slices as numpy operations, not per entry."""
+    t = st.entries(phys)
+    if t is None:
+        st.warn(routine, phys, 3, addr, "table not in the snapshot")
+        return None
+    shift = st.regime.shift(3)
+    i0 = (addr >> shift) & (len(t) - 1)
+    count = (((end - addr) & _U64) + (1 << shift) - 1) >> shift
+    return i0, t[i0 : i0 + count]
+
+
+def _clear_ptes(st, phys, addr, end, free_mapped, routine) -> None:
+    # unmap_hotplug_pte_range() / remove_pte_table(): every non-none PTE is
+    # cleared (after WARN_ON(!pte_present)); with free_mapped its page goes.
+    got = _pte_slice(st, phys, addr, end, routine)
+    if got is None:
+        return
+    i0, seg = got
+    nz = np.nonzero(seg)[0]
+    if not len(nz):
+        return
+    r = st.regime
+    vals = seg[nz]
+    shift = r.shift(3)
+    for k in np.nonzero((vals & np.uint64(1)) == 0)[0][:8].tolist():
+        st.warn(routine, phys, 3, addr + (int(nz[k]) << shift), "WARN_ON(!pte_present)")
+    st.writable(phys)[i0 + nz] = 0
+    if free_mapped:
+        if np.any(vals & np.uint64(PTE_CONT)):
+            st.warn(routine, phys, 3, addr, "WARN_ON(pte_cont)")
+        st.events.append(Event("free_data", routine, r.desc_to_phys(int(vals[0])), 3,
+                               addr + (int(nz[0]) << shift), len(nz) << shift))
+
+
 def _unmap(st, phys, level, addr, end, free_mapped, routine) -> None:
     r = st.regime
+    if level == 3:
+        _clear_ptes(st, phys, addr, end, free_mapped, routine)
+        return
     name = r.level_name(level).lower()
     for i, d, a, nxt in _entries(st, phys, level, addr, end, routine):
         if not d:
@@ -167,11 +207,12 @@ def free_empty_tables(st: TableState, addr: int, end: int, floor: int, ceiling: 
 def _free_empty(st, phys, level, addr, end, floor, ceiling, parent, routine) -> None:
     r = st.regime
     start = addr
-    for i, d, a, nxt in _entries(st, phys, level, addr, end, routine):
-        if level == 3:
-            if d:
-                st.warn(routine, phys, level, a, "WARN_ON(!pte_none(pte))")
-        elif d:
+    if level == 3:
+        got = _pte_slice(st, phys, addr, end, routine)
+        if got is not None and got[1].any():
+            st.warn(routine, phys, level, addr, "WARN_ON(!pte_none(pte))")
+    for i, d, a, nxt in (() if level == 3 else _entries(st, phys, level, addr, end, routine)):
+        if d:
             if not d & 1 or d & 3 != 3:
                 st.warn(routine, phys, level, a,
                         f"WARN_ON(!{r.level_name(level).lower()}_present || !table || sect)")
@@ -206,6 +247,9 @@ def remove_pagetable_rfc2017(st: TableState, addr: int, end: int, direct: bool) 
 
 def _rfc(st, phys, level, addr, end, direct, routine) -> None:
     r = st.regime
+    if level == 3:
+        _clear_ptes(st, phys, addr, end, not direct, routine)
+        return
     for i, d, a, nxt in _entries(st, phys, level, addr, end, routine):
         if d and st.is_leaf(d, level):
             st.writable(phys)[i] = 0

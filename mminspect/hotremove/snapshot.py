@@ -14,11 +14,12 @@ hot-remove).
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from mminspect.errors import MMInspectError
+from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
 from mminspect.hotremove.policy import Era
 from mminspect.kernel import Kernel
@@ -64,46 +65,46 @@ class Snapshot:
     kernel: Dict[str, object]
     era: Era
     root_phys: int
-    tables: Dict[int, TableFacts]
-    entries: Dict[int, np.ndarray]
+    tables: Mapping[int, TableFacts]
+    entries: Mapping[int, np.ndarray]
     sections: List[Section]
     blocks: List[Block]
     nr_pagetable: Optional[int] = None
 
     # -- persistence ----------------------------------------------------------
     def save(self, path: str) -> None:
-        phys = np.array(sorted(self.entries), dtype=np.uint64)
         header = {
             "schema": SCHEMA,
             "kernel": self.kernel,
             "era": asdict(self.era),
             "root_phys": self.root_phys,
-            "tables": [asdict(t) for t in self.tables.values()],
+            "tables": [self._table_dict(t) for t in self.tables.values()],
             "sections": [s.as_dict() for s in self.sections],
             "blocks": [b.as_dict() for b in self.blocks],
             "nr_pagetable": self.nr_pagetable,
-            "entry_lengths": [len(self.entries[int(p)]) for p in phys],
         }
-        flat = np.concatenate([self.entries[int(p)] for p in phys]) if len(phys) else np.empty(0, np.uint64)
+        store = self.entries if isinstance(self.entries, EntryStore) else EntryStore(
+            dict(self.entries), *(np.empty(0, np.uint64),) * 4)
         with open(path, "wb") as f:
             np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                                phys=phys, entries=flat)
+                                **store.arrays())
+
+    def _table_dict(self, t: TableFacts) -> Dict[str, object]:
+        d = asdict(t)
+        if not d["evidence"] and hasattr(self.tables, "evidence"):
+            d["evidence"] = self.tables.evidence(t.phys)
+        return d
 
     @classmethod
     def load(cls, path: str) -> "Snapshot":
         try:
             with np.load(path) as z:
                 header = json.loads(bytes(z["header"]).decode())
-                phys, flat = z["phys"], z["entries"]
+                entries = EntryStore.from_arrays(z)
         except (OSError, ValueError, KeyError) as e:
             raise MMInspectError(f"{path}: not an mminspect snapshot ({e})") from None
         if header.get("schema") != SCHEMA:
             raise MMInspectError(f"{path}: snapshot schema {header.get('schema')!r}, expected {SCHEMA}")
-        entries: Dict[int, np.ndarray] = {}
-        pos = 0
-        for p, n in zip(phys.tolist(), header["entry_lengths"]):
-            entries[p] = flat[pos : pos + n].copy()
-            pos += n
         tables = {}
         for t in header["tables"]:
             t["parents"] = [tuple(x) for x in t["parents"]]
@@ -120,52 +121,113 @@ class Snapshot:
         )
 
 
-def _classify(kernel: Kernel, w, facts: Dict[int, TableFacts]) -> None:
-    """Fill origin, ptlock and struct page facts from the classifier."""
-    try:
-        from mminspect.classify import classify_walk
-    except ImportError:
-        return
-    for c in classify_walk(kernel, w):
-        t = facts.get(c.phys)
-        if t is None:
-            continue
-        t.origin = c.origin
-        t.ptlock = c.ptlock
-        t.typed = c.typed
-        t.reserved = c.reserved
-        t.image_symbol = c.image_symbol
-        t.ptl_held = c.ptl_held
-        t.ptl_pointer = c.ptl_pointer
-        t.evidence = list(c.evidence)
+class LazyTables(Mapping):
+    """phys -> :class:`TableFacts` for a fresh capture, built on first use
+    from the walk's and the classifier's columns: a simulation touches only
+    the tables it frees or keeps, so half a million table pages cost no
+    half a million objects."""
+
+    def __init__(self, kernel: Kernel, w, readable: np.ndarray, efi: set) -> None:
+        self.kernel = kernel
+        self.w = w
+        tab = w.table_array()
+        self.phys = tab["phys"][readable]
+        self.level = tab["level"][readable]
+        self.va = tab["va"][readable]
+        order = np.argsort(self.phys)
+        self.phys, self.level, self.va = self.phys[order], self.level[order], self.va[order]
+        eorder = np.argsort(w.edge_child, kind="stable")
+        self.edge_child = w.edge_child[eorder]
+        self.edge_parent = w.edge_parent[eorder]
+        self.edge_index = w.edge_index[eorder]
+        self.efi = efi
+        self.cls = None
+        self.cls_row: Dict[int, int] = {}
+        try:
+            from mminspect.classify import classify_walk
+
+            self.cls = classify_walk(kernel, w)
+            cphys = self.cls.phys
+            self.cls_order = np.argsort(cphys)
+            self.cls_phys = cphys[self.cls_order]
+        except (ImportError, MMInspectError):
+            self.cls = None
+        self._cache: Dict[int, TableFacts] = {}
+
+    def _find(self, sorted_phys: np.ndarray, phys: int) -> int:
+        k = int(np.searchsorted(sorted_phys, np.uint64(phys)))
+        return k if k < len(sorted_phys) and int(sorted_phys[k]) == phys else -1
+
+    def __getitem__(self, phys: int) -> TableFacts:
+        t = self._cache.get(phys)
+        if t is not None:
+            return t
+        k = self._find(self.phys, phys)
+        if k < 0:
+            raise KeyError(phys)
+        r = self.kernel.regime
+        level, va = int(self.level[k]), int(self.va[k])
+        lo = int(np.searchsorted(self.edge_child, np.uint64(phys), side="left"))
+        hi = int(np.searchsorted(self.edge_child, np.uint64(phys), side="right"))
+        parents = [(int(p), int(i)) for p, i in zip(self.edge_parent[lo:hi].tolist(), self.edge_index[lo:hi].tolist())
+                   if p != (1 << 64) - 1]
+        region = self.kernel.layout.region_of(va) if level != r.top_level else "root"
+        roots = ["init_mm"] + (["efi_mm"] if phys in self.efi else [])
+        t = TableFacts(phys, level, r.level_name(level), va, region, parents, roots)
+        if self.cls is not None:
+            j = self._find(self.cls_phys, phys)
+            if j >= 0:
+                self._classified(t, int(self.cls_order[j]))
+        self._cache[phys] = t
+        return t
+
+    def _classified(self, t: TableFacts, i: int) -> None:
+        # The classifier's columns, without building its full record (whose
+        # evidence text :meth:`evidence` adds when a snapshot is saved).
+        from mminspect.classify import ORIGINS, P_HELD, PTLOCKS
+
+        cls = self.cls
+        f = cls.facts[i]
+        c = cls.classifier
+        t.origin = ORIGINS[int(cls.origin[i])]
+        t.ptlock = PTLOCKS[int(cls.ptlock[i])]
+        t.typed = bool(f["table"]) if f["ok"] and cls.features.page_type != "unknown" else None
+        t.reserved = bool(f["reserved"]) if f["ok"] and c.layout.pg_reserved is not None else None
+        t.image_symbol = c.image_name(t.phys) if cls.image[i] else None
+        t.ptl_held = int(cls.ptlock[i]) == P_HELD
+        t.ptl_pointer = int(f["ptl"]) if c.features.alloc_split else 0
+
+    def evidence(self, phys: int) -> List[str]:
+        """The classifier's evidence for one table page."""
+        j = self._find(self.cls_phys, phys) if self.cls is not None else -1
+        return list(self.cls.record(int(self.cls_order[j])).evidence) if j >= 0 else []
+
+    def __contains__(self, phys: object) -> bool:
+        return isinstance(phys, int) and self._find(self.phys, phys) >= 0
+
+    def __iter__(self):
+        return iter(self.phys.tolist())
+
+    def __len__(self) -> int:
+        return len(self.phys)
 
 
 def capture_snapshot(kernel: Kernel) -> Snapshot:
     """Capture what a hot-remove simulation needs from ``kernel``."""
     r = kernel.regime
     w = walk(kernel, kernel.root("init_mm"))
-    entries: Dict[int, np.ndarray] = {}
-    facts: Dict[int, TableFacts] = {}
-    for t in w.tables():
-        size = t.entries * 8
-        try:
-            entries[t.phys] = np.frombuffer(kernel.target.read_phys(t.phys, size), dtype="<u8").copy()
-        except Exception:
-            continue
-        region = kernel.layout.region_of(t.va) if t.level != r.top_level else "root"
-        facts[t.phys] = TableFacts(
-            t.phys, t.level, t.level_name, t.va, region,
-            [(p.phys, p.index) for p in t.parents if p.phys is not None], ["init_mm"],
-        )
-    _classify(kernel, w, facts)
+    tab = w.table_array()
+    step_of = np.array([1 << r.shift(lvl) for lvl in range(r.top_level, 4)], dtype=np.uint64)
+    steps = step_of[tab["level"].astype(np.int64) - r.top_level]
+    entries, readable = read_entries(kernel.target, tab["phys"], tab["entries"], steps)
     try:
-        efi = walk(kernel, kernel.root("efi_mm"))
-        for t in efi.tables():
-            if t.phys in facts:
-                facts[t.phys].roots.append("efi_mm")
+        efi = set(walk(kernel, kernel.root("efi_mm")).table_phys.tolist())
     except MMInspectError:
-        pass
-    memory = MemoryMap.read(kernel)
+        efi = set()
+    facts = LazyTables(kernel, w, readable, efi)
+    memory = facts.cls.classifier.memory if facts.cls is not None else None
+    if memory is None:
+        memory = MemoryMap.read(kernel)
     sections, blocks = memory.sections, memory.blocks
     era = detect_era(kernel)
     return Snapshot(
