@@ -17,7 +17,7 @@ Stages:
                 through the same target, one ``read_phys`` per page
 ``read-bulk``   the same pages, physically contiguous ones in 1 MiB reads
 ``walk``        (b) ``walk(kernel, init_mm)``
-``walk-before`` the walker before issue 7 (bench/walk_before.py)
+``walk-before`` the walker before issue 7 (mminspect/walk.py at BEFORE_REV, loaded from git)
 ``classify``    (c) walk, then classify every table page (struct page
                 reads); the time is classify's alone, ``walk_seconds``
                 holds the walk's
@@ -146,8 +146,33 @@ def stage_walk(kernel, meta, tables):
     return (lambda: walk(kernel, root)), _walk_check(kernel, meta, tables)
 
 
+#: The last commit of mminspect/walk.py before issue 7's performance work.
+BEFORE_REV = "f8768a0"
+
+
+def _walker_before():
+    """mminspect/walk.py as it was at BEFORE_REV, imported from git so that
+    no second copy of the walker lives in the tree."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        source = subprocess.run(["git", "-C", str(repo), "show", f"{BEFORE_REV}:mminspect/walk.py"],
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise NotAvailable(f"not available: git cannot show mminspect/walk.py at {BEFORE_REV}") from None
+    spec = importlib.util.spec_from_loader("mminspect_walk_before", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    exec(compile(source, f"{BEFORE_REV}:mminspect/walk.py", "exec"), module.__dict__)
+    return module.walk
+
+
 def stage_walk_before(kernel, meta, tables):
-    from bench.walk_before import walk
+    walk = _walker_before()
 
     root = kernel.root("init_mm")
     return (lambda: walk(kernel, root)), _walk_check(kernel, meta, tables)
