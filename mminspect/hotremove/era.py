@@ -3,8 +3,8 @@ Kernel-era facts, detected from the dump
 ----------------------------------------
 
 Which ctor/dtor behaviour a kernel has is decided by feature, not by
-version: DWARF enumerators (``PGTY_table``, ``TABLE_PTE`` from arm64's
-``enum pgtable_type``), symbols that exist only with a change
+version: the classifier's reading of the allocation sites
+(:class:`mminspect.classify.Features`), symbols that exist only with a change
 (``prevent_bootmem_remove_nb``, ``dump_vma`` for DEBUG_VM,
 ``check_pages_enabled``), type sizes (``spinlock_t``), and the kernel's own
 code: whether the hot-remove table-freeing functions call into NR_PAGETABLE
@@ -101,22 +101,17 @@ def detect_era(kernel) -> Era:
     era = Era(evidence=ev)
     ver = _version(kernel)
 
-    if t.constant("PGTY_table") is not None:
-        era.page_type, ev["page_type"] = "pgty", "DWARF: enum pagetype has PGTY_table"
-    elif kernel.vmcoreinfo.get("NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)", "").strip() in ("-268435456", "4026531840"):
-        era.page_type, ev["page_type"] = "pgty", "VMCOREINFO: PAGE_BUDDY_MAPCOUNT_VALUE is PGTY_buddy << 24"
-    else:
-        ev["page_type"] = "no PGTY_table enumerator: inverted page_type bits"
+    # What the allocation sites do is the classifier's to know (one reading
+    # of the dump for both): the page-type scheme, v6.16's init_mm ctors,
+    # ALLOC_SPLIT_PTLOCKS.
+    from mminspect.classify import classifier_for
 
-    if t.constant("TABLE_PTE") is not None:
-        era.init_mm_ctor, ev["init_mm_ctor"] = True, "DWARF: arm64 enum pgtable_type (c64f46ee1377, v6.16)"
-    elif t.symbol("pgd_pgtable_alloc_init_mm") is not None:
-        era.init_mm_ctor, ev["init_mm_ctor"] = True, "symbol pgd_pgtable_alloc_init_mm"
-    elif t.has_debug_info:
-        ev["init_mm_ctor"] = "no enum pgtable_type, no pgd_pgtable_alloc_init_mm: hot-add tables get no ctor"
-    else:
-        era.init_mm_ctor = ver >= (6, 16)
-        ev["init_mm_ctor"] = f"no debug info: inferred from OSRELEASE {ver[0]}.{ver[1]}"
+    feat = classifier_for(kernel).features
+    era.page_type = "pgty" if feat.page_type == "pgty" else "inverted"
+    era.init_mm_ctor = feat.init_mm_ctor
+    era.alloc_split = feat.alloc_split
+    for name in ("page_type", "init_mm_ctor", "alloc_split"):
+        ev[name] = feat.evidence.get(name, "")
 
     calls = function_calls(kernel, _HOTREMOVE_FUNCS, _ACCOUNTING)
     if calls:
@@ -131,15 +126,6 @@ def detect_era(kernel) -> Era:
     ev["ptlock_free_null_safe"] = f"inline code, not visible: inferred from OSRELEASE {ver[0]}.{ver[1]} (v6.14)"
     era.free_clears_type = ver >= (6, 17)
     ev["free_clears_type"] = f"inline code, not visible: inferred from OSRELEASE {ver[0]}.{ver[1]} (2dfcd1608f3a9, v6.17)"
-
-    size = t.sizeof("spinlock_t")
-    if size is not None:
-        era.alloc_split = size > 8
-        ev["alloc_split"] = f"DWARF: sizeof(spinlock_t) == {size}"
-    elif t.symbol("page_ptl_cachep") is not None:
-        era.alloc_split, ev["alloc_split"] = True, "symbol page_ptl_cachep"
-    else:
-        ev["alloc_split"] = "no debug info: assumed inline"
 
     if t.symbol("dump_vma") is not None:
         era.debug_vm, ev["debug_vm"] = True, "symbol dump_vma (built only with CONFIG_DEBUG_VM)"
