@@ -445,11 +445,40 @@ class StructPages:
         return (vas.astype(np.uint64) - np.uint64(self.vmemmap)) // np.uint64(self.layout.size)
 
     # -- reading ----------------------------------------------------------------
+    def _vmemmap_runs(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The vmemmap's leaf mappings (start VA, end VA, PA), from one walk
+        of the region: memmap reads then go to physical memory directly,
+        about twice as fast as translating every page on each read."""
+        runs = getattr(self, "_vruns", None)
+        if runs is None:
+            from mminspect.walk import walk
+
+            try:
+                w = walk(self.kernel, self.kernel.root("vmemmap"))
+                leaf = w.runs[w.runs["cls"] == 1]
+                runs = (leaf["va"].copy(), leaf["va"] + leaf["size"], leaf["pa"].copy())
+            except Exception:  # no usable swapper: fall back to virtual reads
+                runs = (np.empty(0, np.uint64),) * 3
+            self._vruns = runs
+        return runs
+
     def _read(self, va: int, size: int) -> bytes:
         self.reads += 1
-        data = self.target.read_virt(va, size)
+        starts, ends, pas = self._vmemmap_runs()
+        parts = []
+        pos, left = va, size
+        while left:
+            k = int(np.searchsorted(starts, np.uint64(pos), side="right")) - 1
+            if k >= 0 and pos < int(ends[k]):
+                n = min(left, int(ends[k]) - pos)
+                parts.append(self.target.read_phys(int(pas[k]) + pos - int(starts[k]), n))
+            else:
+                n = left  # not in a mapping we saw: let the target translate (or fault)
+                parts.append(self.target.read_virt(pos, n))
+            pos += n
+            left -= n
         self.bytes_read += size
-        return data
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_span(self, va: int, nbytes: int) -> Tuple[np.ndarray, np.ndarray]:
         """Read ``nbytes`` of memmap at ``va`` as uint64 words; unreadable

@@ -77,7 +77,7 @@ class SynthTarget:
             for key, value in part.items():
                 self.dwarf[key].update(value)
         self.debug = debug
-        self.hidden = []  # VA ranges that fault (struct pages left out of the dump)
+        self.hidden = []  # VA ranges whose pages are left out of the dump
         r = built.regime
         self.page_offset = r.page_offset
         self.page_end = r.page_end
@@ -86,12 +86,19 @@ class SynthTarget:
     def read_phys(self, pa, size):
         if not self.built.in_ram(pa, size):
             raise TargetFault(pa, size, True, "outside RAM")
+        for lo, hi in self.hidden:  # filtered out of the dump, as makedumpfile does
+            plo = self._v2p(lo)
+            if plo is not None and plo < pa + size and pa < plo + (hi - lo):
+                raise TargetFault(pa, size, True, "not in the dump")
         return self.built.read_phys(pa, size)
 
     def v2p(self, va):
         for lo, hi in self.hidden:
             if lo <= va < hi:
                 return None
+        return self._v2p(va)
+
+    def _v2p(self, va):
         b = self.built
         if self.page_offset <= va < self.page_end:
             return va - self.page_offset + b.phys_offset
