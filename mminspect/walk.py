@@ -342,6 +342,11 @@ class Walk:
     def table_count(self) -> int:
         return len(self.table_phys)
 
+    def __repr__(self) -> str:
+        leaf = self.runs[self.runs["cls"] == CLS_LEAF]
+        return (f"Walk({self.root.name}: {self.table_count} table pages, {len(leaf)} mapped ranges, "
+                f"{int(leaf['size'].sum()) >> 10} KiB mapped, {len(self.problems)} problems)")
+
 
 def walk(
     kernel: Kernel,
