@@ -21,16 +21,11 @@ from mminspect.classify import (
     Classification,
     TableClass,
 )
+from mminspect.report.common import size_text
 
 __all__ = ("audit_json", "audit_text", "classify_json", "classify_text", "summary_rows", "table_class_dict")
 
 
-def _size(n: int) -> str:
-    for unit in ("", "K", "M", "G", "T", "P"):
-        if n % 1024 or unit == "P":
-            return f"{n}{unit}"
-        n //= 1024
-    return str(n)
 
 
 def summary_rows(classes: Sequence[Classification]) -> List[tuple]:
@@ -85,7 +80,7 @@ def classify_text(classes: Sequence[Classification], out: IO[str], summary: bool
                       f"{'PTLOCK':<11}  EVIDENCE\n")
             for t in cl.records():
                 ev = "; ".join((t.allocator,) + t.evidence)
-                out.write(f"{t.phys:014x}  {t.level_name:<5}  {t.va:016x}  {_size(t.span):>5}  {t.region:<22}  "
+                out.write(f"{t.phys:014x}  {t.level_name:<5}  {t.va:016x}  {size_text(t.span):>5}  {t.region:<22}  "
                           f"{t.origin:<13}  {t.ptlock:<11}  {ev}\n")
             out.write("\n")
     findings = [f for cl in classes for f in cl.findings]

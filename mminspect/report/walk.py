@@ -11,6 +11,7 @@ commands and the gdb commands all print through these functions.
 import json
 from typing import IO, Any, Dict, Iterator
 
+from mminspect.report.common import size_text
 from mminspect.report.ptdump import check_wx
 from mminspect.walk import Mapping, TablePage, Walk
 
@@ -19,12 +20,6 @@ __all__ = ("JSON_SCHEMA", "mapping_dict", "table_dict", "walk_json", "walk_text"
 JSON_SCHEMA = "mminspect.walk/1"
 
 
-def _size(n: int) -> str:
-    for unit in ("", "K", "M", "G", "T", "P"):
-        if n % 1024 or unit == "P":
-            return f"{n}{unit}"
-        n //= 1024
-    return str(n)
 
 
 def _summary(w: Walk) -> Dict[str, Any]:
@@ -54,7 +49,7 @@ def walk_text(w: Walk, out: IO[str], tables: bool = False) -> None:
     out.write(f"{'VA START':<16}  {'VA END':<16}  {'SIZE':>6}  {'PA':<14}  {'LEVEL':<5}  {'KIND':<10}  ATTRS\n")
     for m in w.mappings():
         out.write(
-            f"{m.va:016x}  {m.end:016x}  {_size(m.size):>6}  {m.pa:014x}  {m.level_name:<5}  "
+            f"{m.va:016x}  {m.end:016x}  {size_text(m.size):>6}  {m.pa:014x}  {m.level_name:<5}  "
             f"{m.kind:<10}  {m.attrs}\n"
         )
     if tables:
@@ -64,7 +59,7 @@ def walk_text(w: Walk, out: IO[str], tables: bool = False) -> None:
                 "root" if p.phys is None else f"{p.phys:x}[{p.index}]" for p in t.parents
             )
             out.write(
-                f"{t.phys:014x}  {t.level_name:<5}  {t.va:016x}  {_size(t.span):>6}  "
+                f"{t.phys:014x}  {t.level_name:<5}  {t.va:016x}  {size_text(t.span):>6}  "
                 f"{t.valid:>5}/{t.entries:<5}  {parents}\n"
             )
     if w.problems:

@@ -177,8 +177,10 @@ VMEMMAP_START = 0xFFFFFC0000000000
 
 
 def _vmemmap_snapshot(era):
-    """A section whose memmap sits in one PTE-mapped vmemmap table (as for
-    base-page vmemmap) whose PTE table has no ctor (vmemmap_alloc_block)."""
+    """66 hot-added 2 MiB sections whose memmap sits in one PTE-mapped vmemmap
+    table (as for base-page vmemmap) with no ctor (vmemmap_alloc_block).
+    2 MiB of RAM has 32 KiB of memmap, 8 vmemmap PTEs: removing 128 MiB
+    empties the vmemmap PTE table."""
     snap = _snapshot({p: {"typed": True, "reserved": False} for p in (PTE0, PTE1, PMD, PUD)}, era)
     vroot_i = (VMEMMAP_START >> 39) & 511
     VPUD, VPMD, VPTE = 0x6000, 0x7000, 0x8000
@@ -196,18 +198,16 @@ def _vmemmap_snapshot(era):
         snap.tables[p] = TableFacts(p, level, name, VMEMMAP_START, "vmemmap", [parent], ["init_mm"],
                                     typed=False, reserved=False)
     snap.kernel["section_size"] = snap.kernel["block_size"] = 2 << 20
+    for i in range(64):
+        snap.sections.append(Section(snap.sections[0].nr + i + 2, RAM + (i + 2) * (2 << 20), 2 << 20, 0x7))
+        snap.blocks.append(MemoryBlock(snap.sections[-1].nr, snap.sections[-1].start, 2 << 20, "online",
+                                       "Movable", 0, False))
     return snap, VPTE
 
 
 def test_s14_after_the_fix_vmemmap_tables_get_a_dtor_without_ctor():
     era = Era(page_type="pgty", init_mm_ctor=True, free_clears_type=True, ptlock_free_null_safe=True)
     snap, vpte = _vmemmap_snapshot(era)
-    # 2 MiB of RAM has 32 KiB of memmap: 8 of the vmemmap PTEs; remove all
-    # 64 sections' worth so the vmemmap PTE table empties (64 x 2 MiB = 128 MiB).
-    for i in range(64):
-        snap.sections.append(Section(snap.sections[0].nr + i + 2, RAM + (i + 2) * (2 << 20), 2 << 20, 0x7))
-        snap.blocks.append(MemoryBlock(snap.sections[-1].nr, snap.sections[-1].start, 2 << 20, "online",
-                                       "Movable", 0, False))
     prop = Proposal(RAM, RAM + (128 << 20))
     after = simulate(snap, prop, Mainline616(era, {"dtor_fix": "yes"}))
     s14 = [f for f in after.findings if f.rule == "dtor without ctor"]
@@ -266,9 +266,5 @@ def test_example_third_party_policy_balances_s14():
     assert load_plugin_file(str(plugin)) == ["balanced-dtor"]
     era = Era(page_type="pgty", init_mm_ctor=True, free_clears_type=True, ptlock_free_null_safe=True)
     snap, _ = _vmemmap_snapshot(era)
-    for i in range(64):
-        snap.sections.append(Section(snap.sections[0].nr + i + 2, RAM + (i + 2) * (2 << 20), 2 << 20, 0x7))
-        snap.blocks.append(MemoryBlock(snap.sections[-1].nr, snap.sections[-1].start, 2 << 20, "online",
-                                       "Movable", 0, False))
     res = simulate(snap, Proposal(RAM, RAM + (128 << 20)), get_policy("balanced-dtor", era))
     assert res.freed and res.findings == [] and res.drift == 0
