@@ -259,13 +259,10 @@ def test_gdb_not_attached():
     assert "auto" in proc.stdout
 
 
-@pytest.mark.xfail(reason="hotremove/era.py reads the hot-remove code through drgn's prog.symbol() only, so gdb "
-                          "reports dtor_fix 'unknown' where the dump says 'no' (GdbTarget.symbol_size exists "
-                          "for a target-level fix)", strict=False)
 def test_gdb_simulate_remove_equals_dump(live):
     if "simulate-remove" not in _gdb_subcommands(live):
         pytest.skip("no simulate-remove subcommand")
-    args = ("simulate-remove", "--range", "78000000+128M", "--force", "--tables")
+    args = ("simulate-remove", "--range", "78000000+128M", "--force", "--tables", "--fail-on", "critical")
     out, stdout, stderr = live.gdb(["mminspect " + " ".join(args)])
     assert "end" in out, stdout + stderr
     assert live.status() == "paused"
