@@ -102,6 +102,10 @@ TABLE_DTYPE = np.dtype(
 CHUNK_BYTES = 4 << 20
 #: Upper bound on the tables of one batch (sub-page pgds are tiny).
 CHUNK_TABLES = 16384
+#: Occurrences of one level above which tables referenced from many
+#: entries are walked once (see ``_Walker._level``).
+SHARED_LIMIT = 1 << 16
+
 #: Longest single physical read. drgn returns each read as a new bytes object;
 #: reads of 256 KiB .. 4 MiB run at memory speed, 64 MiB ones are about ten
 #: times slower (fresh buffers are page-faulted in on every read).
@@ -407,6 +411,15 @@ class _Walker:
                     np.empty(0, np.int64), np.empty(0, np.int64)]
         if not ecols:
             ecols = [np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.int64)]
+        elif len(ecols[0]) > len(cols[0]):
+            # A shared table under a shared table is reached through the same
+            # parent entry more than once: keep each (child, parent, index) once.
+            key = np.empty(len(ecols[0]), dtype=[("c", np.uint64), ("p", np.uint64), ("i", np.int64)])
+            key["c"], key["p"], key["i"] = ecols
+            _, first = np.unique(key, return_index=True)
+            if len(first) < len(key):
+                first.sort()
+                ecols = [c[first] for c in ecols]
         elapsed = time.perf_counter() - t0
         return Walk(
             self.k,
@@ -429,10 +442,37 @@ class _Walker:
         head = np.ones(len(sp), dtype=bool)
         head[1:] = sp[1:] != sp[:-1]
         uniq, first = sp[head], srt[head]
+        if len(phys) > SHARED_LIMIT and len(phys) > 4 * len(uniq):
+            # One table referenced from very many entries (KASAN's early
+            # shadow maps terabytes through one PTE table): its subtree is
+            # walked once, and the other ranges are reported, not expanded,
+            # so the walk stays linear in the number of table pages.
+            self.edges.append((phys, parent, pindex))  # every parent, still
+            self._shared(level, phys, va, srt, head)
+            keep = np.sort(first)
+            reduced = tuple(a[keep] for a in (phys, va, inh, parent, pindex))
+            return self._level_unique(level, entries, reduced, uniq, np.searchsorted(keep, first),
+                                      record_edges=False)
+        return self._level_unique(level, entries, occ, uniq, first)
+
+    def _shared(self, level: int, phys, va, srt, head) -> None:
+        counts = np.diff(np.concatenate((np.nonzero(head)[0], [len(srt)])))
+        for k in np.nonzero(counts > 1)[0].tolist():
+            i = int(np.nonzero(head)[0][k])
+            occ = srt[i : i + int(counts[k])]
+            self.problems.append(Problem(
+                "shared", level, int(va[occ[0]]), int(phys[occ[0]]), None, -1,
+                f"referenced by {int(counts[k])} entries: walked once, at {int(va[occ[0]]):#x}; "
+                f"the other {int(counts[k]) - 1} ranges it maps are not expanded",
+            ))
+
+    def _level_unique(self, level: int, entries: int, occ, uniq, first, record_edges: bool = True):
+        phys, va, inh, parent, pindex = occ
         seen = np.concatenate((self.seen, uniq))
         seen.sort(kind="stable")  # two sorted runs: linear
         self.seen = seen  # sorted; a PA seen at an earlier level may repeat
-        self.edges.append((phys, parent, pindex))
+        if record_edges:
+            self.edges.append((phys, parent, pindex))
         valid_counts = np.zeros(len(phys), dtype=np.int64)
         order = np.argsort(va, kind="stable")
         nxt: List[Tuple[np.ndarray, ...]] = []
