@@ -78,17 +78,23 @@ class TableState:
     root_phys: int
     tables: Dict[int, np.ndarray]
     _dirty: Dict[int, np.ndarray] = field(default_factory=dict)
+    _clean: Dict[int, Optional[np.ndarray]] = field(default_factory=dict)
     events: List[Event] = field(default_factory=list)
 
     def entries(self, phys: int) -> Optional[np.ndarray]:
         t = self._dirty.get(phys)
-        return t if t is not None else self.tables.get(phys)
+        if t is None:
+            t = self._clean.get(phys)
+            if t is None:
+                # Uniform tables are generated on access: keep what was made.
+                t = self._clean[phys] = self.tables.get(phys)
+        return t
 
     def writable(self, phys: int) -> np.ndarray:
         t = self._dirty.get(phys)
         if t is None:
-            t = self.tables[phys].copy()
-            self._dirty[phys] = t
+            t = self._dirty[phys] = self.entries(phys).copy()
+            self._clean.pop(phys, None)
         return t
 
     def child(self, desc: int) -> int:
@@ -157,6 +163,9 @@ def _clear_ptes(st, phys, addr, end, free_mapped, routine) -> None:
     if got is None:
         return
     i0, seg = got
+    if not free_mapped and i0 == 0 and len(seg) == len(st.entries(phys)) and (seg & np.uint64(1)).all():
+        st._dirty[phys] = np.zeros(len(seg), dtype=np.uint64)  # every entry valid: all cleared
+        return
     nz = np.nonzero(seg)[0]
     if not len(nz):
         return

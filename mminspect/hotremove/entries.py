@@ -92,17 +92,19 @@ def read_entries(target, phys: np.ndarray, entries: np.ndarray, steps: np.ndarra
     ok = np.zeros(len(phys), dtype=bool)
     dense: Dict[int, np.ndarray] = {}
     uni: list = []
-    nbytes = entries * 8
-    i = 0
+    nbytes = entries.astype(np.int64) * 8
     n = len(phys)
-    while i < n:
-        # A run of tables that follow each other in memory, up to MAX_READ.
-        j = i + 1
-        total = int(nbytes[i])
-        while (j < n and int(phys[j]) == int(phys[j - 1]) + int(nbytes[j - 1])
-               and total + int(nbytes[j]) <= MAX_READ and entries[j] == entries[i]):
-            total += int(nbytes[j])
-            j += 1
+    # Runs of tables that follow each other in memory, cut at MAX_READ.
+    cont = np.zeros(n, dtype=bool)
+    if n > 1:
+        cont[1:] = (phys[1:] == phys[:-1] + nbytes[:-1].astype(np.uint64)) & (entries[1:] == entries[:-1])
+    starts = np.flatnonzero(~cont).tolist() + [n]
+    pieces = []
+    for a, b in zip(starts[:-1], starts[1:]):
+        per = max(1, MAX_READ // int(nbytes[a]))
+        pieces += [(i, min(b, i + per)) for i in range(a, b, per)]
+    for i, j in pieces:
+        total = int(nbytes[i]) * (j - i)
         try:
             block = np.frombuffer(target.read_phys(int(phys[i]), total), dtype="<u8")
             rows = block.reshape(j - i, int(entries[i]))
@@ -116,12 +118,10 @@ def read_entries(target, phys: np.ndarray, entries: np.ndarray, steps: np.ndarra
                 except TargetFault:
                     continue
             if not rows:
-                i = j
                 continue
             rows = np.stack(rows) if len({len(r) for r in rows}) == 1 else rows
         _store(rows, list(idx), phys, steps, dense, uni)
         ok[list(idx)] = True
-        i = j
     if uni:
         u = np.concatenate(uni).reshape(-1, 4)
         store = EntryStore(dense, u[:, 0], u[:, 1], u[:, 2], u[:, 3])

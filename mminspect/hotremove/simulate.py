@@ -133,6 +133,9 @@ def _call(routine: str) -> str:
 def _judge(snapshot, sim: _Sim, policy: Policy, result: Result) -> None:
     era = snapshot.era
     freed = {ev.phys for ev in result.freed}
+    prefetch = getattr(snapshot.tables, "prefetch", None)
+    if prefetch is not None:
+        prefetch(freed)
     for ev in result.freed:
         t = snapshot.tables.get(ev.phys)
         if t is None:
