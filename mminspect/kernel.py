@@ -153,6 +153,9 @@ class Kernel:
 
     def _layout(self) -> Layout:
         r = self.regime
+        stext = int(self.vmcoreinfo.get("SYMBOL(_stext)", "0"), 16)
+        if stext and stext < (-(1 << (r.va_bits - 1))) & _U64:
+            return self._layout_before_v5_4()
         page_offset = (-(1 << r.va_bits)) & _U64
         vmemmap_end = self._number("VMEMMAP_END")
         top_vmemmap = vmemmap_end == (-SZ_1G) & _U64
@@ -197,6 +200,39 @@ class Kernel:
             top_vmemmap=top_vmemmap,
         )
 
+    def _layout_before_v5_4(self) -> Layout:
+        """The layout before v5.4 ("arm64: mm: Flip kernel VA space"), seen
+        because the kernel image lies in the lower half of the TTBR1 range:
+        the linear map is the upper half, with vmemmap, PCI I/O and the fixmap
+        below it (arch/arm64/include/asm/memory.h and pgtable.h of v4.14).
+        The 2017 hot-remove RFC ran on this layout."""
+        r = self.regime
+        va_start = (-(1 << r.va_bits)) & _U64
+        page_offset = (-(1 << (r.va_bits - 1))) & _U64
+        vmemmap_size = 1 << (r.va_bits - r.page_shift - 1 + 6)  # STRUCT_PAGE_MAX_SHIFT = 6
+        vmemmap_start = page_offset - vmemmap_size
+        pci_io_end = vmemmap_start - (2 << 20)
+        pci_io_start = pci_io_end - SZ_16M
+        fixaddr_top = pci_io_start - (2 << 20)
+        fix_end = self.target.constant("__end_of_permanent_fixed_addresses")
+        modules_vaddr = self._number("MODULES_VADDR") or va_start
+        modules_end = self._number("MODULES_END") or modules_vaddr + (128 << 20)
+        return Layout(
+            page_offset=page_offset,
+            page_end=_U64,  # the linear map runs to the top of the address space
+            modules_vaddr=modules_vaddr,
+            modules_end=modules_end,
+            vmalloc_start=self._number("VMALLOC_START") or modules_end,
+            vmalloc_end=self._number("VMALLOC_END") or (vmemmap_start - SZ_8M * 8),
+            vmemmap_start=vmemmap_start,
+            vmemmap_end=page_offset,
+            pci_io_start=pci_io_start,
+            pci_io_end=pci_io_end,
+            fixaddr_start=fixaddr_top - (fix_end << r.page_shift) if fix_end is not None else None,
+            fixaddr_top=fixaddr_top,
+            top_vmemmap=False,
+        )
+
     # -- address translation ----------------------------------------------
     def is_linear(self, va: int) -> bool:
         return self.layout.page_offset <= va < self.layout.page_end
@@ -204,7 +240,7 @@ class Kernel:
     def virt_to_phys(self, va: int) -> int:
         """``__pa()``: linear-map and kernel-image VAs only."""
         if self.is_linear(va):
-            return (va - self.layout.page_offset) + self.phys_offset
+            return ((va - self.layout.page_offset) & _U64) + self.phys_offset
         return (va - self.kimage_voffset) & _U64
 
     def phys_to_virt(self, pa: int) -> int:
