@@ -144,6 +144,10 @@ def main() -> None:
       mminspect walk -c vmcore -s vmlinux --mm init_mm --range ffff000040000000+1G
       mminspect walk -c vmcore --format ptdump        # diff against kernel_page_tables
       mminspect walk -k --mm 1 --format json          # a task's mm, as JSON
+      mminspect classify --mm efi_mm                  # who allocated each table page
+      mminspect audit -c vmcore -s vmlinux            # NR_PAGETABLE against typed pages
+      mminspect simulate-remove --block 16 --block 17 # is every dtor balanced by a ctor?
+      mminspect capture -c vmcore -s vmlinux -o evidence.core
     """
 
 
