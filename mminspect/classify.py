@@ -165,7 +165,7 @@ class Features:
         layout = layout or PageLayout.detect(t, kernel.vmcoreinfo)
         f = cls()
         ev = f.evidence
-        ver = _version(kernel)
+        ver = kernel.version
         vtxt = f"{ver[0]}.{ver[1]}"
         f.page_type = layout.scheme.name
         ev["page_type"] = layout.scheme.evidence
@@ -246,13 +246,6 @@ class Features:
 
     def as_dict(self) -> Dict[str, object]:
         return dataclasses.asdict(self)
-
-
-def _version(kernel: Kernel) -> Tuple[int, int]:
-    import re
-
-    m = re.match(r"(\d+)\.(\d+)", kernel.vmcoreinfo.get("OSRELEASE", ""))
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def _nr_cpus(kernel: Kernel) -> Optional[int]:

@@ -14,6 +14,7 @@ refines what VMCOREINFO does not say (the fixmap size for ptdump markers, the
 roots that are not exported: efi_mm, tasks).
 """
 
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -141,15 +142,21 @@ class Kernel:
     def __repr__(self) -> str:
         return f"Kernel({self.vmcoreinfo.get('OSRELEASE', '?')}, {self.regime.describe()}, {self.target.name})"
 
+    @property
+    def version(self) -> Tuple[int, int]:
+        """(major, minor) from OSRELEASE, (0, 0) when it does not parse. Only
+        for facts no dump shows (inline code); everything else is by feature."""
+        m = re.match(r"(\d+)\.(\d+)", self.vmcoreinfo.get("OSRELEASE", ""))
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
     # -- VMCOREINFO --------------------------------------------------------
     def _number(self, name: str, decimal: bool = False) -> Optional[int]:
         value = self.vmcoreinfo.get(f"NUMBER({name})")
         if value is None:
             return None
         value = value.strip()
-        if decimal and not value.lower().startswith("0x"):
-            return int(value, 10)
-        return int(value, 16) if value.lower().startswith("0x") or not decimal else int(value)
+        # VMCOREINFO_NUMBER() prints %ld; the arch keys print 0x%lx.
+        return int(value, 10) if decimal and not value.lower().startswith("0x") else int(value, 16)
 
     def _layout(self) -> Layout:
         r = self.regime
@@ -253,10 +260,6 @@ class Kernel:
         return (self.layout.vmemmap_start + (pfn - base) * self.struct_page_size) & _U64
 
     # -- roots ---------------------------------------------------------------
-    def _kernel_range(self) -> Tuple[int, int]:
-        r = self.regime
-        return (r.ttbr1_va(0, r.va_bits), 0)
-
     def root(self, spec: str, start: Optional[int] = None, end: Optional[int] = None) -> Root:
         """
         Resolve ``init_mm``, ``efi_mm``, ``vmemmap`` or a pid into a :class:`Root`.

@@ -14,9 +14,8 @@ accounting is read from their instructions (an arm64 ``BL`` to
 OSRELEASE, and their evidence says so.
 """
 
-import re
 import struct
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional
 
 from mminspect.hotremove.policy import Era
 from mminspect.target.base import TargetFault
@@ -43,11 +42,6 @@ _ACCOUNTING = (
     "pagetable_dtor",
     "pagetable_dtor_free",
 )
-
-
-def _version(kernel) -> Tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", kernel.vmcoreinfo.get("OSRELEASE", ""))
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def function_calls(kernel, functions: Iterable[str], targets: Iterable[str]) -> Optional[Dict[str, str]]:
@@ -99,7 +93,7 @@ def detect_era(kernel) -> Era:
     t = kernel.target
     ev: Dict[str, str] = {}
     era = Era(evidence=ev)
-    ver = _version(kernel)
+    ver = kernel.version
 
     # What the allocation sites do is the classifier's to know (one reading
     # of the dump for both): the page-type scheme, v6.16's init_mm ctors,
