@@ -34,7 +34,7 @@ def _analyses(k: Kernel, root_name: str) -> None:
     check_wx(w)
     capture_hook(k, w)
     if root_name == "init_mm":
-        capture_snapshot(k)  # sections, blocks, era code: what simulate-remove reads
+        capture_snapshot(k, w)  # sections, blocks, era code: what simulate-remove reads
 
 
 def capture(target, path: str, roots: Sequence[str] = DEFAULT_ROOTS, force: bool = False) -> Dict[str, object]:

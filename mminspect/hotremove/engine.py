@@ -19,7 +19,7 @@ each freed page means (dtor or not, which messages).
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -206,8 +206,7 @@ def _unmap(st, phys, level, addr, end, free_mapped, routine) -> None:
 
 
 def free_empty_tables(st: TableState, addr: int, end: int, floor: int, ceiling: int,
-                      routine: str = "free_empty_tables",
-                      on_free: Optional[Callable[[int, int], None]] = None) -> None:
+                      routine: str = "free_empty_tables") -> None:
     """The table pass of mainline (v5.7+): free empty tables whose span lies
     in ``[floor, ceiling)``."""
     _free_empty(st, st.root_phys, st.regime.top_level, addr, end, floor, ceiling, None, routine)

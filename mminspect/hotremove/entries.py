@@ -36,6 +36,12 @@ class EntryStore(Mapping):
         self.ustep = uniform_step[order].astype(np.uint64)
         self.ulen = uniform_len[order].astype(np.int64)
 
+    @classmethod
+    def of(cls, dense: Dict[int, np.ndarray]) -> "EntryStore":
+        """A store of full tables only."""
+        empty = np.empty(0, np.uint64)
+        return cls(dense, empty, empty, empty, empty)
+
     def _uniform(self, phys: int) -> int:
         k = int(np.searchsorted(self.uphys, np.uint64(phys)))
         return k if k < len(self.uphys) and int(self.uphys[k]) == phys else -1
@@ -126,8 +132,7 @@ def read_entries(target, phys: np.ndarray, entries: np.ndarray, steps: np.ndarra
         u = np.concatenate(uni).reshape(-1, 4)
         store = EntryStore(dense, u[:, 0], u[:, 1], u[:, 2], u[:, 3])
     else:
-        empty = np.empty(0, np.uint64)
-        store = EntryStore(dense, empty, empty, empty, empty)
+        store = EntryStore.of(dense)
     back = np.empty_like(ok)
     back[order] = ok
     return store, back

@@ -83,8 +83,7 @@ class Snapshot:
             "blocks": [b.as_dict() for b in self.blocks],
             "nr_pagetable": self.nr_pagetable,
         }
-        store = self.entries if isinstance(self.entries, EntryStore) else EntryStore(
-            dict(self.entries), *(np.empty(0, np.uint64),) * 4)
+        store = self.entries if isinstance(self.entries, EntryStore) else EntryStore.of(dict(self.entries))
         with open(path, "wb") as f:
             np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                                 **store.arrays())
@@ -228,10 +227,11 @@ class LazyTables(Mapping):
         return len(self.phys)
 
 
-def capture_snapshot(kernel: Kernel) -> Snapshot:
-    """Capture what a hot-remove simulation needs from ``kernel``."""
+def capture_snapshot(kernel: Kernel, init_walk=None) -> Snapshot:
+    """Capture what a hot-remove simulation needs from ``kernel``
+    (``init_walk``: a walk of the whole init_mm the caller already has)."""
     r = kernel.regime
-    w = walk(kernel, kernel.root("init_mm"))
+    w = init_walk if init_walk is not None else walk(kernel, kernel.root("init_mm"))
     tab = w.table_array()
     step_of = np.array([1 << r.shift(lvl) for lvl in range(r.top_level, 4)], dtype=np.uint64)
     steps = step_of[tab["level"].astype(np.int64) - r.top_level]
