@@ -25,7 +25,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 __all__ = (
-    "ATTR_NAMES",
     "MT_NAMES",
     "PTE_AF",
     "PTE_CONT",
@@ -103,9 +102,6 @@ _PTDUMP_BITS: Tuple[Tuple[int, int, str, Optional[str]], ...] = (
 PTDUMP_MASK = 0
 for _mask, _val, _set, _clear in _PTDUMP_BITS:
     PTDUMP_MASK |= _mask
-
-#: Attribute tokens as ptdump names them, for documentation and JSON.
-ATTR_NAMES = tuple(b[2].strip() or "valid" for b in _PTDUMP_BITS)
 
 
 def decode_prot(prot: int) -> str:

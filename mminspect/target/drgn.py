@@ -61,7 +61,7 @@ class DrgnTarget:
             check_core_file(core)
             try:
                 prog.set_core_dump(core)
-            except (drgn.FaultError, ValueError, OSError, RuntimeError, Exception) as e:
+            except Exception as e:  # drgn raises several types for files it cannot use
                 raise MMInspectError(f"{core}: not a vmcore drgn can open ({_one_line(e)})") from None
             name = f"vmcore {core}"
         elif qemu is not None:
