@@ -88,6 +88,14 @@ def _hot_range(dump):
     return dimm["addr"], dimm["addr"] + dimm["size"]
 
 
+def _hot_linear_tables(real_prog, hot):
+    """init_mm's linear-map tables whose span lies in the hot-added range."""
+    k = _kernel(real_prog)
+    lo_va, hi_va = k.phys_to_virt(hot[0]), k.phys_to_virt(hot[1])
+    return [t for t in _classes(real_prog)["init_mm"]
+            if t.region == "linear map" and lo_va <= t.va and t.va + t.span <= hi_va]
+
+
 # -- the audit: on every dump -----------------------------------------------------------
 
 
@@ -249,15 +257,13 @@ def test_61_hot_added_linear_map_is_buddy_without_ctor(real_prog):
     hot = _hot_range(dump)
     if hot is None:
         pytest.skip("no hot-added memory in this dump")
-    k = _kernel(real_prog)
-    cl = _classes(real_prog)["init_mm"]
-    lo_va, hi_va = k.phys_to_virt(hot[0]), k.phys_to_virt(hot[1])
-    tables = [t for t in cl if t.region == "linear map" and lo_va <= t.va and t.va + t.span <= hi_va]
+    tables = _hot_linear_tables(real_prog, hot)
     ptes = [t for t in tables if t.level_name == "PTE"]
     if dump.meta["kernel"]["config_facts"].get("RODATA_FULL_DEFAULT_ENABLED") != "y":
         # no rodata=full: arch_add_memory() may use block mappings; the range is
         # mapped all the same (a 1 GiB-aligned DIMM: one PUD block, no new table)
-        w = walk(k, k.root("init_mm", lo_va, hi_va))
+        k = _kernel(real_prog)
+        w = walk(k, k.root("init_mm", k.phys_to_virt(hot[0]), k.phys_to_virt(hot[1])))
         mapped = sum(m.size for m in w.mappings())
         assert mapped == hot[1] - hot[0]
         for t in tables:
@@ -366,10 +372,7 @@ def test_v616_hot_added_tables_have_a_ctor_and_no_ptlock(real_prog):
         pytest.skip("kernel before v6.16")
     if hot is None:
         pytest.skip("no hot-added memory in this dump")
-    k = _kernel(real_prog)
-    cl = _classes(real_prog)["init_mm"]
-    lo_va, hi_va = k.phys_to_virt(hot[0]), k.phys_to_virt(hot[1])
-    tables = [t for t in cl if t.region == "linear map" and lo_va <= t.va and t.va + t.span <= hi_va]
+    tables = _hot_linear_tables(real_prog, hot)
     assert len([t for t in tables if t.level_name == "PTE"]) == (hot[1] - hot[0]) // (2 << 20)
     for t in tables:
         assert t.origin == "buddy-ctor" and t.typed and t.ptlock == "n/a", t
