@@ -672,9 +672,11 @@ def _owner_text(c: Classifier, lock) -> Optional[str]:
     return f"cpu {cpu if cpu != 0xFFFFFFFF else '?'}, task {name or hex(owner)}"
 
 
-def classify_walk(kernel: Kernel, w: Walk, classifier: Optional[Classifier] = None) -> Classification:
+def classify_walk(kernel: Kernel, w: Walk, classifier: Optional[Classifier] = None,
+                  select: Optional[np.ndarray] = None) -> Classification:
     """
-    Classify every table page of a walk.
+    Classify every table page of a walk (``select``: only these indices into
+    its table columns, for a caller that needs a few of half a million).
 
     >>> cls = classify_walk(k, walk(k, k.root("efi_mm")))
     >>> cls.summary()
@@ -686,16 +688,19 @@ def classify_walk(kernel: Kernel, w: Walk, classifier: Optional[Classifier] = No
     F = c.features
     root = w.root
     kind = root_kind(root)
-    phys = w.table_phys.astype(np.uint64)
-    level = w.table_level.astype(np.int8)
-    va = w.table_va.astype(np.uint64)
+    cols = (w.table_phys, w.table_level, w.table_va, w.table_entries)
+    if select is not None:
+        cols = tuple(col[select] for col in cols)
+    phys = cols[0].astype(np.uint64)
+    level = cols[1].astype(np.int8)
+    va = cols[2].astype(np.uint64)
     n = len(phys)
     span = np.empty(0, np.uint64)
     if n:
         shifts = np.zeros(8, dtype=np.uint64)
         for lv in np.unique(level).tolist():
             shifts[lv + 1] = r.shift(lv)
-        span = w.table_entries.astype(np.uint64) << shifts[level.astype(np.int64) + 1]
+        span = cols[3].astype(np.uint64) << shifts[level.astype(np.int64) + 1]
     # parents per table
     if len(w.edge_child):
         uc, cnt = np.unique(w.edge_child, return_counts=True)

@@ -21,7 +21,10 @@ The result, :class:`Walk`, holds:
 - ``tables``: every table page, once, with its level, VA span, valid-entry
   count and every parent entry that references it;
 - ``problems``: what could not be seen (unreadable tables, loops, tables
-  referenced at two levels), each with a reason.
+  referenced at two levels), each with a reason;
+- ``entries`` (``walk(..., keep_entries=True)``): the descriptors of every
+  table page read, kept compactly (:class:`TableEntries`), so that a caller
+  that needs them (a hot-remove snapshot) does not read the tables again.
 
 The walk never follows a table entry to a page already walked at the same or
 a higher level, so it always terminates.
@@ -54,6 +57,7 @@ __all__ = (
     "Parent",
     "Problem",
     "TABLE_DTYPE",
+    "TableEntries",
     "TablePage",
     "Walk",
     "walk",
@@ -95,6 +99,10 @@ TABLE_DTYPE = np.dtype(
         ("nparents", np.int64),
     ]
 )
+
+#: A whole table whose entry *i* is ``first + i * step`` (``first == 0``:
+#: an empty table), as :class:`TableEntries` keeps it.
+UNIFORM_DTYPE = np.dtype([("phys", np.uint64), ("first", np.uint64), ("step", np.uint64), ("count", np.int64)])
 
 #: Bytes of tables decoded per batch: small enough that every numpy pass over
 #: a batch stays in the CPU caches (measured on the 1 TiB benchmark: 4 MiB
@@ -207,6 +215,26 @@ class Problem:
 
 
 @dataclass
+class TableEntries:
+    """The descriptors of every table page a walk read. Uniform and empty
+    tables, which the walker recognises anyway, are kept as one
+    ``UNIFORM_DTYPE`` row each (a 1 TiB page-granular linear map is half a
+    million of them: 12 MiB instead of 2 GiB); the others in full."""
+
+    uniform: np.ndarray
+    dense: Dict[int, np.ndarray]
+
+    def __contains__(self, phys: object) -> bool:
+        if phys in self.dense:
+            return True
+        k = int(np.searchsorted(self.uniform["phys"], np.uint64(phys))) if isinstance(phys, int) else -1
+        return 0 <= k < len(self.uniform) and int(self.uniform["phys"][k]) == phys
+
+    def __len__(self) -> int:
+        return len(self.uniform) + len(self.dense)
+
+
+@dataclass
 class Walk:
     """The records of one walk; see the module docstring."""
 
@@ -223,6 +251,7 @@ class Walk:
     edge_index: np.ndarray
     problems: List[Problem]
     stats: Dict[str, float] = field(default_factory=dict)
+    entries: Optional[TableEntries] = None
 
     @property
     def regime(self) -> Regime:
@@ -356,19 +385,21 @@ def walk(
     kernel: Kernel,
     root: Root,
     progress: Optional[Callable[[str, int, int], None]] = None,
+    keep_entries: bool = False,
 ) -> Walk:
     """
-    Walk ``root`` in one pass and return its :class:`Walk`.
+    Walk ``root`` in one pass and return its :class:`Walk` (with
+    ``keep_entries``, also every table's descriptors: :attr:`Walk.entries`).
 
     >>> w = walk(k, k.root("efi_mm"))
     >>> next(w.mappings())
     Mapping(0x20000000-0x20010000 -> 0x43f9b0000 PTE page [...])
     """
-    return _Walker(kernel, root, progress).run()
+    return _Walker(kernel, root, progress, keep_entries).run()
 
 
 class _Walker:
-    def __init__(self, kernel: Kernel, root: Root, progress) -> None:
+    def __init__(self, kernel: Kernel, root: Root, progress, keep_entries: bool = False) -> None:
         self.k = kernel
         self.r = kernel.regime
         self.root = root
@@ -385,6 +416,9 @@ class _Walker:
         self.reads = 0
         self._scratch: Optional[np.ndarray] = None
         self._bscratch: Optional[np.ndarray] = None
+        self.keep = keep_entries
+        self.kept_uniform: List[np.ndarray] = []
+        self.kept_dense: List[Tuple[np.ndarray, np.ndarray]] = []
 
     def run(self) -> Walk:
         t0 = time.perf_counter()
@@ -430,7 +464,22 @@ class _Walker:
             self.problems,
             {"seconds": elapsed, "bytes_read": self.bytes_read, "reads": self.reads,
              "tables": int(len(cols[0]))},
+            self._kept() if self.keep else None,
         )
+
+    def _keep_uniform(self, phys, first, step, count: int) -> None:
+        rows = np.empty(len(phys), UNIFORM_DTYPE)
+        rows["phys"], rows["first"], rows["step"], rows["count"] = phys, first, step, count
+        self.kept_uniform.append(rows)
+
+    def _kept(self) -> TableEntries:
+        uniform = np.concatenate(self.kept_uniform) if self.kept_uniform else np.empty(0, UNIFORM_DTYPE)
+        # A table read twice (referenced twice in one batch) is kept once.
+        _, first = np.unique(uniform["phys"], return_index=True)
+        dense: Dict[int, np.ndarray] = {}
+        for phys, rows in self.kept_dense:
+            dense.update(zip(phys.tolist(), rows))
+        return TableEntries(uniform[first], dense)
 
     # -- one level ----------------------------------------------------------
     def _level(self, level: int, entries: int, occ):
@@ -543,6 +592,8 @@ class _Walker:
         out = []
         u = np.nonzero(uniform)[0]
         if len(u):
+            if self.keep:
+                self._keep_uniform(phys[u], first[u], span, E)
             valid_counts[occ_idx[u]] = E
             out.append(_coalesce_rows(level, np.uint64(E) * span, va[u], pa_first[u],
                                       first[u] & ~self.oa_mask, inh[u]))
@@ -554,6 +605,9 @@ class _Walker:
             valid_counts[occ_idx[g]] = valid
             empty = inside[g] & ~np.any(sub, axis=1)
             e = g[empty]
+            if self.keep:
+                self._keep_uniform(phys[e], 0, 0, E)
+                self.kept_dense.append((phys[g[~empty]], sub[~empty]))
             if len(e):
                 runs = np.empty(len(e), RUN_DTYPE)
                 runs["va"] = va[e]

@@ -19,6 +19,7 @@ each freed page means (dtor or not, which messages).
 """
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -92,10 +93,37 @@ class TableState:
 
     def writable(self, phys: int) -> np.ndarray:
         t = self._dirty.get(phys)
-        if t is None:
+        if t is None or not t.flags.writeable:
             t = self._dirty[phys] = self.entries(phys).copy()
             self._clean.pop(phys, None)
         return t
+
+    def clear(self, phys: int, count: int) -> None:
+        """Set every entry of a table to none (one shared read-only array,
+        not a copy per table: a 64 GiB removal clears 32,768 PTE tables)."""
+        self._dirty[phys] = _none(count)
+        self._clean.pop(phys, None)
+
+    def live(self, phys: int) -> bool:
+        """Some entry of the table is not none."""
+        t = self._dirty.get(phys)
+        if t is not None and not t.flags.writeable:
+            return False  # cleared
+        t = self.entries(phys)
+        return t is not None and bool(t.any())
+
+    def all_valid(self, phys: int) -> bool:
+        """Every entry of an untouched table is valid, told from a uniform
+        table's first descriptor without generating its entries (entry *i*
+        is ``first + i * step`` with an even step: bit 0 is the same in all)."""
+        if phys in self._dirty:
+            return False
+        uniform = getattr(self.tables, "uniform", None)
+        got = uniform(phys) if uniform is not None else None
+        if got is not None:
+            return bool(got[0] & 1) and not got[1] & 1
+        t = self.entries(phys)
+        return t is not None and bool((t & np.uint64(1)).all())
 
     def child(self, desc: int) -> int:
         return self.regime.desc_to_phys(desc)
@@ -108,6 +136,13 @@ class TableState:
 
     def warn(self, routine: str, phys: int, level: int, va: int, what: str) -> None:
         self.events.append(Event("warn", routine, phys, level, va, 0, None, what))
+
+
+@lru_cache(maxsize=None)
+def _none(count: int) -> np.ndarray:
+    t = np.zeros(count, dtype=np.uint64)
+    t.flags.writeable = False
+    return t
 
 
 def _addr_end(addr: int, end: int, span: int) -> int:
@@ -159,17 +194,18 @@ def _pte_slice(st: TableState, phys: int, addr: int, end: int, routine: str):
 def _clear_ptes(st, phys, addr, end, free_mapped, routine) -> None:
     # unmap_hotplug_pte_range() / remove_pte_table(): every non-none PTE is
     # cleared (after WARN_ON(!pte_present)); with free_mapped its page goes.
+    r = st.regime
+    span = 1 << r.shift(2)  # of a whole PTE table
+    if not free_mapped and not addr & (span - 1) and ((end - addr) & _U64) == span and st.all_valid(phys):
+        st.clear(phys, r.entries_per_table)  # the whole table, every entry valid: all cleared
+        return
     got = _pte_slice(st, phys, addr, end, routine)
     if got is None:
         return
     i0, seg = got
-    if not free_mapped and i0 == 0 and len(seg) == len(st.entries(phys)) and (seg & np.uint64(1)).all():
-        st._dirty[phys] = np.zeros(len(seg), dtype=np.uint64)  # every entry valid: all cleared
-        return
     nz = np.nonzero(seg)[0]
     if not len(nz):
         return
-    r = st.regime
     vals = seg[nz]
     shift = r.shift(3)
     for k in np.nonzero((vals & np.uint64(1)) == 0)[0][:8].tolist():
@@ -215,7 +251,7 @@ def free_empty_tables(st: TableState, addr: int, end: int, floor: int, ceiling: 
 def _free_empty(st, phys, level, addr, end, floor, ceiling, parent, routine) -> None:
     r = st.regime
     start = addr
-    if level == 3:
+    if level == 3 and st.live(phys):
         got = _pte_slice(st, phys, addr, end, routine)
         if got is not None and got[1].any():
             st.warn(routine, phys, level, addr, "WARN_ON(!pte_none(pte))")
@@ -232,11 +268,11 @@ def _free_empty(st, phys, level, addr, end, floor, ceiling, parent, routine) -> 
         return  # the root (or a level folded into it) is never freed
     mask = ~((1 << r.shift(level - 1)) - 1) & _U64
     if not pgtable_range_aligned(start, end, floor, ceiling, mask):
-        if not st.entries(phys).any():
+        if not st.live(phys):
             st.events.append(Event("keep_table", routine, phys, level, start, 0, parent,
                                    "empty, but its span is not inside [floor, ceiling)"))
         return
-    if st.entries(phys).any():
+    if st.live(phys):
         st.events.append(Event("keep_table", routine, phys, level, start, 0, parent,
                                f"{int(np.count_nonzero(st.entries(phys)))} entries still live"))
         return

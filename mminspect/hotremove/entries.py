@@ -12,7 +12,7 @@ physically contiguous reads.
 """
 
 from collections.abc import Mapping
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -42,6 +42,17 @@ class EntryStore(Mapping):
         empty = np.empty(0, np.uint64)
         return cls(dense, empty, empty, empty, empty)
 
+    @classmethod
+    def from_walk(cls, kept) -> "EntryStore":
+        """The store of the entries a walk kept (:class:`mminspect.walk.TableEntries`)."""
+        u = kept.uniform
+        return cls(kept.dense, u["phys"], u["first"], u["step"], u["count"])
+
+    def holds(self, phys: np.ndarray) -> np.ndarray:
+        """A mask of the table pages in ``phys`` this store has entries for."""
+        dense = np.sort(np.fromiter(self.dense, dtype=np.uint64, count=len(self.dense)))
+        return _in_sorted(self.uphys, phys) | _in_sorted(dense, phys)
+
     def _uniform(self, phys: int) -> int:
         k = int(np.searchsorted(self.uphys, np.uint64(phys)))
         return k if k < len(self.uphys) and int(self.uphys[k]) == phys else -1
@@ -54,6 +65,14 @@ class EntryStore(Mapping):
         if k < 0:
             raise KeyError(phys)
         return self.ufirst[k] + np.arange(int(self.ulen[k]), dtype=np.uint64) * self.ustep[k]
+
+    def uniform(self, phys: int) -> Optional[Tuple[int, int, int]]:
+        """(first descriptor, step, count) of a uniform or empty table, or
+        None when the table is held in full (or not at all)."""
+        if phys in self.dense:
+            return None
+        k = self._uniform(phys)
+        return None if k < 0 else (int(self.ufirst[k]), int(self.ustep[k]), int(self.ulen[k]))
 
     def __contains__(self, phys: object) -> bool:
         return phys in self.dense or (isinstance(phys, int) and self._uniform(phys) >= 0)
@@ -136,6 +155,13 @@ def read_entries(target, phys: np.ndarray, entries: np.ndarray, steps: np.ndarra
     back = np.empty_like(ok)
     back[order] = ok
     return store, back
+
+
+def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    if not len(sorted_values):
+        return np.zeros(len(values), dtype=bool)
+    k = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[k] == values
 
 
 def _store(rows, idx, phys, steps, dense, uni) -> None:

@@ -122,36 +122,31 @@ class Snapshot:
 
 class LazyTables(Mapping):
     """phys -> :class:`TableFacts` for a fresh capture, built on first use
-    from the walk's and the classifier's columns: a simulation touches only
-    the tables it frees or keeps, so half a million table pages cost no
-    half a million objects."""
+    from the walk's columns, and classified then: a simulation touches only
+    the tables it frees or keeps, so half a million table pages cost no half
+    a million objects, nor the struct page reads of tables it never meets."""
 
     def __init__(self, kernel: Kernel, w, readable: np.ndarray, efi: set) -> None:
         self.kernel = kernel
         self.w = w
-        tab = w.table_array()
-        self.phys = tab["phys"][readable]
-        self.level = tab["level"][readable]
-        self.va = tab["va"][readable]
-        order = np.argsort(self.phys)
-        self.phys, self.level, self.va = self.phys[order], self.level[order], self.va[order]
+        self.index = np.flatnonzero(readable)  # into the walk's table columns
+        order = np.argsort(w.table_phys[self.index])
+        self.index = self.index[order]
+        self.phys = w.table_phys[self.index]
         eorder = np.argsort(w.edge_child, kind="stable")
         self.edge_child = w.edge_child[eorder]
         self.edge_parent = w.edge_parent[eorder]
         self.edge_index = w.edge_index[eorder]
         self.efi = efi
-        self.cls = None
-        self.cls_row: Dict[int, int] = {}
         try:
-            from mminspect.classify import classify_walk
+            from mminspect.classify import classifier_for
 
-            self.cls = classify_walk(kernel, w)
-            cphys = self.cls.phys
-            self.cls_order = np.argsort(cphys)
-            self.cls_phys = cphys[self.cls_order]
+            self.classifier = classifier_for(kernel)
         except (ImportError, MMInspectError):
-            self.cls = None
+            self.classifier = None
         self._cache: Dict[int, TableFacts] = {}
+        #: phys -> (Classification, row) of the tables classified so far
+        self._rows: Dict[int, Tuple[object, int]] = {}
 
     def _find(self, sorted_phys: np.ndarray, phys: int) -> int:
         k = int(np.searchsorted(sorted_phys, np.uint64(phys)))
@@ -167,41 +162,44 @@ class LazyTables(Mapping):
         return t
 
     def prefetch(self, phys_list) -> None:
-        """Build the records of many table pages at once (one vectorised
-        lookup per column instead of one per table)."""
+        """Build and classify the records of many table pages at once (one
+        vectorised lookup per column and one classification, instead of
+        one of each per table)."""
         want = np.array([p for p in phys_list if p not in self._cache], dtype=np.uint64)
         if not len(want):
             return
         r = self.kernel.regime
+        w = self.w
         k = np.searchsorted(self.phys, want)
         found = (k < len(self.phys)) & (self.phys[np.minimum(k, len(self.phys) - 1)] == want)
         want, k = want[found], k[found]
+        idx = self.index[k]
         lo = np.searchsorted(self.edge_child, want, side="left")
         hi = np.searchsorted(self.edge_child, want, side="right")
-        if self.cls is not None:
-            j = np.searchsorted(self.cls_phys, want)
-            jc = np.minimum(j, len(self.cls_phys) - 1)
-            rows = np.where(self.cls_phys[jc] == want, self.cls_order[jc], -1)
-        else:
-            rows = np.full(len(want), -1)
+        cls = None
+        if self.classifier is not None:
+            from mminspect.classify import classify_walk
+
+            cls = classify_walk(self.kernel, w, self.classifier, select=idx)
         parents_p, parents_i = self.edge_parent.tolist(), self.edge_index.tolist()
         region_of = self.kernel.layout.region_of
-        for phys, kk, a, b, row in zip(want.tolist(), k.tolist(), lo.tolist(), hi.tolist(), rows.tolist()):
-            level, va = int(self.level[kk]), int(self.va[kk])
+        for row, (phys, level, va, a, b) in enumerate(zip(want.tolist(), w.table_level[idx].tolist(),
+                                                         w.table_va[idx].tolist(), lo.tolist(), hi.tolist())):
             parents = [(parents_p[e], parents_i[e]) for e in range(a, b) if parents_p[e] != (1 << 64) - 1]
             t = TableFacts(phys, level, r.level_name(level), va,
                            region_of(va) if level != r.top_level else "root", parents,
                            ["init_mm"] + (["efi_mm"] if phys in self.efi else []))
-            if row >= 0:
-                self._classified(t, row)
+            if cls is not None:
+                self._classified(t, cls, row)
+                self._rows[phys] = (cls, row)
             self._cache[phys] = t
 
-    def _classified(self, t: TableFacts, i: int) -> None:
+    @staticmethod
+    def _classified(t: TableFacts, cls, i: int) -> None:
         # The classifier's columns, without building its full record (whose
         # evidence text :meth:`evidence` adds when a snapshot is saved).
         from mminspect.classify import ORIGINS, P_HELD, PTLOCKS
 
-        cls = self.cls
         f = cls.facts[i]
         c = cls.classifier
         t.origin = ORIGINS[int(cls.origin[i])]
@@ -214,8 +212,10 @@ class LazyTables(Mapping):
 
     def evidence(self, phys: int) -> List[str]:
         """The classifier's evidence for one table page."""
-        j = self._find(self.cls_phys, phys) if self.cls is not None else -1
-        return list(self.cls.record(int(self.cls_order[j])).evidence) if j >= 0 else []
+        if phys not in self._cache:
+            self.prefetch([phys])
+        got = self._rows.get(phys)
+        return list(got[0].record(got[1]).evidence) if got is not None else []
 
     def __contains__(self, phys: object) -> bool:
         return isinstance(phys, int) and self._find(self.phys, phys) >= 0
@@ -226,22 +226,34 @@ class LazyTables(Mapping):
     def __len__(self) -> int:
         return len(self.phys)
 
+    def values(self):
+        self.prefetch(self.phys.tolist())  # all at once, not one by one
+        return super().values()
+
+    def items(self):
+        self.prefetch(self.phys.tolist())
+        return super().items()
+
 
 def capture_snapshot(kernel: Kernel, init_walk=None) -> Snapshot:
     """Capture what a hot-remove simulation needs from ``kernel``
-    (``init_walk``: a walk of the whole init_mm the caller already has)."""
+    (``init_walk``: a walk of the whole init_mm the caller already has;
+    its tables are read again unless it kept their entries)."""
     r = kernel.regime
-    w = init_walk if init_walk is not None else walk(kernel, kernel.root("init_mm"))
-    tab = w.table_array()
-    step_of = np.array([1 << r.shift(lvl) for lvl in range(r.top_level, 4)], dtype=np.uint64)
-    steps = step_of[tab["level"].astype(np.int64) - r.top_level]
-    entries, readable = read_entries(kernel.target, tab["phys"], tab["entries"], steps)
+    w = init_walk if init_walk is not None else walk(kernel, kernel.root("init_mm"), keep_entries=True)
+    if w.entries is not None:
+        entries = EntryStore.from_walk(w.entries)
+        readable = entries.holds(w.table_phys)
+    else:
+        step_of = np.array([1 << r.shift(lvl) for lvl in range(r.top_level, 4)], dtype=np.uint64)
+        steps = step_of[w.table_level.astype(np.int64) - r.top_level]
+        entries, readable = read_entries(kernel.target, w.table_phys, w.table_entries, steps)
     try:
         efi = set(walk(kernel, kernel.root("efi_mm")).table_phys.tolist())
     except MMInspectError:
         efi = set()
     facts = LazyTables(kernel, w, readable, efi)
-    memory = facts.cls.classifier.memory if facts.cls is not None else None
+    memory = facts.classifier.memory if facts.classifier is not None else None
     if memory is None:
         memory = MemoryMap.read(kernel)
     sections, blocks = memory.sections, memory.blocks

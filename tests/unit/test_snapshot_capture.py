@@ -1,0 +1,152 @@
+"""A snapshot made from the walker's kept entries and lazily classified
+tables (issue 7) equals one made the old way: every table read again and
+every table classified up front.
+
+The kernel is a small synthetic server (mminspect.synthetic.server): 4 GiB
+page-granular, the top 2 GiB hot-added, with efi_mm, vmalloc tables and the
+struct pages of every table page.
+"""
+
+import numpy as np
+import pytest
+
+import mminspect
+from mminspect.arch.arm64 import Regime
+from mminspect.classify import classify_walk
+from mminspect.hotremove import Proposal, capture_snapshot, select_policy, simulate
+from mminspect.hotremove.engine import TableState, free_empty_tables, unmap_hotplug_range
+from mminspect.hotremove.entries import EntryStore, read_entries
+from mminspect.synthetic import REGIMES_BY_NAME
+from mminspect.synthetic.server import make_server_kernel, write_server_vmcore
+from mminspect.walk import walk
+
+GiB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    built = make_server_kernel(REGIMES_BY_NAME["4k-va48"], 4 * GiB, hotadd=2 * GiB)
+    path = tmp_path_factory.mktemp("server") / "vmcore"
+    write_server_vmcore(path, built)
+    return mminspect.open(core=str(path)), built
+
+
+def _steps(k, w):
+    r = k.regime
+    return np.array([1 << r.shift(int(lv)) for lv in w.table_level], dtype=np.uint64)
+
+
+def test_kept_entries_equal_the_tables_read_again(server):
+    k, _ = server
+    w = walk(k, k.root("init_mm"), keep_entries=True)
+    kept = EntryStore.from_walk(w.entries)
+    again, readable = read_entries(k.target, w.table_phys, w.table_entries, _steps(k, w))
+    assert readable.all() and kept.holds(w.table_phys).all()
+    assert len(kept) == len(again) == w.table_count
+    # most tables are the uniform PTE tables of the page-granular linear map
+    assert kept.uniform_count > 0.9 * w.table_count
+    for phys in w.table_phys.tolist():
+        assert np.array_equal(kept[phys], again[phys]), hex(phys)
+
+
+def test_a_walk_without_kept_entries_keeps_none(server):
+    k, _ = server
+    assert walk(k, k.root("init_mm")).entries is None
+
+
+def test_selected_classification_equals_the_full_one(server):
+    k, _ = server
+    w = walk(k, k.root("init_mm"))
+    full = classify_walk(k, w)
+    pick = np.random.default_rng(7).choice(w.table_count, 300, replace=False)
+    part = classify_walk(k, w, select=pick)
+    for name in ("phys", "level", "va", "span", "parents", "origin", "expected", "ptlock", "region",
+                 "maps", "block", "own_block", "image"):
+        assert np.array_equal(getattr(part, name), getattr(full, name)[pick]), name
+    assert np.array_equal(part.facts, full.facts[pick])
+    assert [part.record(i).evidence for i in range(10)] == [full.record(int(j)).evidence for j in pick[:10]]
+
+
+@pytest.mark.parametrize("size", [GiB, 2 * GiB])
+def test_simulation_is_the_same_from_kept_and_reread_entries(server, size):
+    k, built = server
+    fresh = capture_snapshot(k)
+    reread = capture_snapshot(k, init_walk=walk(k, k.root("init_mm")))  # no kept entries: read again
+    end = max(a + n for a, n in built.ram)
+    prop = Proposal(end - size, end)
+    a = simulate(fresh, prop, select_policy(fresh.era), force=True)
+    b = simulate(reread, prop, select_policy(reread.era), force=True)
+    assert a.simulated and [e.phys for e in a.freed] == [e.phys for e in b.freed]
+    assert len(a.freed) == size // (2 << 20) + size // GiB  # its PTE tables and PMD tables
+    assert [(f.rule, f.phys) for f in a.findings] == [(f.rule, f.phys) for f in b.findings]
+    assert a.delta_nr_pagetable == b.delta_nr_pagetable
+    # only what the simulation met was classified
+    assert len(fresh.tables._cache) < len(fresh.tables) / 2
+    # records equal those of a full classification
+    for ev in a.freed[:50]:
+        x, y = fresh.tables[ev.phys], reread.tables[ev.phys]
+        assert (x.origin, x.ptlock, x.typed, x.reserved, x.parents) == (y.origin, y.ptlock, y.typed, y.reserved,
+                                                                         y.parents)
+
+
+def test_snapshot_save_classifies_everything(server, tmp_path):
+    k, _ = server
+    snap = capture_snapshot(k)
+    snap.save(str(tmp_path / "s.npz"))
+    back = type(snap).load(str(tmp_path / "s.npz"))
+    assert len(back.tables) == len(snap.tables)
+    assert all(t.origin != "unknown" for t in back.tables.values())
+    assert all(t.evidence for t in back.tables.values())
+
+
+# -- the engine's uniform fast path, on hand-made tables ---------------------------
+
+U64 = (1 << 64) - 1
+R = Regime(12, 48, 48, 48)
+PAGE_OFFSET = (-(1 << 48)) & U64
+PAGE_END = (-(1 << 47)) & U64
+ROOT, PUD, PMD, PTE0, PTE1, PTE2 = 0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000
+RAM = 0x4000_0000
+PAGE = 0x0068000000000703
+
+
+def _dense():
+    t = {p: np.zeros(512, dtype=np.uint64) for p in (ROOT, PUD, PMD, PTE0, PTE1, PTE2)}
+    t[ROOT][(PAGE_OFFSET >> 39) & 511] = PUD | 3
+    t[PUD][0] = PMD | 3
+    for i, p in enumerate((PTE0, PTE1, PTE2)):
+        t[PMD][i] = p | 3
+    ar = np.arange(512, dtype=np.uint64) * np.uint64(4096)
+    t[PTE0][:] = np.uint64(RAM | PAGE) + ar
+    t[PTE1][:] = np.uint64((RAM + (2 << 20)) | (PAGE & ~1)) + ar  # uniform, but every entry invalid
+    t[PTE2][:] = np.uint64((RAM + (4 << 20)) | PAGE) + ar
+    return t
+
+
+def _uniform_store():
+    d = _dense()
+    ptes = (PTE0, PTE1, PTE2)
+    first = np.array([d[p][0] for p in ptes], dtype=np.uint64)
+    return EntryStore({p: d[p] for p in (ROOT, PUD, PMD)}, np.array(ptes, dtype=np.uint64), first,
+                      np.full(3, 4096, dtype=np.uint64), np.full(3, 512, dtype=np.int64))
+
+
+@pytest.mark.parametrize("lo_off,hi_off,floor_off", [
+    (0, 6 << 20, 0),              # all three tables
+    (0, 4 << 20, 0),              # two whole tables, one of them all invalid
+    (4096, 6 << 20, 0),           # the first table only partly
+    (0, 6 << 20, 4096),           # a floor that keeps the first table
+    (2 << 20, (4 << 20) + 8192, 0),
+])
+def test_uniform_tables_replay_like_full_ones(lo_off, hi_off, floor_off):
+    for free_mapped in (False, True):
+        states = [TableState(R, ROOT, _dense()), TableState(R, ROOT, _uniform_store())]
+        for st in states:
+            lo, hi = PAGE_OFFSET + lo_off, PAGE_OFFSET + hi_off
+            unmap_hotplug_range(st, lo, hi, free_mapped)
+            free_empty_tables(st, lo, hi, PAGE_OFFSET + floor_off, PAGE_END)
+        a, b = states
+        assert a.events == b.events
+        assert a.events  # something happened
+        for p in (PMD, PTE0, PTE1, PTE2):
+            assert np.array_equal(a.entries(p), b.entries(p)), hex(p)
