@@ -29,7 +29,7 @@ DEFAULT_ROOTS = ("init_mm", "efi_mm")
 def _analyses(k: Kernel, root_name: str) -> None:
     """Everything mminspect does with one root, so that the bundle holds
     every page and answer each of them needs."""
-    w = walk(k, k.root(root_name))
+    w = walk(k, k.root(root_name), keep_entries=root_name == "init_mm")
     list(ptdump_lines(w))
     check_wx(w)
     capture_hook(k, w)
