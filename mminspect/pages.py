@@ -34,8 +34,12 @@ same way. :class:`PtlObjects` reads the lock objects an allocated ptl points
 to. Nothing here touches a drgn Object per page.
 """
 
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -76,6 +80,8 @@ SPINLOCK_OWNER_INIT = _U64
 MAX_READ = 1 << 20
 #: Neighbouring runs of wanted struct pages closer than this are read as one.
 GAP_BYTES = 16 << 10
+#: Threads of a memmap scan that reads the dump file itself (two to four).
+SCAN_THREADS = max(2, min(4, os.cpu_count() or 2))
 
 #: One decoded struct page. ``ok`` is False when the struct page could not be
 #: read (then every other field is 0). ``w1``/``w2`` are the words at offsets
@@ -462,21 +468,27 @@ class StructPages:
             self._vruns = runs
         return runs
 
-    def _read(self, va: int, size: int) -> bytes:
-        self.reads += 1
+    def _pieces(self, va: int, size: int) -> Iterator[Tuple[int, int, Optional[int]]]:
+        """The ``size`` bytes of memmap at ``va`` as ``(offset, length, PA)``
+        pieces, one per vmemmap mapping; PA is None for a piece no mapping
+        seen covers (then only the target can translate it, or fault)."""
         starts, ends, pas = self._vmemmap_runs()
-        parts = []
         pos, left = va, size
         while left:
             k = int(np.searchsorted(starts, np.uint64(pos), side="right")) - 1
             if k >= 0 and pos < int(ends[k]):
                 n = min(left, int(ends[k]) - pos)
-                parts.append(self.target.read_phys(int(pas[k]) + pos - int(starts[k]), n))
+                yield pos - va, n, int(pas[k]) + pos - int(starts[k])
             else:
-                n = left  # not in a mapping we saw: let the target translate (or fault)
-                parts.append(self.target.read_virt(pos, n))
+                n = left
+                yield pos - va, n, None
             pos += n
             left -= n
+
+    def _read(self, va: int, size: int) -> bytes:
+        self.reads += 1
+        parts = [self.target.read_virt(va + off, n) if pa is None else self.target.read_phys(pa, n)
+                 for off, n, pa in self._pieces(va, size)]
         self.bytes_read += size
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -546,41 +558,95 @@ class StructPages:
              want: str = "all") -> Iterator[Tuple[np.ndarray, int, int]]:
         """Walk every struct page of ``[start, end)`` PFN ranges in chunks of
         ``chunk_pages`` (default: one MAX_READ of memmap). Yields ``(facts,
-        pages, unreadable)`` per chunk, where ``facts`` holds every page
-        (``want="all"``) or only those typed as page tables (``"table"``:
-        only their rows are decoded, so a scan costs little more than the
-        reads)."""
+        pages, unreadable)`` per chunk, in PFN order, where ``facts`` holds
+        every page (``want="all"``) or only those typed as page tables
+        (``"table"``: only their rows are decoded, so a scan costs little
+        more than the reads).
+
+        When the target has its dump file at hand (``core_file``: an
+        uncompressed ELF vmcore), chunks of physically mapped memmap are read
+        from it by :data:`SCAN_THREADS` threads at once, outside the GIL; a
+        chunk the file cannot give goes through the target."""
+        per = chunk_pages or max(1, MAX_READ // self.layout.size)
+        chunks = [(s, min(hi, s + per)) for lo, hi in pfn_ranges for s in range(lo, hi, per)]
+        core = getattr(self.target, "core_file", None)
+        if core is None:
+            picked = (self._scan_target(s, e, want) for s, e in chunks)
+        else:
+            picked = self._scan_core(core, chunks, per, want)
+        for s, e, rows, raw, ok, bad in picked:
+            pfns = np.uint64(s) + rows.astype(np.uint64)
+            yield self.layout.decode(raw, pfns, self.page_va(pfns), ok), e - s, bad
+
+    def _table_rows(self, raw: np.ndarray) -> np.ndarray:
+        """Rows of ``raw`` (one struct page per row) typed as page tables,
+        tested on their ``page_type`` words as a strided uint32 view."""
+        page_type = raw.view("<u4")[:, self.layout.off_page_type // 4]
+        return np.flatnonzero(self.layout.scheme.is_table(page_type))
+
+    def _scan_target(self, s: int, e: int, want: str):
+        """One chunk of a scan read through the target: ``(s, e, rows, raw,
+        ok, unreadable)`` with the rows kept and their struct pages."""
         size = self.layout.size
-        W = self.layout.words
-        per = chunk_pages or max(1, MAX_READ // size)
-        scheme = self.layout.scheme
-        pt_word = self.layout.off_page_type // 8
-        pt_shift = np.uint64((self.layout.off_page_type & 7) * 8)
-        for lo, hi in pfn_ranges:
-            for s in range(lo, hi, per):
-                e = min(hi, s + per)
-                va = (self.vmemmap + s * size) & _U64
-                nbytes = (e - s) * size
-                try:
-                    words = np.frombuffer(self._read(va, nbytes), dtype="<u8")
-                    good = None
-                except TargetFault:
-                    words, good = self._read_span(va, nbytes)
-                raw = words.reshape(e - s, W)
-                ok = np.ones(e - s, dtype=bool) if good is None else good.reshape(e - s, W).all(axis=1)
-                bad = 0 if good is None else int(np.count_nonzero(~ok))
-                if want == "table":
-                    pt = ((raw[:, pt_word] >> pt_shift) & np.uint64(_U32)).astype(np.uint32)
-                    rows = np.nonzero(scheme.is_table(pt) & ok)[0]
-                    if not len(rows):
-                        yield self.layout.decode(raw[:0], np.empty(0, np.uint64), np.empty(0, np.uint64),
-                                                 ok[:0]), e - s, bad
-                        continue
-                    raw, ok = raw[rows], ok[rows]
-                    pfns = np.uint64(s) + rows.astype(np.uint64)
-                else:
-                    pfns = np.arange(s, e, dtype=np.uint64)
-                yield self.layout.decode(raw, pfns, self.page_va(pfns), ok), e - s, bad
+        va = (self.vmemmap + s * size) & _U64
+        try:
+            words, good = np.frombuffer(self._read(va, (e - s) * size), dtype="<u8"), None
+        except TargetFault:
+            words, good = self._read_span(va, (e - s) * size)
+        raw = words.reshape(e - s, self.layout.words)
+        ok = np.ones(e - s, dtype=bool) if good is None else good.reshape(raw.shape).all(axis=1)
+        bad = int(np.count_nonzero(~ok))
+        if want == "all":
+            return s, e, np.arange(e - s), raw, ok, bad
+        rows = self._table_rows(raw)
+        rows = rows[ok[rows]]
+        return s, e, rows, raw[rows], ok[rows], bad
+
+    def _scan_core(self, core, chunks: List[Tuple[int, int]], per: int, want: str):
+        """The chunks of a scan read from the dump file in threads, each into
+        its own buffer; yields what :meth:`_scan_target` yields, in order."""
+        size, W = self.layout.size, self.layout.words
+        self._vmemmap_runs()  # walked once, before the threads share it
+        local = threading.local()
+
+        def read(s: int, e: int):
+            pieces = list(self._pieces((self.vmemmap + s * size) & _U64, (e - s) * size))
+            if any(pa is None for _, _, pa in pieces):
+                return None
+            if not hasattr(local, "buf"):
+                local.buf = np.empty(per * W, dtype="<u8")
+            raw = local.buf[: (e - s) * W].reshape(e - s, W)
+            mem = raw.reshape(-1).view(np.uint8)
+            try:
+                for off, n, pa in pieces:
+                    core.readinto(pa, mem[off : off + n])
+            except TargetFault:
+                return None
+            rows = np.arange(e - s) if want == "all" else self._table_rows(raw)
+            return s, e, rows, raw[rows], np.ones(len(rows), dtype=bool), 0
+
+        def result(s: int, e: int, fut: Future):
+            got = fut.result()
+            if got is None:
+                return self._scan_target(s, e, want)
+            self.reads += 1
+            self.bytes_read += (e - s) * size
+            return got
+
+        # Up to two chunks per thread in flight: the threads never wait for
+        # the caller, and the results held stay small.
+        with ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="memmap-scan") as pool:
+            pending: Deque[Tuple[int, int, Future]] = deque()
+            try:
+                for s, e in chunks:
+                    pending.append((s, e, pool.submit(read, s, e)))
+                    if len(pending) == 2 * SCAN_THREADS:
+                        yield result(*pending.popleft())
+                while pending:
+                    yield result(*pending.popleft())
+            finally:
+                for _, _, fut in pending:
+                    fut.cancel()
 
     def heads(self, facts: np.ndarray) -> np.ndarray:
         """For each row, the facts of its compound head (itself when not a

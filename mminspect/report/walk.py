@@ -20,8 +20,6 @@ __all__ = ("JSON_SCHEMA", "mapping_dict", "table_dict", "walk_json", "walk_text"
 JSON_SCHEMA = "mminspect.walk/1"
 
 
-
-
 def _summary(w: Walk) -> Dict[str, Any]:
     k = w.kernel
     leaf = w.runs[w.runs["cls"] == 1]

@@ -18,6 +18,7 @@ import drgn
 
 from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
+from mminspect.target.corefile import CoreFile
 from mminspect.target.elf import check_core_file
 
 __all__ = ("DrgnTarget",)
@@ -36,6 +37,9 @@ class DrgnTarget:
         self.name = name
         self._vmcoreinfo: Optional[Dict[str, str]] = None
         self._debug_info: Optional[bool] = None
+        #: The dump file's physical memory, for bulk scans that read it in
+        #: several threads (None unless an uncompressed ELF vmcore was opened).
+        self.core_file: Optional[CoreFile] = None
 
     # -- opening ------------------------------------------------------------
     @classmethod
@@ -81,6 +85,8 @@ class DrgnTarget:
         else:
             raise MMInspectError("no target: give -c VMCORE, -k, or --qemu SOCKET")
         target = cls(prog, name)
+        if core is not None:
+            target.core_file = CoreFile.open(core)
         if symbols:
             for path in symbols:
                 if not os.path.exists(path):

@@ -10,6 +10,7 @@ __all__ = ("PT_LOAD", "PT_NOTE", "check_core_file", "core_notes", "core_phdrs", 
 
 PT_LOAD = 1
 PT_NOTE = 4
+PN_XNUM = 0xFFFF
 
 #: (p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz)
 Phdr = Tuple[int, int, int, int, int, int]
@@ -22,8 +23,14 @@ def core_phdrs(path: str) -> Optional[List[Phdr]]:
             ehdr = f.read(64)
             if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
                 return None
-            (phoff,) = struct.unpack_from("<Q", ehdr, 32)
+            phoff, shoff = struct.unpack_from("<QQ", ehdr, 32)
             (phnum,) = struct.unpack_from("<H", ehdr, 56)
+            if phnum == PN_XNUM:  # more headers than e_phnum holds: sh_info of section 0
+                f.seek(shoff + 44)
+                sh_info = f.read(4)
+                if len(sh_info) < 4:
+                    return None
+                (phnum,) = struct.unpack("<I", sh_info)
             f.seek(phoff)
             raw = f.read(56 * phnum)
     except OSError:
