@@ -142,7 +142,8 @@ def notes(stage: str, r: Dict) -> str:
     if stage == "audit":
         st = c.get("stats") or {}
         ctr = c.get("counter")
-        return (f"scan of {c.get('scanned_pages', 0)} struct pages {st.get('scan_seconds', 0):.1f} s; "
+        where = "in a forked child, beside the walks" if st.get("scan_forked") else "in process"
+        return (f"scan of {c.get('scanned_pages', 0)} struct pages {st.get('scan_seconds', 0):.1f} s {where}; "
                 f"{c.get('typed_count')} typed, {c.get('unreachable_typed')} unreachable, "
                 f"NR_PAGETABLE {'unknown' if ctr is None else ctr}")
     return ""

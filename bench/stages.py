@@ -373,6 +373,9 @@ def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0
         out["checks"] = check(result)
     except Exception as e:  # a check must not hide the timing
         out["checks"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    # The audit scans the memmap in a forked child: its peak counts too.
+    child = (out["checks"].get("stats") or {}).get("scan_child_peak_kib", 0)
+    out["peak_rss_kib"] = max(out["peak_rss_kib"], child or 0)
     return out
 
 

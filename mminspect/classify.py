@@ -54,6 +54,7 @@ import numpy as np
 
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
+from mminspect.forked import in_child, peak_rss_kib
 from mminspect.memory import (
     MAPS_BOOT,
     MAPS_HOT,
@@ -73,6 +74,7 @@ from mminspect.pages import (
     PtlObjects,
     StructPages,
 )
+from mminspect.sortedarrays import contains, unique
 from mminspect.target.base import TargetFault
 from mminspect.walk import Walk, walk
 
@@ -117,8 +119,9 @@ R_OTHER = 1 << 7
 
 SEVERITIES = ("info", "warning", "error", "critical")
 
-#: struct pages per read of the memmap scan (4 MiB of 64-byte struct pages).
-SCAN_PAGES = 65536
+#: Scan the memmap in a forked child while the roots are walked (when the
+#: dump file can be read directly; see :func:`audit`).
+FORK_SCAN = True
 
 
 # -- kernel era, by feature -------------------------------------------------------
@@ -698,7 +701,7 @@ def classify_walk(kernel: Kernel, w: Walk, classifier: Optional[Classifier] = No
     span = np.empty(0, np.uint64)
     if n:
         shifts = np.zeros(8, dtype=np.uint64)
-        for lv in np.unique(level).tolist():
+        for lv in unique(level).tolist():
             shifts[lv + 1] = r.shift(lv)
         span = cols[3].astype(np.uint64) << shifts[level.astype(np.int64) + 1]
     # parents per table
@@ -1268,6 +1271,11 @@ class Audit:
         }
 
 
+def _timed(fn, *args) -> tuple:
+    t0 = time.perf_counter()
+    return (*fn(*args), time.perf_counter() - t0)
+
+
 def scan_typed(kernel: Kernel, classifier: Optional[Classifier] = None) -> Tuple[np.ndarray, np.ndarray, int, int]:
     """Every page of the memmap typed as a page table: (PFNs, their facts,
     pages scanned, pages whose struct page could not be read)."""
@@ -1276,8 +1284,7 @@ def scan_typed(kernel: Kernel, classifier: Optional[Classifier] = None) -> Tuple
         raise MMInspectError(f"{kernel.target.name}: no memory sections: cannot scan the memmap")
     facts = []
     scanned = bad = 0
-    for chunk, pages, unreadable in c.pages.scan(c.memory.pfn_ranges(c.shift), chunk_pages=SCAN_PAGES,
-                                                 want="table"):
+    for chunk, pages, unreadable in c.pages.scan(c.memory.pfn_ranges(c.shift), want="table"):
         scanned += pages
         bad += unreadable
         if len(chunk):
@@ -1308,7 +1315,13 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
         counter, cev = None, str(e)
     gval = global_node_stat(kernel, "NR_PAGETABLE")
     t1 = time.perf_counter()
-    typed, typed_facts, scanned, bad = scan_typed(kernel, c)
+    # The memmap scan reads the dump file outside the GIL: with the file at
+    # hand it runs in a child process while this one walks the roots.
+    scan = in_child(lambda: (*_timed(scan_typed, kernel, c), peak_rss_kib())) \
+        if FORK_SCAN and getattr(kernel.target, "core_file", None) is not None else None
+    child_peak = 0
+    if scan is None:
+        typed, typed_facts, scanned, bad, scan_seconds = _timed(scan_typed, kernel, c)
     t2 = time.perf_counter()
     # the roots
     errors: Dict[str, str] = {}
@@ -1323,6 +1336,12 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
         except MMInspectError as e:
             errors[root.name] = str(e)
     t3 = time.perf_counter()
+    if scan is not None:
+        try:
+            typed, typed_facts, scanned, bad, scan_seconds, child_peak = scan()
+        except RuntimeError:  # the child failed: scan here, as without a file
+            typed, typed_facts, scanned, bad, scan_seconds = _timed(scan_typed, kernel, c)
+    t_scan = time.perf_counter()
     reach_pfns = []
     objs, owners = [], []
     untyped: Counter = Counter()
@@ -1332,7 +1351,7 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
     r = kernel.regime
     for k, cl in enumerate(classes):
         reach_pfns.append(cl.phys >> np.uint64(c.shift))
-        u = np.unique(cl.phys)  # table objects: two sub-page pgds may share a page
+        u = unique(cl.phys)  # table objects: two sub-page pgds may share a page
         objs.append(u)
         owners.append(np.full(len(u), k, dtype=np.int64))
         ok = cl.facts["ok"]
@@ -1352,9 +1371,8 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
             hot[(cl.root.name, lname, MAPS_NAMES[int(cl.maps[i])])] += 1
             if cl.maps[i] == MAPS_MIXED:
                 mixed.append((cl.root.name, int(cl.phys[i]), lname))
-    allreach = np.unique(np.concatenate(reach_pfns)) if reach_pfns else np.empty(0, np.uint64)
-    pos = np.minimum(np.searchsorted(allreach, typed), max(len(allreach) - 1, 0))
-    isin = (allreach[pos] == typed) if len(allreach) else np.zeros(len(typed), dtype=bool)
+    allreach = unique(np.concatenate(reach_pfns)) if reach_pfns else np.empty(0, np.uint64)
+    isin = contains(allreach, typed)
     multi: List[Tuple[int, Tuple[str, ...]]] = []
     if objs:
         o = np.concatenate(objs)
@@ -1393,8 +1411,10 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
         writable_roots=_writable_roots(kernel, classes),
         memcg=memcg,
         page_shift=c.shift,
-        stats={"counter_seconds": t1 - t0, "scan_seconds": t2 - t1, "walk_seconds": t3 - t2,
-               "compare_seconds": t4 - t3, "seconds": t4 - t0},
+        stats={"counter_seconds": t1 - t0, "scan_seconds": scan_seconds, "walk_seconds": t3 - t2,
+               "scan_forked": scan is not None, "scan_wait_seconds": t_scan - t3 + t2 - t1,
+               "scan_child_peak_kib": child_peak,
+               "compare_seconds": t4 - t_scan, "seconds": t4 - t0},
     )
 
 

@@ -16,6 +16,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from mminspect.sortedarrays import contains
 from mminspect.target.base import TargetFault
 
 __all__ = ("EntryStore", "read_entries")
@@ -51,7 +52,7 @@ class EntryStore(Mapping):
     def holds(self, phys: np.ndarray) -> np.ndarray:
         """A mask of the table pages in ``phys`` this store has entries for."""
         dense = np.sort(np.fromiter(self.dense, dtype=np.uint64, count=len(self.dense)))
-        return _in_sorted(self.uphys, phys) | _in_sorted(dense, phys)
+        return contains(self.uphys, phys) | contains(dense, phys)
 
     def _uniform(self, phys: int) -> int:
         k = int(np.searchsorted(self.uphys, np.uint64(phys)))
@@ -155,13 +156,6 @@ def read_entries(target, phys: np.ndarray, entries: np.ndarray, steps: np.ndarra
     back = np.empty_like(ok)
     back[order] = ok
     return store, back
-
-
-def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
-    if not len(sorted_values):
-        return np.zeros(len(values), dtype=bool)
-    k = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
-    return sorted_values[k] == values
 
 
 def _store(rows, idx, phys, steps, dense, uni) -> None:

@@ -18,6 +18,7 @@ ELF64 little-endian core.
 """
 
 import bisect
+import mmap
 import os
 import struct
 from typing import List, Optional, Tuple
@@ -90,6 +91,25 @@ class CoreFile:
             if stored < n:
                 np.frombuffer(view[pos + stored : pos + n], dtype=np.uint8)[:] = 0
             pos += n
+
+    def mapped(self, address: int, size: int) -> Optional[mmap.mmap]:
+        """The physical memory at ``address`` mapped from the file (read
+        only; the first ``address % PAGE`` bytes of the map precede it), or
+        None unless one segment stores all of it. A scan that looks at one
+        word per struct page reads it there without copying 16 GiB through
+        a buffer first; the caller closes the map when done."""
+        k = bisect.bisect_right(self._starts, address) - 1
+        if k < 0:
+            return None
+        start, _, file_end, offset = self._segments[k]
+        if address + size > file_end:
+            return None
+        pos = offset + address - start
+        lead = pos % mmap.ALLOCATIONGRANULARITY
+        try:
+            return mmap.mmap(self._file.fileno(), size + lead, prot=mmap.PROT_READ, offset=pos - lead)
+        except (OSError, ValueError):
+            return None
 
     def _pread(self, view: memoryview, offset: int, address: int, size: int) -> None:
         done = 0

@@ -128,24 +128,33 @@ def server(tmp_path_factory):
 
 
 class CountingCore:
-    """A core file that counts its reads."""
+    """A core file that counts its reads and maps (``maps=False``: it maps
+    nothing, so every chunk is read into a buffer)."""
 
-    def __init__(self, core):
+    def __init__(self, core, maps: bool = True):
         self.core = core
-        self.reads = 0
+        self.maps = maps
+        self.reads = self.mapped_chunks = 0
 
     def readinto(self, pa, buffer):
         self.reads += 1
         self.core.readinto(pa, buffer)
 
+    def mapped(self, pa, size):
+        m = self.core.mapped(pa, size) if self.maps else None
+        self.mapped_chunks += m is not None
+        return m
 
-def test_scan_equal_with_and_without_the_core_file(server):
+
+@pytest.mark.parametrize("maps", [True, False])
+def test_scan_equal_with_and_without_the_core_file(server, maps):
     path, typed, lost = server
     k = mminspect.open(core=str(path))
-    counting = CountingCore(k.target.core_file)
+    counting = CountingCore(k.target.core_file, maps)
     k.target.core_file = counting
     fast = scan_typed(k)
-    assert counting.reads > 0
+    assert (counting.mapped_chunks if maps else counting.reads) > 0
+    assert maps or not counting.mapped_chunks
     k2 = mminspect.open(core=str(path))
     k2.target.core_file = None
     slow = scan_typed(k2)
@@ -183,3 +192,20 @@ def test_a_recording_target_sees_every_read_of_a_scan(server):
     memmap = {pa + off for _, n, pa in sp._pieces(int(sp.page_va(np.array([first]))[0]), 4096 * 64)
               for off in range(0, n, 4096)}
     assert len(memmap) == 64 and memmap <= rec.pages
+
+
+def test_audit_forked_scan_equals_the_scan_in_process(server, monkeypatch):
+    import mminspect.classify as classify
+
+    path, typed, _ = server
+    got = {}
+    for fork in (True, False):
+        monkeypatch.setattr(classify, "FORK_SCAN", fork)
+        a = classify.audit(mminspect.open(core=str(path)))
+        assert a.stats["scan_forked"] is fork
+        got[fork] = a
+    a, b = got[True], got[False]
+    assert a.typed.tolist() == b.typed.tolist() == typed.tolist()
+    assert a.reachable_typed.tolist() == b.reachable_typed.tolist()
+    assert a.unreachable_typed.tolist() == b.unreachable_typed.tolist() and len(a.unreachable_typed)
+    assert (a.scanned_pages, a.unreadable_pages) == (b.scanned_pages, b.unreadable_pages)
