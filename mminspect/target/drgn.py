@@ -3,9 +3,10 @@ drgn targets
 ------------
 
 A :class:`DrgnTarget` wraps a :class:`drgn.Program`: a vmcore (kdump-compressed,
-ELF, or a QEMU ``dump-guest-memory`` file), the running kernel through
-/proc/kcore, a live QEMU guest through QMP, or a Program a drgn user already
-holds. Opening checks what can be checked up front (the file exists, drgn
+ELF, or a QEMU ``dump-guest-memory`` file in any format:
+:mod:`mminspect.target.kdump` reads the kdump files drgn cannot), the running
+kernel through /proc/kcore, a live QEMU guest through QMP, or a Program a drgn
+user already holds. Opening checks what can be checked up front (the file exists, drgn
 recognises it, it is an arm64 Linux kernel with VMCOREINFO) so that users get
 one clear line instead of a traceback.
 """
@@ -20,6 +21,7 @@ from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
 from mminspect.target.corefile import CoreFile
 from mminspect.target.elf import check_core_file
+from mminspect.target.kdump import KdumpFile, own_reader_needed
 
 __all__ = ("DrgnTarget",)
 
@@ -60,23 +62,21 @@ class DrgnTarget:
 
         :raises MMInspectError: with a one-line reason
         """
-        prog = drgn.Program()
         if core is not None:
             check_core_file(core)
-            try:
-                prog.set_core_dump(core)
-            except Exception as e:  # drgn raises several types for files it cannot use
-                raise MMInspectError(f"{core}: not a vmcore drgn can open ({_one_line(e)})") from None
+            prog = _core_program(core)
             name = f"vmcore {core}"
         elif qemu is not None:
             if not os.path.exists(qemu):
                 raise MMInspectError(f"{qemu}: no such QMP socket")
+            prog = drgn.Program()
             try:
                 prog.set_qemu_qmp(qemu)
             except Exception as e:
                 raise MMInspectError(f"{qemu}: cannot attach to QEMU ({_one_line(e)})") from None
             name = f"QEMU guest {qemu}"
         elif kernel:
+            prog = drgn.Program()
             try:
                 prog.set_kernel()
             except Exception as e:
@@ -186,6 +186,22 @@ class DrgnTarget:
             return self.prog[name]
         except (KeyError, LookupError):
             return None
+
+
+def _core_program(core: str) -> drgn.Program:
+    """A Program on a vmcore file: drgn's own reading, except for the
+    kdump-compressed files libkdumpfile would misread (QEMU's), which
+    :class:`~mminspect.target.kdump.KdumpFile` reads."""
+    if KdumpFile.kind(core):
+        kd = KdumpFile(core)  # one line on a truncated file, whichever reader follows
+        if own_reader_needed(kd):
+            return kd.program()
+    prog = drgn.Program()
+    try:
+        prog.set_core_dump(core)
+    except Exception as e:  # drgn raises several types for files it cannot use
+        raise MMInspectError(f"{core}: not a vmcore drgn can open ({_one_line(e)})") from None
+    return prog
 
 
 def _one_line(e: BaseException) -> str:
