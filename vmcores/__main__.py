@@ -16,7 +16,7 @@ def _cmd_make(args) -> int:
     failed = made = 0
     for kid in ids:
         try:
-            dumps = make(kid, args.scenario or None, cpu=args.cpu, force=args.force)
+            dumps = make(kid, args.scenario or None, cpu=args.cpu, force=args.force, kdump=not args.no_kdump)
             made += 1
             for d in dumps:
                 print(d.dir)
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable; default: all")
     m.add_argument("--cpu", help="QEMU -cpu (default: the kernel's, e.g. cortex-a57)")
     m.add_argument("--force", action="store_true", help="remake dumps that are cached")
+    m.add_argument("--no-kdump", action="store_true",
+                   help="ELF only: skip the kdump-compressed copies (vmcore.kdump-zlib) of each pause")
     m.set_defaults(fn=_cmd_make)
     l = sub.add_parser("list", help="what is cached, with sizes")
     l.set_defaults(fn=_cmd_list)
