@@ -599,7 +599,7 @@ class Classification:
         lock = self.locks.get(i)
         held = L["ptlock"][i] == P_HELD
         owner = None
-        if held and lock is not None and c.features.debug_spinlock:
+        if held and lock is not None and (c.features.debug_spinlock or c.layout.rt_spinlock):
             owner = _owner_text(c, lock)
         blocks = c.memory.blocks if c.memory else []
         b = L["block"][i]
@@ -949,12 +949,13 @@ def _ptlocks(c: Classifier, kind: str, level: np.ndarray, facts: np.ndarray, ok:
                 live &= (objs["cache"] == np.uint64(c.ptl.ptl_cache)) | (objs["cache"] == 0)
             if F.debug_spinlock:
                 live &= objs["magic"] == np.uint32(SPINLOCK_MAGIC)
-                # An unlocked DEBUG_SPINLOCK always has owner_cpu -1 and owner -1:
-                # anything else on an unlocked lock is a free pointer over a freed object.
-                intact = (objs["val"] != 0) | ((objs["owner_cpu"] == np.uint32(0xFFFFFFFF))
-                                               & (objs["owner"] == np.uint64(SPINLOCK_OWNER_INIT)))
-                live &= intact
-            held = objs["val"] != 0
+                if not c.layout.rt_spinlock:
+                    # An unlocked DEBUG_SPINLOCK always has owner_cpu -1 and owner -1:
+                    # anything else on an unlocked lock is a free pointer over a freed object.
+                    intact = (objs["val"] != 0) | ((objs["owner_cpu"] == np.uint32(0xFFFFFFFF))
+                                                   & (objs["owner"] == np.uint64(SPINLOCK_OWNER_INIT)))
+                    live &= intact
+            held = objs["held"]
             st = np.where(live, np.where(held, P_HELD, P_INIT), P_DANGLING).astype(np.int8)
             # A lock where none belongs: on a page without the table type (a
             # table no more, or never ctor'd), or where the era/level has none.
@@ -1033,7 +1034,8 @@ def _evidence(cls: Classification, i: int, image_symbol: Optional[str], lock) ->
         if not lock["slab"]:
             out.append("pointer not into a slab page")
         if p == P_HELD:
-            out.append(f"lock word {int(lock['val']):#x}")
+            out.append(f"rt_mutex owner {int(lock['owner']):#x}" if c.layout.rt_spinlock
+                       else f"lock word {int(lock['val']):#x}")
     elif p == P_HELD:
         out.append(f"lock word {word & 0xFFFFFFFF:#x}")
     if int(cls.parents[i]) > 1:
@@ -1328,7 +1330,10 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
     if roots is None:
         roots = resolve_roots(kernel, "all")
         if not any(r.name == "efi_mm" for r in roots):
-            errors["efi_mm"] = "not walked (needs debug info, or no efi_mm)"
+            try:
+                kernel.root("efi_mm")
+            except MMInspectError as e:  # why it is missing: no DWARF, or no EFI runtime
+                errors["efi_mm"] = str(e)
     classes: List[Classification] = []
     for root in roots:
         try:

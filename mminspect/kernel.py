@@ -324,7 +324,12 @@ class Kernel:
             raise MMInspectError(
                 f"{self.target.name}: walking {name} needs the kernel's debug info (-s VMLINUX)"
             )
-        return self._read_pointer(addr + off, f"{name}.pgd")
+        # efi_virtmap_init() sets efi_mm.pgd only when the runtime services
+        # are mapped: not without UEFI, with efi=noruntime, nor by default on
+        # PREEMPT_RT ("EFI runtime services will be disabled.").
+        why = ("EFI runtime services were not mapped: no UEFI, efi=noruntime, or PREEMPT_RT's default"
+               if name == "efi_mm" else "not set up on this kernel")
+        return self._read_pointer(addr + off, f"{name}.pgd", why)
 
     def _mm_pgd_of_pid(self, pid: int) -> int:
         prog = getattr(self.target, "prog", None)
@@ -342,13 +347,13 @@ class Kernel:
             raise MMInspectError(f"pid {pid} ({task.comm.string_().decode()}) is a kernel thread: no mm")
         return task.mm.pgd.value_()
 
-    def _read_pointer(self, addr: int, what: str) -> int:
+    def _read_pointer(self, addr: int, what: str, why: str) -> int:
         try:
             value = int.from_bytes(self.target.read_virt(addr, 8), "little")
         except TargetFault as e:
             raise MMInspectError(f"cannot read {what}: {e}") from None
         if value == 0:
-            raise MMInspectError(f"{what} is NULL (not set up on this kernel)")
+            raise MMInspectError(f"{what} is NULL ({why})")
         return value
 
     # -- ptdump ------------------------------------------------------------

@@ -274,6 +274,8 @@ class PageLayout:
     off_magic: Optional[int] = None
     off_owner_cpu: Optional[int] = None
     off_owner: Optional[int] = None
+    #: PREEMPT_RT: spinlock_t is an rt_mutex_base, held when ``lock.owner`` is set.
+    off_rt_owner: Optional[int] = None
     evidence: Dict[str, str] = field(default_factory=dict)
 
     @property
@@ -283,6 +285,10 @@ class PageLayout:
     @property
     def debug_spinlock(self) -> bool:
         return self.off_magic is not None
+
+    @property
+    def rt_spinlock(self) -> bool:
+        return self.off_rt_owner is not None
 
     @classmethod
     def detect(cls, target: Target, info: Optional[Dict[str, str]] = None) -> "PageLayout":
@@ -371,6 +377,13 @@ class PageLayout:
             f"DWARF: raw_spinlock has magic at +{lay.off_magic}, owner_cpu at +{lay.off_owner_cpu}, "
             f"owner at +{lay.off_owner} (DEBUG_SPINLOCK)" if lay.off_magic is not None
             else "raw_spinlock has no magic: no DEBUG_SPINLOCK")
+        # PREEMPT_RT (include/linux/spinlock_types.h): spinlock_t wraps a
+        # sleeping rt_mutex_base; its first word is the rt_mutex's wait_lock,
+        # and the lock is held when rt_mutex_base.owner is set.
+        lay.off_rt_owner = target.offsetof("spinlock_t", "lock.owner")
+        if lay.off_rt_owner is not None:
+            ev["rt_spinlock"] = (f"DWARF: spinlock_t is an rt_mutex_base (PREEMPT_RT): held when the owner "
+                                 f"at +{lay.off_rt_owner} is set")
         return lay
 
     # -- decoding -------------------------------------------------------------
@@ -429,6 +442,7 @@ class PageLayout:
             "table_value": self.scheme.table_value(),
             "ptl": "pointer (ALLOC_SPLIT_PTLOCKS)" if self.ptl_alloc else "inline",
             "debug_spinlock": self.debug_spinlock,
+            "rt_spinlock": self.rt_spinlock,
             "evidence": dict(self.evidence),
         }
 
@@ -705,7 +719,8 @@ LOCK_DTYPE = np.dtype(
     [
         ("ptr", np.uint64),
         ("ok", np.bool_),  # the object could be read
-        ("val", np.uint32),  # qspinlock val: 0 unlocked
+        ("val", np.uint32),  # the first word: qspinlock val (0 unlocked), or the rt_mutex's wait_lock
+        ("held", np.bool_),  # qspinlock val != 0, or (PREEMPT_RT) an rt_mutex owner
         ("magic", np.uint32),
         ("owner_cpu", np.uint32),
         ("owner", np.uint64),
@@ -771,6 +786,14 @@ class PtlObjects:
                 out["owner_cpu"][i] = int.from_bytes(obj[L.off_owner_cpu : L.off_owner_cpu + 4], "little")
             if L.off_owner is not None and L.off_owner + 8 <= size:
                 out["owner"][i] = int.from_bytes(obj[L.off_owner : L.off_owner + 8], "little")
+            if L.off_rt_owner is not None and L.off_rt_owner + 8 <= size:
+                # bit 0 of rt_mutex_base.owner is RT_MUTEX_HAS_WAITERS
+                owner = int.from_bytes(obj[L.off_rt_owner : L.off_rt_owner + 8], "little")
+                out["owner"][i] = owner & ~1
+                out["owner_cpu"][i] = 0xFFFFFFFF  # a sleeping lock's owner is a task, not a CPU
+                out["held"][i] = owner != 0
+            else:
+                out["held"][i] = out["val"][i] != 0
         # The slab pages of the objects (head pages of compound slabs).
         if len(idx):
             pfns = pa[idx] >> np.uint64(k.regime.page_shift)

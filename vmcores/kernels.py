@@ -91,6 +91,14 @@ _SPECS: list[KernelSpec] = [
         flavour="arm64",
     ),
     KernelSpec(
+        "debian-6.1-rt-arm64",
+        "debian",
+        "Debian 12 bookworm linux-image-6.1.0-NN-rt-arm64, PREEMPT_RT (4K pages, 48-bit VA, "
+        "4 levels; spinlock_t is an rt_mutex, so page->ptl points to a kmem_cache object; no "
+        "CONFIG_ACPI_HOTPLUG_MEMORY, so boot scenario only)",
+        flavour="rt-arm64",
+    ),
+    KernelSpec(
         "debian-sid-cloud-arm64",
         "debian",
         "Debian sid linux-binary-*-cloud-arm64, the newest kernel (4K pages, 52-bit VA with LPA2: "

@@ -79,3 +79,16 @@ def real_dump(request) -> vmcores.Dump:
 def real_prog(real_dump):
     """(Dump, drgn.Program on it with its vmlinux loaded)."""
     return real_dump, get_program(real_dump.kernel_id, real_dump.scenario)
+
+
+def efi_runtime(dump) -> bool:
+    """The guest mapped its EFI runtime services (so efi_mm exists): booted
+    by UEFI and not "EFI runtime services will be disabled." (PREEMPT_RT's
+    default, efi=noruntime), as its own dmesg says."""
+    dmesg = (dump.dir / "truth" / "dmesg").read_text(errors="replace")
+    return "efi: EFI v" in dmesg and "EFI runtime services will be disabled" not in dmesg
+
+
+def require_efi_mm(dump) -> None:
+    if not efi_runtime(dump):
+        pytest.skip(f"{dump.kernel_id}: the guest reports no EFI runtime services, so no efi_mm")

@@ -14,6 +14,7 @@ import re
 import time
 
 import pytest
+import drgn
 from drgn import sizeof
 from drgn.helpers.linux.slab import slab_object_info
 
@@ -21,6 +22,7 @@ from mminspect.classify import audit, classifier_for, classify_roots, resolve_ro
 from mminspect.kernel import Kernel
 from mminspect.target.drgn import DrgnTarget
 from mminspect.walk import walk
+from tests.real.conftest import efi_runtime, require_efi_mm
 
 _STATE: dict = {}
 
@@ -178,6 +180,7 @@ def test_61_efi_mm_tables(real_prog):
     for PMD, no ctor for PUD; pgd_alloc() no ctor (mm/memory.c, arm64 mmu.c)."""
     dump, prog = real_prog
     _require_61(dump)
+    require_efi_mm(dump)
     efi = _classes(real_prog)["efi_mm"]
     by = {}
     for t in efi:
@@ -307,20 +310,29 @@ def _require_alloc_ptl(prog):
 
 
 def test_debug_kernel_allocated_ptlocks(real_prog):
-    """ALLOC_SPLIT_PTLOCKS (sizeof(spinlock_t) > sizeof(long)): the PTE/PMD ctor's
-    ptlock_alloc() puts a spinlock from page_ptl_cachep in page->ptl, and
-    spin_lock_init() gives it SPINLOCK_MAGIC 0xdead4ead."""
+    """ALLOC_SPLIT_PTLOCKS (sizeof(spinlock_t) > sizeof(long): lock debugging, or
+    PREEMPT_RT's rt_mutex-based spinlock_t): the PTE/PMD ctor's ptlock_alloc()
+    puts a spinlock from page_ptl_cachep in page->ptl, and spin_lock_init()
+    gives a DEBUG_SPINLOCK one SPINLOCK_MAGIC 0xdead4ead. Checked on efi_mm, or
+    on the tasks' mms where the guest has no EFI runtime (PREEMPT_RT)."""
     dump, prog = real_prog
     _require_alloc_ptl(prog)
     cache = prog["page_ptl_cachep"]
-    efi = _classes(real_prog)["efi_mm"]
+    classes = _classes(real_prog)
+    efi = classes["efi_mm"] if efi_runtime(dump) else \
+        [t for name, cl in classes.items() if name.startswith("pid") for t in cl]
     locked_levels = [t for t in efi if t.level_name in ("PTE", "PMD")]
     assert locked_levels
+    debug = "magic" in {m.name for m in prog.type("raw_spinlock_t").type.members}
     for t in locked_levels:
         assert t.ptlock == "initialised", t
         info = slab_object_info(prog, t.ptl_pointer)
         assert info is not None and info.allocated and info.slab_cache == cache
-        assert prog.read_u32(t.ptl_pointer + 4) == 0xDEAD4EAD
+        if debug:
+            assert prog.read_u32(t.ptl_pointer + 4) == 0xDEAD4EAD
+        else:  # PREEMPT_RT: an unheld rt_mutex has no owner
+            lock = drgn.Object(prog, "spinlock_t", address=t.ptl_pointer)
+            assert lock.lock.owner.value_() == 0
     for t in efi:
         if t.level_name in ("PUD", "PGD"):
             assert t.ptlock == "n/a" and t.ptl_pointer == 0
@@ -349,6 +361,7 @@ def test_slab_pgd_when_smaller_than_a_page(real_prog):
     (LPA2 5 levels: 16 entries, 128 bytes). Checked against drgn's own slab
     lookup of efi_mm.pgd."""
     dump, prog = real_prog
+    require_efi_mm(dump)
     pgd = prog["efi_mm"].pgd.value_()
     info = slab_object_info(prog, pgd)
     efi = _classes(real_prog)["efi_mm"]
@@ -387,11 +400,12 @@ def test_cli_classify_and_audit_json(real_prog):
     from mminspect.cli import main
 
     args = ["-c", str(dump.vmcore), "-s", str(dump.vmlinux)]
-    r = CliRunner().invoke(main, ["classify", *args, "--mm", "efi_mm", "--summary", "--format", "json"])
+    mm = "efi_mm" if efi_runtime(dump) else "init_mm"
+    r = CliRunner().invoke(main, ["classify", *args, "--mm", mm, "--summary", "--format", "json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["schema"] == "mminspect.classify/1"
-    assert sum(x["count"] for x in d["summary"]) == len(list(_classes(real_prog)["efi_mm"]))
+    assert sum(x["count"] for x in d["summary"]) == len(list(_classes(real_prog)[mm]))
     r = CliRunner().invoke(main, ["audit", *args, "--format", "json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)

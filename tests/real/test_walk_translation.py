@@ -13,7 +13,9 @@ import pytest
 from drgn.helpers.linux.mm import follow_phys
 
 import mminspect
+from mminspect.errors import MMInspectError
 from mminspect.walk import CLS_LEAF
+from tests.real.conftest import efi_runtime, require_efi_mm
 
 SAMPLES = 10_000
 
@@ -38,6 +40,8 @@ def _samples(w, rng):
 @pytest.mark.parametrize("mm", ["init_mm", "efi_mm"])
 def test_translation_matches_drgn(real_prog, mm):
     dump, prog = real_prog
+    if mm == "efi_mm":
+        require_efi_mm(dump)
     k = mminspect.open(prog=prog)
     w = mminspect.walk(k, mm)
     mm_obj = prog[mm]
@@ -56,3 +60,18 @@ def test_translation_matches_drgn(real_prog, mm):
     # Both mapped and unmapped addresses were exercised.
     assert 0 < mapped < len(vas)
     assert not w.problems
+
+
+def test_efi_mm_exists_exactly_when_the_guest_mapped_efi_runtime(real_prog):
+    """efi_mm.pgd is set by efi_virtmap_init() only when the runtime services
+    are mapped; a PREEMPT_RT guest says "EFI runtime services will be
+    disabled." and has none. mminspect must agree with the guest, and say why."""
+    dump, prog = real_prog
+    k = mminspect.open(prog=prog)
+    if efi_runtime(dump):
+        assert prog["efi_mm"].pgd.value_() != 0
+        assert mminspect.walk(k, "efi_mm").table_count > 1
+    else:
+        assert prog["efi_mm"].pgd.value_() == 0
+        with pytest.raises(MMInspectError, match="EFI runtime services were not mapped"):
+            k.root("efi_mm")

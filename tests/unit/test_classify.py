@@ -438,6 +438,37 @@ def test_allocated_ptlocks_each_state():
     assert pte.ptlock == "missing" and any(f.kind == "ptlock missing" for f in cls.findings)
 
 
+#: PREEMPT_RT: spinlock_t wraps an rt_mutex_base {wait_lock, waiters, owner}.
+RT_SPINLOCK = {"sizes": {"spinlock_t": 32}, "offsets": {("spinlock_t", "lock.owner"): 24}}
+
+
+def test_preempt_rt_ptlocks_are_held_by_their_rt_mutex_owner():
+    """A PREEMPT_RT ptl is held when rt_mutex_base.owner is set (bit 0 is
+    RT_MUTEX_HAS_WAITERS), whatever its first word (the wait_lock) says."""
+    syn = _alloc_ptl_kernel()
+    offsets = syn.target.dwarf["offsets"]
+    for key in DEBUG_SPINLOCK["offsets"]:
+        offsets.pop(key)
+    offsets.update(RT_SPINLOCK["offsets"])
+    syn.target.dwarf["sizes"].update(RT_SPINLOCK["sizes"])
+    efi = {t.level: t.pa for t in syn.tables("efi")}
+
+    def rt_lock(slot, owner=0, wait_lock=0):
+        pa = syn.slab_pa + 32 * slot
+        syn.b.write_phys(pa, wait_lock.to_bytes(4, "little") + b"\0" * 20 + owner.to_bytes(8, "little"))
+        return syn.built.phys_to_virt(pa)
+
+    syn.set_page(efi[3], ptl=rt_lock(1, owner=syn.task | 1))  # held, with waiters
+    syn.set_page(efi[2], ptl=rt_lock(2, wait_lock=1))  # wait_lock taken, but no owner
+    cls, c = syn.classify("efi_mm")
+    assert c.features.alloc_split and not c.features.debug_spinlock and c.layout.rt_spinlock
+    got = {t.level_name: t for t in cls}
+    assert got["PTE"].ptlock == "held" and got["PTE"].ptl_owner == "cpu ?, task sh[42]"
+    assert f"rt_mutex owner {syn.task:#x}" in got["PTE"].evidence
+    assert got["PMD"].ptlock == "initialised"
+    assert any(f.kind == "ptlock held" for f in cls.findings)
+
+
 def test_allocated_ptlock_stale_on_untyped_table_and_vmalloc_pmd():
     syn = _alloc_ptl_kernel()
     hot = _hot_linear_ptes(syn)
