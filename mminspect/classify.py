@@ -829,7 +829,10 @@ def _expected(c: Classifier, kind: str, root: Root, level: np.ndarray, region: n
     p4d = (level == 0) & ~is_root
     ctor_if = lambda cond: B_CTOR if cond else B_NOCTOR  # noqa: E731
     if kind in (K_EFI, K_USER):
-        if _pgd_bytes(c.kernel) < r.page_size:
+        # pgd_alloc(): a kmem_cache object when PGD_SIZE < PAGE_SIZE, but a
+        # whole page when the top level is folded at run time
+        # (pgdir_is_page_size(): !pgtable_l5_enabled() / !pgtable_l4_enabled()).
+        if _pgd_bytes(c.kernel) < r.page_size and not r.folded:
             exp[is_root] = B_SLAB
         else:
             exp[is_root] = ctor_if(F.pgd_ctor)
@@ -1115,22 +1118,36 @@ def tramp_root(kernel: Kernel) -> Optional[Root]:
 
 
 def task_roots(kernel: Kernel) -> List[Root]:
-    """One root per distinct task mm (needs a drgn Program with debug info)."""
+    """One root per distinct mm in use (needs a drgn Program with debug info):
+    every task's mm, then the mms borrowed lazily as ``active_mm`` by kernel
+    threads and each CPU's idle task. A lazy mm outlives its process (its
+    mm_count holds it, mm_users is 0), and from v6.14 a page-sized pgd
+    carries the table type, so without it the audit would call that pgd a
+    leak."""
     prog = getattr(kernel.target, "prog", None)
     if prog is None or not kernel.target.has_debug_info:
         return []
+    from drgn.helpers.linux.cpumask import for_each_possible_cpu
     from drgn.helpers.linux.pid import for_each_task
+    from drgn.helpers.linux.sched import idle_task
 
-    seen = set()
+    seen = {prog["init_mm"].address_}  # the kernel root, walked as init_mm
     out = []
+
+    def add(mm, name: str) -> None:
+        if mm.value_() and mm.value_() not in seen:
+            seen.add(mm.value_())
+            out.append(kernel.user_root(name, kernel.virt_to_phys(mm.pgd.value_())))
+
+    lazy = []
     try:
         for task in for_each_task(prog):
-            mm = task.mm.value_()
-            if not mm or mm in seen:
-                continue
-            seen.add(mm)
-            pgd = task.mm.pgd.value_()
-            out.append(kernel.user_root(f"pid {task.pid.value_()}", kernel.virt_to_phys(pgd)))
+            add(task.mm, f"pid {task.pid.value_()}")
+            if not task.mm:
+                lazy.append((task.active_mm, f"lazy mm ({task.comm.string_().decode()}[{task.pid.value_()}])"))
+        lazy += [(idle_task(prog, cpu).active_mm, f"lazy mm (cpu {cpu} idle)") for cpu in for_each_possible_cpu(prog)]
+        for mm, name in lazy:
+            add(mm, name)
     except Exception:  # a damaged task list: the roots found so far
         pass
     return out

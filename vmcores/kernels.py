@@ -109,6 +109,16 @@ _SPECS: list[KernelSpec] = [
         series="",
     ),
     KernelSpec(
+        "debian-sid-cloud-arm64-a57",
+        "debian",
+        "Debian sid linux-binary-*-cloud-arm64 on a CPU without LPA2 (cortex-a57): the 52-bit "
+        "build runs with 48-bit VAs, its top level folded at run time (4 levels of a 5-level "
+        "build; TCR_EL1.T1SZ says so); ACPI memory hotplug built in",
+        flavour="cloud-arm64",
+        layout="sid",
+        series="",
+    ),
+    KernelSpec(
         "debian-sid-arm64",
         "debian",
         "Debian sid linux-binary-*-arm64, the newest generic flavour (4K pages, 52-bit VA with "

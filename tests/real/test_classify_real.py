@@ -447,3 +447,23 @@ def test_hot_added_vmemmap_tables_are_buddy_without_ctor(real_prog):
     for t in got.values():
         assert t.origin == "buddy-no-ctor" and t.typed is False and not t.reserved, t
         assert "lru LIST_POISON (left the buddy lists)" in t.evidence
+
+
+def test_lazily_borrowed_mms_are_walked(real_prog):
+    """A kernel thread or an idle task runs on the mm of the task before it
+    (active_mm, lazy TLB), which keeps that mm, and its pgd, alive after the
+    task exits. From v6.14 a page-sized pgd is typed (pagetable_pgd_ctor), so
+    the audit must walk these mms or call their pgds leaks. Checked against
+    drgn's own view of every idle task and kernel thread."""
+    from drgn.helpers.linux.cpumask import for_each_possible_cpu
+    from drgn.helpers.linux.pid import for_each_task
+    from drgn.helpers.linux.sched import idle_task
+
+    dump, prog = real_prog
+    k = _kernel(real_prog)
+    borrowed = [idle_task(prog, cpu).active_mm for cpu in for_each_possible_cpu(prog)]
+    borrowed += [t.active_mm for t in for_each_task(prog) if not t.mm]
+    init = prog["init_mm"].address_
+    want = {k.virt_to_phys(mm.pgd.value_()) for mm in borrowed if mm.value_() and mm.value_() != init}
+    roots = {r.phys for r in resolve_roots(k, "all")}
+    assert want <= roots
