@@ -129,6 +129,17 @@ _SPECS: list[KernelSpec] = [
         series="",
     ),
     KernelSpec(
+        "debian-sid-arm64-16k-a76",
+        "debian",
+        "Debian sid linux-binary-*-arm64-16k on a CPU with 16K pages but no LPA2 (cortex-a76): "
+        "the 52-bit build runs with 47-bit VAs, 3 levels of 4 (top level folded at run time); "
+        "no CONFIG_ACPI_HOTPLUG_MEMORY, so boot scenario only",
+        cpu="cortex-a76",
+        flavour="arm64-16k",
+        layout="sid",
+        series="",
+    ),
+    KernelSpec(
         "debian-sid-arm64-16k",
         "debian",
         "Debian sid linux-binary-*-arm64-16k (16 KiB pages; -cpu max, as cortex-a57 has no 16K "
