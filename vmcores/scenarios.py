@@ -1,11 +1,20 @@
-"""The scenarios: one QEMU run per kernel gives up to three dumps.
+"""The scenarios: one QEMU run per kernel gives up to five dumps.
 
 * ``boot``: right after boot (the agent is up, nothing else runs);
 * ``hotadd``: after hot-adding a 1 GiB pc-dimm (QMP object-add + device_add) and
   waiting until the guest has its memory blocks online (movable, through
   ``memhp_default_state=online_movable``);
 * ``hotremove``: after device_del of that DIMM and waiting until its blocks are
-  gone from the guest.
+  gone from the guest;
+* ``hotadd2``: then, in the same run, two 512 MiB pc-dimms (``dimm0`` at the
+  freed base, ``dimm1`` right above it) hot-added and online: on 4K kernels
+  both lie under one linear-map PMD table and one vmemmap PMD table;
+* ``hotremove1``: device_del of ``dimm1`` only: its tables go, the upper
+  tables it shares with ``dimm0`` stay.
+
+The actions always run in this order up to the last scenario wanted (a
+scenario not wanted is acted out, not captured), so a dump does not depend on
+which others were asked for.
 
 For each: ground truth is recorded inside the guest (``capture-truth``), then the
 guest is paused (QMP stop), dumped as ELF (dump-guest-memory paging=false) and, in
@@ -33,9 +42,13 @@ from .kernels import KernelFiles, cached_kernel, ensure_kernel, get_spec
 from .initramfs import EXACT_VMSTAT
 from .qemu import GiB, Guest
 
-SCENARIOS = ("boot", "hotadd", "hotremove")
-HOTPLUG_SCENARIOS = ("hotadd", "hotremove")
+SCENARIOS = ("boot", "hotadd", "hotremove", "hotadd2", "hotremove1")
+HOTPLUG_SCENARIOS = ("hotadd", "hotremove", "hotadd2", "hotremove1")
 DIMM_SIZE = GiB
+#: hotadd2's two DIMMs (ids, size each) and the one hotremove1 removes.
+TWO_DIMMS = ("dimm0", "dimm1")
+TWO_DIMM_SIZE = GiB // 2
+REMOVED_OF_TWO = "dimm1"
 META_VERSION = 1
 
 
@@ -105,7 +118,7 @@ def supported_scenarios(kf: KernelFiles) -> dict[str, str | None]:
         why = "kernel config lacks CONFIG_ACPI_HOTPLUG_MEMORY=y (the guest cannot see a pc-dimm)"
     elif kf.config_value("MEMORY_HOTREMOVE") != "y":
         why = "kernel config lacks CONFIG_MEMORY_HOTREMOVE=y"
-    return {"boot": None, "hotadd": why, "hotremove": why}
+    return {"boot": None, **{s: why for s in HOTPLUG_SCENARIOS}}
 
 
 @contextmanager
@@ -181,24 +194,33 @@ def _run(kf: KernelFiles, wanted: list[str], *, cpu: str | None, kernel_s: float
     try:
         with Guest(kf, workdir=rundir, cpu=cpu) as g:
             boot_s = g.boot_seconds
-            dimm = None
-            for sc in SCENARIOS:
+            last = max(SCENARIOS.index(s) for s in wanted)
+            for sc in SCENARIOS[:last + 1]:
                 action: dict = {}
                 if sc == "hotadd":
-                    if not any(s in wanted for s in HOTPLUG_SCENARIOS):
-                        break
                     progress(f"hot-adding a {DIMM_SIZE >> 30} GiB pc-dimm")
                     dimm = g.hotadd(DIMM_SIZE)
                     action = {"hotadd": dimm}
                     progress(f"blocks {dimm['blocks'][0]}..{dimm['blocks'][-1]} online after {dimm['seconds']:.1f} s")
                 elif sc == "hotremove":
-                    if "hotremove" not in wanted:
-                        break
                     progress("removing the pc-dimm (device_del)")
                     action = {"hotremove": g.hotremove(dimm["id"])}
                     progress(f"blocks gone after {action['hotremove']['seconds']:.1f} s")
+                elif sc == "hotadd2":
+                    added = []
+                    for ident in TWO_DIMMS:
+                        progress(f"hot-adding a {TWO_DIMM_SIZE >> 20} MiB pc-dimm {ident}")
+                        d = g.hotadd(TWO_DIMM_SIZE, ident)
+                        added.append(d)
+                        progress(f"{ident} at {d['addr']:#x}: blocks {d['blocks'][0]}..{d['blocks'][-1]} "
+                                 f"online after {d['seconds']:.1f} s")
+                    action = {"hotadd2": added}
+                elif sc == "hotremove1":
+                    progress(f"removing pc-dimm {REMOVED_OF_TWO} only (device_del)")
+                    action = {"hotremove1": g.hotremove(REMOVED_OF_TWO)}
+                    progress(f"blocks gone after {action['hotremove1']['seconds']:.1f} s")
                 if sc in wanted:
-                    _capture(g, kf, sc, rundir, {"boot_s": boot_s, "kernel_s": kernel_s, **action}, dimm, kdump)
+                    _capture(g, kf, sc, rundir, {"boot_s": boot_s, "kernel_s": kernel_s, **action}, action, kdump)
             progress(f"{kernel_id}: QEMU run took {time.monotonic() - t_run:.1f} s")
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
@@ -208,13 +230,18 @@ def capture(g: Guest, kf: KernelFiles, label: str, out: Path, *, times: dict | N
             dimm: dict | None = None, removed_dimm: dict | None = None, kdump: bool = False) -> dict:
     """Record the truth in the guest, pause, dump (also in every kdump format
     the QEMU has, if ``kdump``), resume, then fetch the truth: writes
-    ``out/{vmcore,vmcore.kdump-*,truth/,meta.json}`` and returns the meta."""
+    ``out/{vmcore,vmcore.kdump-*,truth/,meta.json}`` and returns the meta.
+    meta's ``memory.dimms`` lists every DIMM plugged at the pause (id, addr,
+    size, blocks), ``dimm`` the one just added (hotadd), ``removed_dimm`` the
+    one just removed."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     g.run(f"capture-truth {label}", timeout=120)
     g.run(f"SC={label}\n{EXACT_VMSTAT}", timeout=60, in_agent=True)
     t1 = time.monotonic()
     dump = g.dump(out / "vmcore", g.kdump_formats() if kdump else ())
+    t2 = time.monotonic()
+    dump["sparse_s"] = _dig_holes(out / "vmcore")
     t2 = time.monotonic()
     truth = out / "truth"
     if truth.exists():
@@ -246,13 +273,15 @@ def capture(g: Guest, kf: KernelFiles, label: str, out: Path, *, times: dict | N
             "system_ram": _iomem_ram((truth / "iomem").read_text()) if (truth / "iomem").exists() else None,
             "block_size": int((truth / "memory" / "block_size_bytes").read_text().strip(), 16),
             "dimm": dimm,
+            "dimms": [dict(d) for d in g.dimms],
             "removed_dimm": removed_dimm,
             **qmp_mem,
         },
         "guest_uptime": (truth / "uptime").read_text().split()[0],
         "times": {**(times or {}), "capture_s": t1 - t0,
                   "dump": {k: v for k, v in dump.items() if k != "sizes"}, "fetch_truth_s": t3 - t2},
-        "sizes": {"vmcore": dump["sizes"]["elf"], "truth": dir_size(truth),
+        "sizes": {"vmcore": dump["sizes"]["elf"], "vmcore_allocated": (out / "vmcore").stat().st_blocks * 512,
+                  "truth": dir_size(truth),
                   **{f"vmcore.{fmt}": n for fmt, n in dump["sizes"].items() if fmt != "elf"}},
         "format": "ELF (QMP dump-guest-memory paging=false)",
         "compressed": {f"vmcore.{fmt}": f"QMP dump-guest-memory paging=false format={fmt}, same pause"
@@ -262,11 +291,26 @@ def capture(g: Guest, kf: KernelFiles, label: str, out: Path, *, times: dict | N
     return meta
 
 
-def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm: dict | None,
+def _dig_holes(path: Path) -> float | None:
+    """Make the ELF vmcore sparse where it is zero (``fallocate --dig-holes``):
+    the same bytes when read, but a 1 GiB guest's dump then takes about a
+    tenth of the disk (most guest memory is zero). Seconds taken, or None
+    when there is no fallocate or the file system cannot punch holes."""
+    exe = shutil.which("fallocate")
+    if not exe:
+        return None
+    import subprocess  # noqa: PLC0415
+
+    t = time.monotonic()
+    r = subprocess.run([exe, "--dig-holes", str(path)], capture_output=True)
+    return time.monotonic() - t if r.returncode == 0 else None
+
+
+def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, action: dict,
              kdump: bool) -> None:
     out = rundir / sc
-    meta = capture(g, kf, sc, out, times=times, dimm=dimm if sc == "hotadd" else None,
-                   removed_dimm=dimm if sc == "hotremove" else None, kdump=kdump)
+    meta = capture(g, kf, sc, out, times=times, dimm=action.get("hotadd"),
+                   removed_dimm=action.get("hotremove") or action.get("hotremove1"), kdump=kdump)
     final = scenario_dir(kf.kernel_id, sc)
     if final.exists():
         shutil.rmtree(final)
@@ -274,8 +318,10 @@ def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, dimm
     dt = meta["times"]["dump"]
     more = "".join(f", {name} {human_size(n)} in {dt[name[7:] + '_s']:.1f} s"
                    for name, n in meta["sizes"].items() if name.startswith("vmcore."))
+    sparse = (f", sparse: {human_size(meta['sizes']['vmcore_allocated'])} on disk"
+              if dt.get("sparse_s") is not None else "")
     progress(f"{kf.kernel_id}/{sc}: vmcore {human_size(meta['sizes']['vmcore'])} dumped in {dt['dump_s']:.1f} s{more} "
-             f"(paused {dt['paused_s']:.1f} s), truth {human_size(meta['sizes']['truth'])} -> {final}")
+             f"(paused {dt['paused_s']:.1f} s), truth {human_size(meta['sizes']['truth'])}{sparse} -> {final}")
 
 
 DEFAULT_MAKE = ("debian-6.1-cloud-arm64",)

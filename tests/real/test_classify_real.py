@@ -83,11 +83,22 @@ def _kallsyms(dump) -> dict:
     return out
 
 
+def _hot_dimms(dump):
+    """The pc-dimms plugged at the pause: hotadd's one, hotadd2's two,
+    hotremove1's remaining one (none on boot and hotremove)."""
+    mem = dump.meta.get("memory") or {}
+    if dump.scenario == "hotadd":
+        return [mem["dimm"]] if mem.get("dimm") else []
+    return list(mem.get("dimms") or [])
+
+
 def _hot_range(dump):
-    dimm = (dump.meta.get("memory") or {}).get("dimm")
-    if dump.scenario != "hotadd" or not dimm:
+    """[start, end) of the hot-plugged memory (the DIMMs are adjacent)."""
+    dimms = sorted(_hot_dimms(dump), key=lambda d: d["addr"])
+    if not dimms:
         return None
-    return dimm["addr"], dimm["addr"] + dimm["size"]
+    assert all(a["addr"] + a["size"] == b["addr"] for a, b in zip(dimms, dimms[1:]))
+    return dimms[0]["addr"], dimms[-1]["addr"] + dimms[-1]["size"]
 
 
 def _hot_linear_tables(real_prog, hot):
@@ -278,7 +289,7 @@ def test_61_hot_added_linear_map_is_buddy_without_ctor(real_prog):
         assert t.maps == "hot-added" and t.zone == "Movable"
         assert "lru LIST_POISON (left the buddy lists)" in t.evidence
     # the blocks the DIMM became, as the guest listed them
-    blocks = set(dump.meta["memory"]["dimm"]["blocks"])
+    blocks = {n for d in _hot_dimms(dump) for n in d["blocks"]}
     assert {t.block for t in ptes} == blocks
 
 

@@ -133,7 +133,13 @@ def test_ram_ranges_in_dump(real_prog):
         for n in dimm["blocks"]:
             assert (dump.truth / "memory" / f"memory{n}" / "state").read_text().strip() == "online"
             assert (dump.truth / "memory" / f"memory{n}" / "valid_zones").read_text().strip() == "Movable"
-    if dump.scenario == "hotremove":
+    for dimm in mem.get("dimms") or ():  # every DIMM still plugged (hotadd2: both; hotremove1: dimm0)
+        assert any(s <= dimm["addr"] and dimm["addr"] + dimm["size"] <= e for s, e in ram), dimm["id"]
+        for n in dimm["blocks"]:
+            assert (dump.truth / "memory" / f"memory{n}" / "state").read_text().strip() == "online"
+    if dump.scenario == "hotadd2":
+        assert [d["id"] for d in mem["dimms"]] == ["dimm0", "dimm1"]
+    if dump.scenario in ("hotremove", "hotremove1"):
         gone = mem["removed_dimm"]
         assert not _readable(prog, gone["addr"])
         assert not _readable(prog, gone["addr"] + gone["size"] - 8)
