@@ -260,10 +260,26 @@ def _parse_options(pairs):
     return out
 
 
+def _block_ids(specs) -> list:
+    """``--block`` values: ``N`` or ``N..M`` (inclusive), decimal."""
+    ids = []
+    for spec in specs:
+        lo, sep, hi = str(spec).partition("..")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise MMInspectError(f"bad --block {spec!r}: expected N or N..M") from None
+        if b < a:
+            raise MMInspectError(f"bad --block {spec!r}: {b} < {a}")
+        ids.extend(range(a, b + 1))
+    return ids
+
+
 @main.command("simulate-remove")
 @target_options
 @click.option("--range", "range_", metavar="START-END", help="physical range to remove (hex; START+SIZE works)")
-@click.option("--block", "blocks", type=int, multiple=True, metavar="N", help="memory block id (repeatable)")
+@click.option("--block", "blocks", multiple=True, metavar="N[..M]",
+              help="memory block id, or ids N..M inclusive (repeatable)")
 @click.option("--dimm", metavar="ID", help="a QEMU pc-dimm's range, asked of the --qemu SOCKET")
 @click.option("--policy", metavar="ERA", help="freeing rules to replay (default: chosen from the dump); see --list-policies")
 @click.option("--policy-option", "policy_options", multiple=True, metavar="KEY=VALUE",
@@ -318,7 +334,7 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
         start, end = parse_range(range_)
         proposal = Proposal(start, end)
     else:
-        proposal = Proposal.from_blocks(blocks, snap.kernel["block_size"])
+        proposal = Proposal.from_blocks(_block_ids(blocks), snap.kernel["block_size"])
     pol = get_policy(policy, snap.era, options) if policy else select_policy(snap.era, options)
     result = simulate(snap, proposal, pol, force=force)
     out = click.get_text_stream("stdout")
