@@ -208,14 +208,23 @@ class _FakeQMP:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(4)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.sock.settimeout(0.1)
+        self.stop = threading.Event()
+        # A thread left running would make mminspect.forked refuse to fork in
+        # later tests: close() stops and joins it (a close() alone does not
+        # wake a thread blocked in accept()).
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self):
-        while True:
+        while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
             except OSError:
                 return
+            conn.settimeout(10)
             with conn, conn.makefile("rw") as f:
                 f.write(json.dumps({"QMP": {"version": {}, "capabilities": []}}) + "\n")
                 f.flush()
@@ -226,7 +235,10 @@ class _FakeQMP:
                     f.flush()
 
     def close(self):
+        self.stop.set()
+        self.thread.join(10)
         self.sock.close()
+        assert not self.thread.is_alive()
 
 
 @pytest.fixture
