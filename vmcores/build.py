@@ -28,6 +28,7 @@ or stale, and building from source only when there is no committed artifact.
 Kernels (KernelFiles.cpu is the QEMU -cpu to boot each with):
 
   debug-6.12-4k   4K pages, VA 48, 4 levels                      cortex-a57
+  debug-6.12-4k-kasan  the same with generic KASAN (inline)     cortex-a57
   debug-6.12-16k  16K pages, VA 48, 4 levels, 2-entry PGD        cortex-a76
                   (cortex-a57 has no 16K granule: the EFI stub refuses)
   debug-6.12-64k  64K pages, VA 52 (FEAT_LVA), PA 52, 3 levels,   max
@@ -131,6 +132,9 @@ SPECS: dict[str, BuildSpec] = {
     for s in (
         # 4 KiB granule, 48-bit VA, 4 levels.
         BuildSpec("debug-6.12-4k", "linux-source-6.12", "cortex-a57"),
+        # The same plus generic KASAN (shadow mapped through the shared
+        # kasan_early_shadow_* tables).
+        BuildSpec("debug-6.12-4k-kasan", "linux-source-6.12", "cortex-a57"),
         # 16 KiB granule, 48-bit VA, 4 levels with a 2-entry PGD.  Cortex-A57
         # has no 16 KiB granule (the EFI stub refuses to boot); A76 has.
         BuildSpec("debug-6.12-16k", "linux-source-6.12", "cortex-a76"),
