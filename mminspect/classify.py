@@ -113,9 +113,10 @@ P_NA, P_INIT, P_INLINE0, P_HELD, P_MISSING, P_STALE, P_DANGLING, P_UNKNOWN = ran
 K_INIT, K_TRAMP, K_EFI, K_USER = "init_mm", "tramp", "efi_mm", "user"
 
 #: TTBR1 regions, in the order of :meth:`Classifier.regions`.
-_REGIONS = ("linear map", "modules", "vmalloc", "vmemmap", "PCI I/O", "fixmap", "kimage")
+_REGIONS = ("linear map", "modules", "vmalloc", "vmemmap", "PCI I/O", "fixmap", "kimage", "other", "KASAN shadow")
 R_LINEAR, R_MODULES, R_VMALLOC, R_VMEMMAP, R_PCI, R_FIXMAP, R_KIMAGE = (1 << i for i in range(7))
 R_OTHER = 1 << 7
+R_KASAN = 1 << 8
 
 SEVERITIES = ("info", "warning", "error", "critical")
 
@@ -439,6 +440,8 @@ class Classifier:
         ]
         if L.fixaddr_start is not None:
             regs.append((R_FIXMAP, L.fixaddr_start, L.fixaddr_top))
+        if L.kasan_shadow is not None:
+            regs.append((R_KASAN, *L.kasan_shadow))
         if self.text_va is not None and self.end_va is not None:
             regs.append((R_KIMAGE, self.text_va, self.end_va))
         return regs
@@ -791,6 +794,10 @@ def classify_walk(kernel: Kernel, w: Walk, classifier: Optional[Classifier] = No
                     block[sel] = sub
 
     expected = _expected(c, kind, root, level, region, maps, is_root)
+    if kernel.kasan is not None and n:
+        # kasan_early_shadow_{p4d,pud,pmd,pte}: bss of the image, whatever maps them
+        early = np.isin(phys, np.array(sorted(kernel.kasan.tables.values()), dtype=np.uint64))
+        expected[early & ~is_root] = B_IMAGE
     ptlock, locks = _ptlocks(c, kind, level, facts, ok)
     out = Classification(
         kernel=kernel, root=root, kind=kind, features=F, phys=phys, level=level, va=va, span=span,
@@ -870,6 +877,18 @@ def _expected(c: Classifier, kind: str, root: Root, level: np.ndarray, region: n
     exp[vm & pmd] |= B_CTOR
     exp[vm & pud] |= ctor_if(F.pud_ctor)
     exp[vm & p4d] |= ctor_if(F.p4d_ctor)
+    # KASAN's shadow: kasan_init() maps the shadow of memory and of the image
+    # with memblock tables (kasan_alloc_zeroed_page(); kasan_populate_early_shadow()
+    # before slab), everything else is vmalloc's page-table allocation
+    # (KASAN_VMALLOC's kasan_populate_vmalloc(), the hot-plug notifier's
+    # __vmalloc_node_range() of a new block's shadow). The shared early
+    # shadow tables themselves are the image's (see classify_walk).
+    kas = rest & ((region & R_KASAN) != 0)
+    exp[kas] |= B_MEMBLOCK
+    exp[kas & pte] |= ctor_if(F.kernel_pte_ctor)
+    exp[kas & pmd] |= B_CTOR
+    exp[kas & pud] |= ctor_if(F.pud_ctor)
+    exp[kas & p4d] |= ctor_if(F.p4d_ctor)
     return exp
 
 
@@ -908,6 +927,8 @@ def _allocator(cls: Classification, i: int, image_symbol: Optional[str]) -> str:
             return "early_pgtable_alloc() (map_kernel)"
         if reg & R_LINEAR:
             return "early_pgtable_alloc() (map_mem)"
+        if reg & R_KASAN:
+            return "kasan_alloc_zeroed_page() (kasan_init) or early_alloc() (kasan_populate_early_shadow)"
         return "memblock"
     if reg & R_LINEAR:
         if o == O_CTOR:

@@ -22,7 +22,7 @@ from mminspect.arch.arm64 import Regime
 from mminspect.errors import MMInspectError
 from mminspect.target.base import Target, TargetFault
 
-__all__ = ("Kernel", "Layout", "Root")
+__all__ = ("Kasan", "Kernel", "Layout", "Root")
 
 _U64 = (1 << 64) - 1
 SZ_8M = 8 << 20
@@ -66,6 +66,27 @@ class Root:
 
 
 @dataclass(frozen=True)
+class Kasan:
+    """A generic or software tag-based KASAN kernel: its shadow region and
+    the shared early shadow tables (mm/kasan/init.c) that map every part of
+    the shadow no real shadow memory backs, all to ``kasan_early_shadow_page``.
+
+    :ivar mode: ``generic`` or ``sw_tags``
+    :ivar scale_shift: KASAN_SHADOW_SCALE_SHIFT (3 generic, 4 software tags)
+    :ivar shadow: ``[KASAN_SHADOW_START, KASAN_SHADOW_END)``
+    :ivar tables: PA of each ``kasan_early_shadow_{p4d,pud,pmd,pte}`` the
+        image has, by name
+    :ivar page: PA of ``kasan_early_shadow_page``
+    """
+
+    mode: str
+    scale_shift: int
+    shadow: Tuple[int, int]
+    tables: Dict[str, int]
+    page: Optional[int]
+
+
+@dataclass(frozen=True)
 class Layout:
     """The kernel VA layout (arch/arm64/include/asm/memory.h), all as u64."""
 
@@ -83,11 +104,15 @@ class Layout:
     fixaddr_top: int
     #: True for the v6.9+ layout (vmemmap ends at -1G, PCI I/O and fixmap above it).
     top_vmemmap: bool
+    #: ``[KASAN_SHADOW_START, KASAN_SHADOW_END)`` on a generic or software
+    #: tag-based KASAN kernel (the linear map then ends at the shadow's start).
+    kasan_shadow: Optional[Tuple[int, int]] = None
 
     def region_of(self, va: int) -> str:
         """Name the region a kernel VA lies in, as the kernel's ptdump markers do."""
         regions = [
             ("linear map", self.page_offset, self.page_end),
+            ("KASAN shadow", *(self.kasan_shadow or (0, 0))),
             ("modules", self.modules_vaddr, self.modules_end),
             ("vmalloc", self.vmalloc_start, self.vmalloc_end),
             ("vmemmap", self.vmemmap_start, self.vmemmap_end),
@@ -136,6 +161,7 @@ class Kernel:
         #: ``memstart_addr``, an s64 that can be negative (arch/arm64/mm/init.c).
         self.phys_offset = _s64(po)
         self.kaslr_offset = int(info.get("KERNELOFFSET", "0"), 16)
+        self.kasan = self._kasan()
         self.layout = self._layout()
         self.struct_page_size = int(info.get("SIZE(page)", 0)) or target.sizeof("struct page") or 64
 
@@ -158,6 +184,33 @@ class Kernel:
         # VMCOREINFO_NUMBER() prints %ld; the arch keys print 0x%lx.
         return int(value, 10) if decimal and not value.lower().startswith("0x") else int(value, 16)
 
+    def _kasan(self) -> Optional[Kasan]:
+        """KASAN's shadow, found by its early shadow tables' symbols (present
+        with KASAN_GENERIC or KASAN_SW_TAGS only: mm/kasan/init.c)."""
+        t = self.target
+        names = ("kasan_early_shadow_p4d", "kasan_early_shadow_pud", "kasan_early_shadow_pmd",
+                 "kasan_early_shadow_pte")
+        tables = {}
+        for name in names:
+            va = t.symbol(name)
+            if va is not None:
+                tables[name] = (va - self.kimage_voffset) & _U64
+        if "kasan_early_shadow_pte" not in tables:
+            return None
+        page = t.symbol("kasan_early_shadow_page")
+        sw_tags = t.symbol("kasan_init_sw_tags") is not None
+        scale = 4 if sw_tags else 3
+        r = self.regime
+        # arch/arm64/include/asm/memory.h: KASAN_SHADOW_END is
+        # (1 << (64 - scale)) + KASAN_SHADOW_OFFSET, and the Kconfig default
+        # offsets (the only ones: the option has no prompt) put it at
+        # _PAGE_END(VA_BITS_MIN); KASAN_SHADOW_START is
+        # _KASAN_SHADOW_START(vabits_actual), which is also PAGE_END.
+        end = (-(1 << (_va_bits_min(r, self._number("VMEMMAP_END") == (-SZ_1G) & _U64) - 1))) & _U64
+        start = (end - (1 << (r.vabits_actual - scale))) & _U64
+        return Kasan("sw_tags" if sw_tags else "generic", scale, (start, end), tables,
+                     (page - self.kimage_voffset) & _U64 if page is not None else None)
+
     def _layout(self) -> Layout:
         r = self.regime
         stext = int(self.vmcoreinfo.get("SYMBOL(_stext)", "0"), 16)
@@ -167,6 +220,11 @@ class Kernel:
         vmemmap_end = self._number("VMEMMAP_END")
         top_vmemmap = vmemmap_end == (-SZ_1G) & _U64
         page_end = (-(1 << (_va_bits_min(r, top_vmemmap) - 1))) & _U64
+        kasan_shadow = None
+        if self.kasan is not None:
+            # PAGE_END is KASAN_SHADOW_START: the shadow takes the top of the linear range.
+            kasan_shadow = self.kasan.shadow
+            page_end = kasan_shadow[0]
         modules_vaddr = self._number("MODULES_VADDR") or page_end
         modules_end = self._number("MODULES_END") or modules_vaddr + (
             (2 << 30) if top_vmemmap else (128 << 20)
@@ -205,6 +263,7 @@ class Kernel:
             fixaddr_start=fixaddr_start,
             fixaddr_top=fixaddr_top,
             top_vmemmap=top_vmemmap,
+            kasan_shadow=kasan_shadow,
         )
 
     def _layout_before_v5_4(self) -> Layout:
@@ -370,6 +429,10 @@ class Kernel:
         markers = [
             (L.page_offset, "Linear Mapping start"),
             (L.page_end, "Linear Mapping end"),
+        ]
+        if L.kasan_shadow is not None:
+            markers += [(L.kasan_shadow[0], "Kasan shadow start"), (L.kasan_shadow[1], "Kasan shadow end")]
+        markers += [
             (L.modules_vaddr, "Modules start"),
             (L.modules_end, "Modules end"),
             (L.vmalloc_start, "vmalloc() area"),

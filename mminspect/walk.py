@@ -17,7 +17,10 @@ The result, :class:`Walk`, holds:
 - ``runs``: VA-ordered, coalesced ranges, each a leaf mapping (``CLS_LEAF``),
   a hole of empty entries (``CLS_NONE``) or non-zero invalid entries
   (``CLS_INVALID``), at one level, with the raw descriptor attribute bits and
-  the table-level PXN/UXN/APTable bits inherited from the path;
+  the table-level PXN/UXN/APTable bits inherited from the path. Leaves join
+  when their physical range continues, or when they map the same page over
+  and over (``rep``: every page of the run maps ``pa``; the kernel's ptdump
+  merges by attributes, so such a run is one line there too);
 - ``tables``: every table page, once, with its level, VA span, valid-entry
   count and every parent entry that references it;
 - ``problems``: what could not be seen (unreadable tables, loops, tables
@@ -28,6 +31,16 @@ The result, :class:`Walk`, holds:
 
 The walk never follows a table entry to a page already walked at the same or
 a higher level, so it always terminates.
+
+KASAN (generic and software tags) maps every part of its shadow that no real
+shadow memory backs through the shared ``kasan_early_shadow_{p4d,pud,pmd,pte}``
+tables of the kernel image, all to ``kasan_early_shadow_page``: terabytes of
+PTEs through three table pages. As the kernel's ptdump does
+(``note_kasan_page_table()``, mm/ptdump.c), the walker does not descend into
+them: an entry that references one becomes one PTE-level ``rep`` run of the
+early shadow page, and the early tables are read once (checked to be what
+mm/kasan/init.c makes of them) and recorded with every entry that references
+them.
 """
 
 import time
@@ -82,6 +95,7 @@ RUN_DTYPE = np.dtype(
         ("level", np.int8),
         ("cls", np.uint8),
         ("inherit", np.uint8),
+        ("rep", np.uint8),
     ]
 )
 
@@ -162,6 +176,8 @@ class Mapping:
     level_name: str
     desc_attr: int
     inherit: int
+    #: every page of the range maps the same ``1 << shift(level)`` bytes at ``pa``
+    repeat: bool = False
 
     @property
     def end(self) -> int:
@@ -169,7 +185,10 @@ class Mapping:
 
     @property
     def kind(self) -> str:
-        """``page``, ``contiguous`` or ``block``."""
+        """``page``, ``contiguous``, ``block``, or ``repeated`` (every page of
+        the range maps the same page: KASAN's early shadow)."""
+        if self.repeat:
+            return "repeated"
         if self.desc_attr & 2 == 0:
             return "block"
         return "contiguous" if self.desc_attr & PTE_CONT else "page"
@@ -270,6 +289,7 @@ class Walk:
                 r.level_name(lvl),
                 int(run["attr"]),
                 int(run["inherit"]),
+                bool(run["rep"]),
             )
 
     def tables(self) -> Iterator[TablePage]:
@@ -369,6 +389,8 @@ class Walk:
         off = (va - int(run["va"])) & _U64
         if off >= int(run["size"]) or run["cls"] != CLS_LEAF:
             return None
+        if run["rep"]:
+            return int(run["pa"]) + (va & ((1 << self.regime.shift(int(run["level"]))) - 1))
         return int(run["pa"]) + off
 
     @property
@@ -407,6 +429,9 @@ class _Walker:
         self.lo = root.start
         self.hi = (root.end - 1) & _U64  # inclusive
         self.oa_mask = np.uint64(self.r.oa_mask)
+        #: Bytes one entry maps, by level + 1 (level -1 of 5-level regimes first).
+        self.spans = np.array([1 << self.r.shift(L) if L >= self.r.top_level else 0 for L in range(-1, 4)],
+                              dtype=np.uint64)
         self.problems: List[Problem] = []
         self.runs: List[np.ndarray] = []
         self.tables: List[Tuple[np.ndarray, ...]] = []
@@ -419,6 +444,10 @@ class _Walker:
         self.keep = keep_entries
         self.kept_uniform: List[np.ndarray] = []
         self.kept_dense: List[Tuple[np.ndarray, np.ndarray]] = []
+        #: KASAN's early shadow tables: PA -> (level, rows, page PA, leaf attr, inherited bits)
+        self.shadow: Dict[int, Tuple[int, np.ndarray, int, int, int]] = self._shadow_tables()
+        self.shadow_keys = np.array(sorted(self.shadow), dtype=np.uint64)
+        self.shadow_reached: Dict[int, int] = {}  # PA -> first VA it maps
 
     def run(self) -> Walk:
         t0 = time.perf_counter()
@@ -436,7 +465,9 @@ class _Walker:
             occ = self._level(level, entries, occ)
             entries = r.entries_per_table
             level += 1
-        runs = _merge(np.concatenate(self.runs) if self.runs else np.empty(0, RUN_DTYPE))
+        if self.shadow_reached:
+            self._record_shadow()
+        runs = _merge(np.concatenate(self.runs) if self.runs else np.empty(0, RUN_DTYPE), spans=self.spans)
         runs = self._clip(runs)
         cols = [np.concatenate(c) if c else np.empty(0) for c in zip(*self.tables)] if self.tables else []
         ecols = [np.concatenate(c) for c in zip(*self.edges)] if self.edges else []
@@ -466,6 +497,87 @@ class _Walker:
              "tables": int(len(cols[0]))},
             self._kept() if self.keep else None,
         )
+
+    # -- KASAN's early shadow tables -----------------------------------------
+    def _shadow_tables(self) -> Dict[int, Tuple[int, np.ndarray, int, int, int]]:
+        """The early shadow tables that are what mm/kasan/init.c and
+        kasan_init() make of them, bottom up: a PTE table whose entries all map
+        one page with one set of attributes, and tables above it whose entries
+        all reference the table below. A table that is not (a dump taken
+        during early boot) is walked like any other."""
+        ka = self.k.kasan
+        if ka is None or not self.root.ttbr1:
+            return {}
+        r = self.r
+        E = r.entries_per_table
+        out: Dict[int, Tuple[int, np.ndarray, int, int, int]] = {}
+        below = None
+        for name, level in (("kasan_early_shadow_pte", 3), ("kasan_early_shadow_pmd", 2),
+                            ("kasan_early_shadow_pud", 1), ("kasan_early_shadow_p4d", 0)):
+            phys = ka.tables.get(name)
+            if phys is None or level <= r.top_level:
+                break
+            try:
+                rows = np.frombuffer(self.k.target.read_phys(phys, E * 8), dtype="<u8")
+            except TargetFault:
+                break
+            d = rows[0]
+            if not (rows == d).all():
+                break
+            typ = int(d) & 3
+            if level == 3:
+                if typ != 3:
+                    break
+                out[phys] = (level, rows, int(r.descs_to_phys(rows[:1])[0]), int(d & ~self.oa_mask), 0)
+            else:
+                if typ != 3 or below is None or int(r.descs_to_phys(rows[:1])[0]) != below:
+                    break
+                _, _, pa, attr, inh = out[below]
+                out[phys] = (level, rows, pa, attr, inh | (int(d) >> 59) & 0xF)
+            below = phys
+        return out
+
+    def _shadow_runs(self, child_pa, child_va, child_inh, span) -> np.ndarray:
+        """One PTE-level ``rep`` run per entry that references an early
+        shadow table (note_kasan_page_table(): note_page_pte() with
+        kasan_early_shadow_pte[0])."""
+        runs = np.empty(len(child_pa), RUN_DTYPE)
+        runs["va"] = child_va
+        runs["size"] = span
+        runs["level"] = 3
+        runs["cls"] = CLS_LEAF
+        runs["rep"] = 1
+        for pa in np.unique(child_pa).tolist():
+            sel = child_pa == np.uint64(pa)
+            _, _, page, attr, inh = self.shadow[pa]
+            runs["pa"][sel] = page
+            runs["attr"][sel] = attr
+            runs["inherit"][sel] = child_inh[sel] | np.uint8(inh)
+            va0 = int(child_va[sel].min())
+            if va0 < self.shadow_reached.get(pa, _U64):
+                self.shadow_reached[pa] = va0
+        return runs
+
+    def _record_shadow(self) -> None:
+        """Each early shadow table reached, once, with the entries of the
+        early tables above it among its parents."""
+        E = self.r.entries_per_table
+        by_level = sorted(self.shadow.items(), key=lambda kv: kv[1][0])
+        for phys, (level, rows, _, _, _) in by_level:  # top level first
+            if phys not in self.shadow_reached:
+                continue
+            va = self.shadow_reached[phys]
+            self.tables.append((np.array([phys], np.uint64), np.array([level], np.int8),
+                                np.array([va], np.uint64), np.array([E], np.int64),
+                                np.array([np.count_nonzero(rows & np.uint64(1))], np.int64)))
+            if self.keep:
+                self.kept_dense.append((np.array([phys], np.uint64), rows[None, :]))
+            child = next((c for c, v in self.shadow.items() if v[0] == level + 1), None)
+            if child is not None and level < 3:
+                self.edges.append((np.full(E, child, np.uint64), np.full(E, phys, np.uint64),
+                                   np.arange(E, dtype=np.int64)))
+                if va < self.shadow_reached.get(child, _U64):
+                    self.shadow_reached[child] = va
 
     def _keep_uniform(self, phys, first, step, count: int) -> None:
         rows = np.empty(len(phys), UNIFORM_DTYPE)
@@ -617,6 +729,7 @@ class _Walker:
                 runs["level"] = level
                 runs["cls"] = CLS_NONE
                 runs["inherit"] = inh[e]
+                runs["rep"] = 0
                 out.append(runs)
             keep = ~empty
             if keep.any():
@@ -627,7 +740,7 @@ class _Walker:
         if len(out) == 1 and len(u):
             self.runs.append(out[0])  # sorted and coalesced already
         elif out:
-            self.runs.append(_merge(np.concatenate(out)))
+            self.runs.append(_merge(np.concatenate(out), spans=self.spans))
         return nxt
 
     def _uniform_rows(self, D, span) -> np.ndarray:
@@ -668,6 +781,7 @@ class _Walker:
             in_range[part] = (elast >= np.uint64(self.lo)) & (eva <= np.uint64(self.hi))
         # Tables of the next level.
         nxt = None
+        shadow = None
         if level < 3:
             is_table = (typ == np.uint64(3)) & in_range
             rows, cols = np.nonzero(is_table)
@@ -686,6 +800,12 @@ class _Walker:
                                 int(cols[k]), "entry points to a table already walked at this or a higher level")
                     )
                 keep = ~loop
+                if len(self.shadow_keys):
+                    sh = np.isin(child_pa, self.shadow_keys)
+                    if sh.any():
+                        shadow = self._shadow_runs(child_pa[sh], child_va[sh], child_inh[sh], span)
+                        self.edges.append((child_pa[sh], phys[rows[sh]], cols[sh].astype(np.int64)))
+                        keep &= ~sh
                 nxt = (child_pa[keep], child_va[keep], child_inh[keep], phys[rows[keep]],
                        cols[keep].astype(np.int64))
             skip = is_table | ~in_range
@@ -709,7 +829,10 @@ class _Walker:
         runs["level"] = level
         runs["cls"] = np.where(lf, CLS_LEAF, np.where(d == 0, CLS_NONE, CLS_INVALID))
         runs["inherit"] = inh[rr]
-        return nxt, _merge(runs)
+        runs["rep"] = 0
+        if shadow is not None:
+            runs = np.concatenate((runs, shadow))
+        return nxt, _merge(runs, spans=self.spans)
 
     # -- reading ------------------------------------------------------------
     def _read_tables(self, level, phys, va, entries):
@@ -789,7 +912,7 @@ class _Walker:
         if first["va"] < lo:
             d = lo - first["va"]
             runs[0]["size"] = first["size"] - d
-            if first["cls"] == CLS_LEAF:
+            if first["cls"] == CLS_LEAF and not first["rep"]:
                 runs[0]["pa"] = first["pa"] + d
             runs[0]["va"] = lo
         last = runs[-1]
@@ -855,27 +978,56 @@ def _coalesce_rows(level, size, va, pa, attr, inh) -> np.ndarray:
     runs["level"] = level
     runs["cls"] = CLS_LEAF
     runs["inherit"] = inh[starts]
+    runs["rep"] = 0
     return runs
 
 
-def _merge(runs: np.ndarray, presorted: bool = False) -> np.ndarray:
-    """Sort runs by VA and join neighbours that continue each other."""
+def _merge(runs: np.ndarray, presorted: bool = False, spans: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sort runs by VA and join neighbours that continue each other: the
+    same kind, level and attributes, and for leaves the physical range
+    continuing, or (with ``spans``, the bytes one entry maps at each level
+    + 1) the same page mapped again (a ``rep`` run)."""
     if len(runs) < 2:
         return runs
     if not presorted:
         runs = runs[np.argsort(runs["va"], kind="stable")]
-    va, size, pa = runs["va"], runs["size"], runs["pa"]
-    cont = (
+    va, size, pa, rp = runs["va"], runs["size"], runs["pa"], runs["rep"]
+    same = (
         (va[1:] == va[:-1] + size[:-1])
         & (runs["cls"][1:] == runs["cls"][:-1])
         & (runs["attr"][1:] == runs["attr"][:-1])
         & (runs["inherit"][1:] == runs["inherit"][:-1])
         & (runs["level"][1:] == runs["level"][:-1])
-        & ((runs["cls"][1:] != CLS_LEAF) | (pa[1:] == pa[:-1] + size[:-1]))
     )
+    leaf = runs["cls"][1:] == CLS_LEAF
+    flat = (rp[1:] == 0) & (rp[:-1] == 0)
+    cont = same & (~leaf | (flat & (pa[1:] == pa[:-1] + size[:-1])))
+    again = None
+    if spans is not None:
+        # One page (or a rep run) followed by the same page again.
+        one = (rp != 0) | (size == spans[runs["level"].astype(np.int64) + 1])
+        again = same & leaf & one[1:] & one[:-1] & (pa[1:] == pa[:-1])
+        if again.any():
+            # A chain is either contiguous or repeating: where the kind of
+            # join changes, the later join is dropped.
+            both = cont | again
+            clash = np.zeros(len(both), dtype=bool)
+            clash[1:] = both[1:] & both[:-1] & (again[1:] != again[:-1])
+            again &= ~clash
+            cont = (cont & ~clash) | again
+        else:
+            again = None
+    elif (rp != 0).any():
+        cont &= ~leaf | flat
     if not cont.any():
         return runs
     starts = np.concatenate(([0], np.nonzero(~cont)[0] + 1))
     out = runs[starts].copy()
     out["size"] = np.add.reduceat(size, starts)
+    if again is not None:
+        # A group joined by repeats (its first join says which).
+        grp = np.zeros(len(starts), dtype=bool)
+        idx = starts[starts < len(again)]
+        grp[: len(idx)] = again[idx]
+        out["rep"] |= grp.astype(np.uint8)
     return out

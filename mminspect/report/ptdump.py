@@ -7,6 +7,14 @@ kernel's /sys/kernel/debug/kernel_page_tables and efi_page_tables
 (arch/arm64/mm/ptdump.c ``note_page()``), address markers included, so the
 output can be diffed against a live system's debugfs. Also the kernel's
 DEBUG_WX check (``ptdump_check_wx()``), with its own message.
+
+On a KASAN kernel the markers include "Kasan shadow start/end" (PAGE_END is
+KASAN_SHADOW_START, so "Linear Mapping end" and "Kasan shadow start" print
+together), and every entry that references one of the shared
+``kasan_early_shadow_*`` tables is what ``note_kasan_page_table()`` notes: a
+PTE-level note of ``kasan_early_shadow_pte[0]``. The walker gives exactly that
+(one PTE-level ``rep`` run per such entry, joined with its neighbours), and
+note_page() joins notes by level and attributes, never by physical address.
 """
 
 from typing import Iterator, List, Optional, Tuple

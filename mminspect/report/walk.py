@@ -74,6 +74,7 @@ def mapping_dict(m: Mapping) -> Dict[str, Any]:
         "pa": m.pa,
         "level": m.level_name,
         "kind": m.kind,
+        "repeat": m.repeat,
         "attrs": m.attrs.split(),
         "desc_attr": m.desc_attr,
         "effective": m.effective,
