@@ -479,12 +479,16 @@ class _Walker:
         elif len(ecols[0]) > len(cols[0]):
             # A shared table under a shared table is reached through the same
             # parent entry more than once: keep each (child, parent, index) once.
-            key = np.empty(len(ecols[0]), dtype=[("c", np.uint64), ("p", np.uint64), ("i", np.int64)])
-            key["c"], key["p"], key["i"] = ecols
-            _, first = np.unique(key, return_index=True)
-            if len(first) < len(key):
-                first.sort()
-                ecols = [c[first] for c in ecols]
+            # (A lexsort of the three columns: np.unique of a structured key
+            # sorts void records, 1.8 s for a KASAN kernel's 100k edges.)
+            c, p, i = ecols
+            order = np.lexsort((i, p, c))
+            sc, sp, si = c[order], p[order], i[order]
+            new = np.ones(len(order), dtype=bool)
+            new[1:] = (sc[1:] != sc[:-1]) | (sp[1:] != sp[:-1]) | (si[1:] != si[:-1])
+            if not new.all():
+                first = np.sort(order[new])  # the first of each, in walk order
+                ecols = [col[first] for col in ecols]
         elapsed = time.perf_counter() - t0
         return Walk(
             self.k,

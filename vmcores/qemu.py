@@ -407,6 +407,21 @@ class Guest:
                               f"{'online' if present else 'absent'} in {timeout:.0f} s")
         return time.monotonic() - t0
 
+    def _settle(self, timeout: float) -> float:
+        """Wait until MemTotal holds still for three polls 0.3 s apart: a block
+        reads "online" before the guest has finished with the memory (a KASAN
+        kernel under emulation was still adding pages to MemTotal, and mapping
+        their shadow, when its blocks all read online)."""
+        loops = int(timeout / 0.3)
+        script = ("last=; same=0; i=0; while [ $i -lt %d ]; do "
+                  "m=$(grep MemTotal /proc/meminfo); "
+                  '[ "$m" = "$last" ] && same=$((same+1)) || same=0; '
+                  "[ $same -ge 2 ] && exit 0; last=$m; usleep 300000; i=$((i+1)); done; exit 1") % loops
+        t0 = time.monotonic()
+        if self.run(script, timeout + 30, check=False)[0] != 0:
+            raise RecipeError(f"MemTotal still changing after {timeout:.0f} s")
+        return time.monotonic() - t0
+
     def hotadd(self, size: int = GiB, ident: str = "dimm0", timeout: float = 120.0) -> dict:
         """Hot-add a pc-dimm of ``size`` bytes and wait until its blocks are online."""
         assert self.qmp
@@ -417,7 +432,7 @@ class Guest:
                    if d.get("data", {}).get("id") == ident)
         bs = self.memory_block_size()
         blocks = list(range(dev["addr"] // bs, (dev["addr"] + dev["size"]) // bs))
-        waited = self._wait_blocks(blocks, True, timeout)
+        waited = self._wait_blocks(blocks, True, timeout) + self._settle(timeout)
         info = {"id": ident, "memdev": f"mem-{ident}", "addr": dev["addr"], "size": dev["size"],
                 "slot": dev.get("slot"), "node": dev.get("node"), "blocks": blocks,
                 "block_size": bs, "seconds": time.monotonic() - t0, "guest_wait_s": waited}
@@ -432,7 +447,7 @@ class Guest:
         t0 = time.monotonic()
         self.qmp.execute("device_del", id=ident)
         self.qmp.wait_event("DEVICE_DELETED", timeout, lambda ev: ev.get("data", {}).get("device") == ident)
-        waited = self._wait_blocks(info["blocks"], False, timeout)
+        waited = self._wait_blocks(info["blocks"], False, timeout) + self._settle(timeout)
         self.qmp.execute("object-del", id=info["memdev"])
         self.dimms.remove(info)
         return {**info, "seconds": time.monotonic() - t0, "guest_wait_s": waited}
