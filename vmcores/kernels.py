@@ -44,6 +44,10 @@ class KernelFiles:
     config: Path  # the full .config
     cpu: str = DEFAULT_CPU
     append: str = ""  # extra kernel command-line words for this kernel
+    #: NUMA nodes the guest gets (0: one). With nodes it boots from a device tree
+    #: without UEFI: EDK2 reports its flash as RAM that no ACPI SRAT node covers,
+    #: and the kernel then fakes one node.
+    numa_nodes: int = 0
     release: str | None = None  # uname -r, when known
     info: dict = field(default_factory=dict)  # packages, versions, checksums
 
@@ -67,6 +71,7 @@ class KernelSpec:
     layout: str = "bookworm"  # "bookworm": linux-image-*-unsigned; "sid": linux-binary-*
     series: str = "6.1"  # upstream series, the first part of the package ABI name
     append: str = ""
+    numa_nodes: int = 0  # see KernelFiles.numa_nodes
     # Modules to put into the initramfs (name -> loaded in this order).
     modules: tuple[str, ...] = ("qemu_fw_cfg",)
 
@@ -117,6 +122,17 @@ _SPECS: list[KernelSpec] = [
         flavour="cloud-arm64",
         layout="sid",
         series="",
+    ),
+    KernelSpec(
+        "debian-sid-cloud-arm64-numa",
+        "debian",
+        "Debian sid linux-binary-*-cloud-arm64 on cortex-a57 with two NUMA nodes (one CPU and "
+        "half the RAM each), booted from a device tree without UEFI, so no efi_mm and no ACPI "
+        "memory hot-plug: boot scenario only",
+        flavour="cloud-arm64",
+        layout="sid",
+        series="",
+        numa_nodes=2,
     ),
     KernelSpec(
         "debian-sid-arm64",
@@ -210,6 +226,7 @@ def cached_kernel(kernel_id: str) -> KernelFiles | None:
         config=d / info["files"]["config"],
         cpu=spec.cpu,
         append=spec.append,
+        numa_nodes=spec.numa_nodes,
         release=info.get("release"),
         info=info,
     )

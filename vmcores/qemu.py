@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import socket
@@ -194,10 +195,28 @@ class Guest:
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-no-reboot",
         ]
+        if self.kernel.numa_nodes:
+            cmd = self._numa(cmd, self.kernel.numa_nodes)
         if self.extra_qmp_path is not None:
             cmd += ["-qmp", f"unix:{self.extra_qmp_path},server=on,wait=off"]
         if self.gdb_port is not None:
             cmd += ["-gdb", f"tcp:127.0.0.1:{self.gdb_port}"]
+        return cmd
+
+    def _numa(self, cmd: list[str], nodes: int) -> list[str]:
+        """``cmd`` with the RAM and CPUs split evenly over ``nodes`` NUMA nodes,
+        booted from QEMU's device tree without UEFI (see KernelFiles.numa_nodes)."""
+        cmd = list(cmd)
+        cmd[cmd.index("virt")] = "virt,acpi=off"
+        while "-drive" in cmd:
+            i = cmd.index("-drive")
+            del cmd[i : i + 2]
+        m = re.fullmatch(r"(\d+)([MG])", self.memory)
+        per = int(m.group(1)) * (1024 if m.group(2) == "G" else 1) // nodes
+        for n in range(nodes):
+            cpus = [c for c in range(self.smp) if c % nodes == n]
+            cmd += ["-object", f"memory-backend-ram,id=node{n},size={per}M",
+                    "-numa", f"node,nodeid={n},memdev=node{n}" + "".join(f",cpus={c}" for c in cpus)]
         return cmd
 
     def start(self) -> "Guest":

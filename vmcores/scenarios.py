@@ -118,6 +118,8 @@ def supported_scenarios(kf: KernelFiles) -> dict[str, str | None]:
         why = "kernel config lacks CONFIG_ACPI_HOTPLUG_MEMORY=y (the guest cannot see a pc-dimm)"
     elif kf.config_value("MEMORY_HOTREMOVE") != "y":
         why = "kernel config lacks CONFIG_MEMORY_HOTREMOVE=y"
+    elif kf.numa_nodes:
+        why = "booted from a device tree for its NUMA nodes: no ACPI, so no pc-dimm hot-plug"
     return {"boot": None, **{s: why for s in HOTPLUG_SCENARIOS}}
 
 

@@ -478,3 +478,14 @@ def test_lazily_borrowed_mms_are_walked(real_prog):
     want = {k.virt_to_phys(mm.pgd.value_()) for mm in borrowed if mm.value_() and mm.value_() != init}
     roots = {r.phys for r in resolve_roots(k, "all")}
     assert want <= roots
+
+
+def test_every_numa_node_is_counted(real_prog):
+    """NR_PAGETABLE is a per-node counter (pglist_data.vm_stat plus each CPU's
+    per-node diff): the audit reads one entry per online node, as many as the
+    guest set up ("Initmem setup node N"), and their sum is the guest's."""
+    dump, prog = real_prog
+    nodes = set(re.findall(r"Initmem setup node (\d+)", dump.truth_text("dmesg")))
+    a = _audit(real_prog)
+    assert {str(x["nid"]) for x in a.per_node} == nodes
+    assert sum(x["exact"] for x in a.per_node) == a.counter == _vmstat(dump, "nr_page_table_pages")
