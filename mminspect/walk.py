@@ -60,6 +60,7 @@ from mminspect.arch.arm64 import (
     decode_prot,
 )
 from mminspect.kernel import Kernel, Root
+from mminspect.sortedarrays import contains
 from mminspect.target.base import TargetFault
 
 __all__ = (
@@ -796,8 +797,7 @@ class _Walker:
                 child_pa = r.descs_to_phys(desc)
                 child_va = va[rows] + cols.astype(np.uint64) * span
                 child_inh = inh[rows] | ((desc >> np.uint64(59)) & np.uint64(0xF)).astype(np.uint8)
-                pos = np.minimum(np.searchsorted(self.seen, child_pa), max(len(self.seen) - 1, 0))
-                loop = (self.seen[pos] == child_pa) if len(self.seen) else np.zeros(len(child_pa), bool)
+                loop = contains(self.seen, child_pa)
                 for k in np.nonzero(loop)[0].tolist():
                     self.problems.append(
                         Problem("loop", level + 1, int(child_va[k]), int(child_pa[k]), int(phys[rows[k]]),
