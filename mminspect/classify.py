@@ -1357,12 +1357,8 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
     t1 = time.perf_counter()
     # The memmap scan reads the dump file outside the GIL: with the file at
     # hand it runs in a child process while this one walks the roots.
-    scan = in_child(lambda: (*_timed(scan_typed, kernel, c), peak_rss_kib())) \
+    child = in_child(lambda: (*_timed(scan_typed, kernel, c), peak_rss_kib())) \
         if FORK_SCAN and getattr(kernel.target, "core_file", None) is not None else None
-    child_peak = 0
-    if scan is None:
-        typed, typed_facts, scanned, bad, scan_seconds = _timed(scan_typed, kernel, c)
-    t2 = time.perf_counter()
     # the roots
     errors: Dict[str, str] = {}
     if roots is None:
@@ -1378,12 +1374,17 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
             classes.append(classify_walk(kernel, walk(kernel, root, progress), c))
         except MMInspectError as e:
             errors[root.name] = str(e)
-    t3 = time.perf_counter()
-    if scan is not None:
+    t2 = time.perf_counter()
+    got = None
+    if child is not None:
         try:
-            typed, typed_facts, scanned, bad, scan_seconds, child_peak = scan()
+            got = child()
         except RuntimeError:  # the child failed: scan here, as without a file
-            typed, typed_facts, scanned, bad, scan_seconds = _timed(scan_typed, kernel, c)
+            pass
+    forked = got is not None
+    if not forked:
+        got = (*_timed(scan_typed, kernel, c), 0)
+    typed, typed_facts, scanned, bad, scan_seconds, child_peak = got
     t_scan = time.perf_counter()
     reach_pfns = []
     objs, owners = [], []
@@ -1454,8 +1455,8 @@ def audit(kernel: Kernel, roots: Optional[Sequence[Root]] = None, progress=None)
         writable_roots=_writable_roots(kernel, classes),
         memcg=memcg,
         page_shift=c.shift,
-        stats={"counter_seconds": t1 - t0, "scan_seconds": scan_seconds, "walk_seconds": t3 - t2,
-               "scan_forked": scan is not None, "scan_wait_seconds": t_scan - t3 + t2 - t1,
+        stats={"counter_seconds": t1 - t0, "scan_seconds": scan_seconds, "walk_seconds": t2 - t1,
+               "scan_forked": forked, "scan_wait_seconds": t_scan - t2,
                "scan_child_peak_kib": child_peak,
                "compare_seconds": t4 - t_scan, "seconds": t4 - t0},
     )
