@@ -7,8 +7,8 @@ vmcore through mminspect's drgn target, runs one stage, and prints one line
 ``BENCH-RESULT {json}``: seconds (the best of the repeats), CPU seconds, the
 peak RSS of the process while the stage ran (VmHWM, reset after opening the
 dump where the kernel allows it), and checks of the stage's output against
-what the generator built. A stage whose code has not landed (or cannot run on
-this kernel) reports ``status: n/a`` with the reason.
+what the generator built. A stage that cannot run on this kernel (a 64 GiB
+removal with 4 GiB hot-added) reports ``status: n/a`` with the reason.
 
 Stages:
 
@@ -33,7 +33,6 @@ import json
 import os
 import sys
 import time
-import types
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -42,7 +41,7 @@ GiB = 1 << 30
 
 
 class NotAvailable(Exception):
-    """The stage cannot run: its code has not landed, or the kernel lacks something."""
+    """The stage cannot run: the kernel lacks something (or git, for walk-before)."""
 
 
 def vm_status(key: str) -> int:
@@ -178,117 +177,50 @@ def stage_walk_before(kernel, meta, tables):
     return (lambda: walk(kernel, root)), _walk_check(kernel, meta, tables)
 
 
-def _classifier():
-    import importlib
-
-    try:
-        mod = importlib.import_module("mminspect.classify")
-    except ModuleNotFoundError as e:
-        if e.name == "mminspect.classify":
-            raise NotAvailable("not available: no mminspect/classify.py yet") from None
-        raise NotAvailable(f"mminspect.classify does not import: {e}") from None
-    except ImportError as e:
-        raise NotAvailable(f"mminspect.classify does not import: {e}") from None
-    for name in ("classify_walk", "classify"):
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            return fn
-    raise NotAvailable("not available: mminspect.classify has no classify_walk")
-
-
 def stage_classify(kernel, meta, tables):
+    from mminspect.classify import ORIGINS, classify_walk
     from mminspect.walk import walk
 
-    fn = _classifier()
     t0 = time.perf_counter()
     w = walk(kernel, kernel.root("init_mm"))
     walk_seconds = time.perf_counter() - t0
 
-    def run():
-        out = fn(kernel, w)
-        if isinstance(out, types.GeneratorType):  # a lazy API: make it do the work
-            out = list(out)
-        return out
-
     def check(out):
-        import importlib
+        u, n = np.unique(out.origin, return_counts=True)
+        ok = out.facts["ok"]
+        return {
+            "walk_seconds": walk_seconds,
+            "classified": len(out),
+            "origins": {ORIGINS[int(a)]: int(b) for a, b in zip(u, n)},
+            "typed": int(np.count_nonzero(out.facts["table"] & ok)),
+            "reserved": int(np.count_nonzero(out.facts["reserved"] & ok)),
+            "mismatches": int(out.mismatches),
+            "findings": len(out.findings),
+            "stats": out.stats,
+            "expected_typed": len(np.intersect1d(tables, _load(meta, "typed"))),
+            "expected_reserved": len(np.intersect1d(tables, _load(meta, "reserved"))),
+            "ok": len(out) == len(tables),
+        }
 
-        facts: Dict[str, object] = {"walk_seconds": walk_seconds}
-        try:
-            facts["classified"] = len(out)
-        except TypeError:
-            facts["classified"] = None
-        origins: Dict[str, int] = {}
-        typed = reserved = 0
-        names = getattr(importlib.import_module("mminspect.classify"), "ORIGINS", None)
-        if hasattr(out, "origin") and hasattr(out, "facts") and names is not None:
-            # columnar (Classification): count without building a record per table
-            u, n = np.unique(np.asarray(out.origin), return_counts=True)
-            origins = {str(names[int(a)]): int(b) for a, b in zip(u, n)}
-            typed = int(np.count_nonzero(out.facts["table"] & out.facts["ok"]))
-            reserved = int(np.count_nonzero(out.facts["reserved"] & out.facts["ok"]))
-            facts["mismatches"] = int(getattr(out, "mismatches", 0))
-            facts["findings"] = len(getattr(out, "findings", ()))
-            facts["stats"] = getattr(out, "stats", {})
-        else:
-            rows = list(out.values()) if isinstance(out, dict) else out
-            for c in rows if isinstance(rows, (list, tuple)) else ():
-                o = str(getattr(c, "origin", "?"))
-                origins[o] = origins.get(o, 0) + 1
-                typed += bool(getattr(c, "typed", False))
-                reserved += bool(getattr(c, "reserved", False))
-        facts.update(origins=origins, typed=typed, reserved=reserved,
-                     expected_typed=len(np.intersect1d(tables, _load(meta, "typed"))),
-                     expected_reserved=len(np.intersect1d(tables, _load(meta, "reserved"))),
-                     ok=facts["classified"] == len(tables))
-        return facts
-
-    return run, check
-
-
-def _auditor():
-    candidates = (("mminspect.classify", "audit"), ("mminspect.audit", "audit"),
-                  ("mminspect.pages", "audit"), ("mminspect.audit", "run_audit"))
-    import importlib
-
-    for modname, name in candidates:
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError:
-            continue
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            return fn
-    raise NotAvailable("not available: no audit() in mminspect.classify, .audit or .pages")
+    return (lambda: classify_walk(kernel, w)), check
 
 
 def stage_audit(kernel, meta, tables):
-    fn = _auditor()
+    from mminspect.classify import audit
 
     def check(res):
-        facts: Dict[str, object] = {}
-        for name in ("typed_count", "counter", "difference", "scanned_pages", "unreadable_pages",
-                     "roots", "root_errors", "unreachable_typed", "stats"):
-            v = getattr(res, name, None)
-            if v is None or isinstance(v, (int, float, dict)):
-                facts[name] = v
-            else:
-                try:
-                    facts[name] = len(v)
-                except TypeError:
-                    pass
-        facts["ok"] = True
-        return facts
+        return {"typed_count": res.typed_count, "counter": res.counter, "difference": res.difference,
+                "scanned_pages": res.scanned_pages, "unreadable_pages": res.unreadable_pages,
+                "roots": res.roots, "root_errors": res.root_errors,
+                "unreachable_typed": len(res.unreachable_typed), "stats": res.stats, "ok": True}
 
-    return (lambda: fn(kernel)), check
+    return (lambda: audit(kernel)), check
 
 
 def _remove(size: int):
     def stage(kernel, meta, tables):
-        try:
-            from mminspect.hotremove import Proposal, capture_snapshot, select_policy, simulate
-        except ImportError as e:
-            raise NotAvailable(f"mminspect.hotremove not importable ({e})") from None
+        from mminspect.hotremove import Proposal, capture_snapshot, select_policy, simulate
+
         hot = meta.get("hotadd")
         if not hot or hot[1] < size:
             raise NotAvailable(f"kernel has {((hot or [0, 0])[1]) >> 30} GiB hot-added, block is {size >> 30} GiB")
