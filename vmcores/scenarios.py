@@ -73,6 +73,10 @@ class Dump:
     def truth_text(self, name: str) -> str:
         return (self.truth / name).read_text()
 
+    def system_ram(self) -> list[tuple[int, int]]:
+        """The guest's System RAM ranges ``[start, end)``, from its /proc/iomem."""
+        return [(a, b) for a, b in _iomem_ram(self.truth_text("iomem"))]
+
     def program(self):
         """A drgn Program on this dump with the vmlinux loaded."""
         import drgn  # noqa: PLC0415

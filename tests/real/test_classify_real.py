@@ -66,15 +66,6 @@ def _release(dump) -> tuple:
     return int(m.group(1)), int(m.group(2))
 
 
-def _system_ram(dump) -> list:
-    out = []
-    for line in dump.truth_text("iomem").splitlines():
-        m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) : System RAM$", line)
-        if m:
-            out.append((int(m.group(1), 16), int(m.group(2), 16) + 1))
-    return out
-
-
 def _kallsyms(dump) -> dict:
     out = {}
     for line in dump.truth_text("kallsyms_subset").splitlines():
@@ -233,7 +224,7 @@ def test_61_linear_map_tables_are_memblock(real_prog):
     ks, ke = syms["_stext"] - voff, syms["__init_begin"] - voff
     W = 2 << 20
     hot = _hot_range(dump)
-    boot_ram = [(lo, hi) for lo, hi in _system_ram(dump) if not (hot and hot[0] <= lo < hot[1])]
+    boot_ram = [(lo, hi) for lo, hi in dump.system_ram() if not (hot and hot[0] <= lo < hot[1])]
     windows = {w for lo, hi in boot_ram for w in range(lo // W, (hi - 1) // W + 1)}
     windows -= {w for w in range(-(-ks // W), ke // W)}  # whole windows of the kernel alias
     ptes = {}
@@ -448,7 +439,7 @@ def test_hot_added_vmemmap_tables_are_buddy_without_ctor(real_prog):
         return set(range(lo // span, (hi - 1) // span + 1))
 
     boot = set()
-    for lo, hi in _system_ram(dump):
+    for lo, hi in dump.system_ram():
         if not hot[0] <= lo < hot[1]:
             boot |= windows(lo, hi)
     want = windows(*hot) - boot

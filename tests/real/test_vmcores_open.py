@@ -118,11 +118,7 @@ def test_ram_ranges_in_dump(real_prog):
     """Every System RAM range of the guest's /proc/iomem is in the dump; a removed
     DIMM's range is not."""
     dump, prog = real_prog
-    ram = []
-    for line in dump.truth_text("iomem").splitlines():
-        m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) : System RAM$", line)
-        if m:
-            ram.append((int(m.group(1), 16), int(m.group(2), 16) + 1))
+    ram = dump.system_ram()
     assert ram
     for start, end in ram:
         assert _readable(prog, start) and _readable(prog, end - 8), hex(start)
