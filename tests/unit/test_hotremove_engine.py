@@ -9,6 +9,7 @@ import pytest
 
 from mminspect.arch.arm64 import Regime
 from mminspect.hotremove.engine import TableState, free_empty_tables, pgtable_range_aligned, unmap_hotplug_range
+from mminspect.hotremove.entries import EntryStore
 from mminspect.hotremove.policies import RFC2017, Mainline57, Mainline616
 from mminspect.hotremove.policy import Era
 from mminspect.hotremove.proposal import Proposal
@@ -37,6 +38,43 @@ def tables():
         t[PTE0][i] = (RAM + i * 4096) | PAGE
         t[PTE1][i] = (RAM + (512 + i) * 4096) | PAGE
     return t
+
+
+def _uniform_store(t):
+    """``t`` as a snapshot holds it: the PTE tables (uniform: entry i = entry
+    0 + i pages) as first descriptor and step, the others in full."""
+    ptes = (PTE0, PTE1)
+    return EntryStore({p: t[p] for p in (ROOT, PUD, PMD)}, np.array(ptes, dtype=np.uint64),
+                      np.array([t[p][0] for p in ptes], dtype=np.uint64),
+                      np.full(2, 4096, dtype=np.uint64), np.full(2, 512, dtype=np.int64))
+
+
+@pytest.mark.parametrize("invalid", [False, True])
+@pytest.mark.parametrize("lo_off,hi_off,floor_off", [
+    (0, 4 << 20, 0),              # both tables
+    (0, 2 << 20, 0),              # one whole table
+    (4096, 4 << 20, 0),           # the first table only partly
+    (0, 4 << 20, 4096),           # a floor that keeps the first table
+    (2 << 20, (2 << 20) + 8192, 0),
+])
+def test_uniform_tables_replay_like_full_ones(lo_off, hi_off, floor_off, invalid):
+    """The engine's whole-table fast path (every entry of an untouched uniform
+    table valid: clear it without generating it) gives what the per-entry
+    replay gives, also when PTE0's entries are all invalid (WARN_ON(!pte_present))."""
+    t = tables()
+    if invalid:
+        t[PTE0] &= ~np.uint64(1)
+    for free_mapped in (False, True):
+        states = [TableState(R, ROOT, t), TableState(R, ROOT, _uniform_store(t))]
+        for st in states:
+            lo, hi = PAGE_OFFSET + lo_off, PAGE_OFFSET + hi_off
+            unmap_hotplug_range(st, lo, hi, free_mapped)
+            free_empty_tables(st, lo, hi, PAGE_OFFSET + floor_off, PAGE_END)
+        a, b = states
+        assert a.events == b.events
+        assert a.events  # something happened
+        for p in (PMD, PTE0, PTE1):
+            assert np.array_equal(a.entries(p), b.entries(p)), hex(p)
 
 
 def test_pgtable_range_aligned_follows_the_kernel():

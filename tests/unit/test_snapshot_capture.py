@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 
 import mminspect
-from mminspect.arch.arm64 import Regime
 from mminspect.classify import classify_walk
 from mminspect.hotremove import Proposal, capture_snapshot, select_policy, simulate
-from mminspect.hotremove.engine import TableState, free_empty_tables, unmap_hotplug_range
 from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.synthetic import REGIMES_BY_NAME
 from mminspect.synthetic.server import make_server_kernel, write_server_vmcore
@@ -97,56 +95,3 @@ def test_snapshot_save_classifies_everything(server, tmp_path):
     assert len(back.tables) == len(snap.tables)
     assert all(t.origin != "unknown" for t in back.tables.values())
     assert all(t.evidence for t in back.tables.values())
-
-
-# -- the engine's uniform fast path, on hand-made tables ---------------------------
-
-U64 = (1 << 64) - 1
-R = Regime(12, 48, 48, 48)
-PAGE_OFFSET = (-(1 << 48)) & U64
-PAGE_END = (-(1 << 47)) & U64
-ROOT, PUD, PMD, PTE0, PTE1, PTE2 = 0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000
-RAM = 0x4000_0000
-PAGE = 0x0068000000000703
-
-
-def _dense():
-    t = {p: np.zeros(512, dtype=np.uint64) for p in (ROOT, PUD, PMD, PTE0, PTE1, PTE2)}
-    t[ROOT][(PAGE_OFFSET >> 39) & 511] = PUD | 3
-    t[PUD][0] = PMD | 3
-    for i, p in enumerate((PTE0, PTE1, PTE2)):
-        t[PMD][i] = p | 3
-    ar = np.arange(512, dtype=np.uint64) * np.uint64(4096)
-    t[PTE0][:] = np.uint64(RAM | PAGE) + ar
-    t[PTE1][:] = np.uint64((RAM + (2 << 20)) | (PAGE & ~1)) + ar  # uniform, but every entry invalid
-    t[PTE2][:] = np.uint64((RAM + (4 << 20)) | PAGE) + ar
-    return t
-
-
-def _uniform_store():
-    d = _dense()
-    ptes = (PTE0, PTE1, PTE2)
-    first = np.array([d[p][0] for p in ptes], dtype=np.uint64)
-    return EntryStore({p: d[p] for p in (ROOT, PUD, PMD)}, np.array(ptes, dtype=np.uint64), first,
-                      np.full(3, 4096, dtype=np.uint64), np.full(3, 512, dtype=np.int64))
-
-
-@pytest.mark.parametrize("lo_off,hi_off,floor_off", [
-    (0, 6 << 20, 0),              # all three tables
-    (0, 4 << 20, 0),              # two whole tables, one of them all invalid
-    (4096, 6 << 20, 0),           # the first table only partly
-    (0, 6 << 20, 4096),           # a floor that keeps the first table
-    (2 << 20, (4 << 20) + 8192, 0),
-])
-def test_uniform_tables_replay_like_full_ones(lo_off, hi_off, floor_off):
-    for free_mapped in (False, True):
-        states = [TableState(R, ROOT, _dense()), TableState(R, ROOT, _uniform_store())]
-        for st in states:
-            lo, hi = PAGE_OFFSET + lo_off, PAGE_OFFSET + hi_off
-            unmap_hotplug_range(st, lo, hi, free_mapped)
-            free_empty_tables(st, lo, hi, PAGE_OFFSET + floor_off, PAGE_END)
-        a, b = states
-        assert a.events == b.events
-        assert a.events  # something happened
-        for p in (PMD, PTE0, PTE1, PTE2):
-            assert np.array_equal(a.entries(p), b.entries(p)), hex(p)
