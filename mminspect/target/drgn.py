@@ -21,6 +21,7 @@ from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
 from mminspect.target.corefile import CoreFile
 from mminspect.target.elf import check_core_file
+from mminspect.target.kcore import check_kcore
 from mminspect.target.kdump import KdumpFile, own_reader_needed
 
 __all__ = ("DrgnTarget",)
@@ -76,6 +77,7 @@ class DrgnTarget:
                 raise MMInspectError(f"{qemu}: cannot attach to QEMU ({_one_line(e)})") from None
             name = f"QEMU guest {qemu}"
         elif kernel:
+            check_kcore()  # not arm64, no /proc/kcore, lockdown, not root: one line each
             prog = drgn.Program()
             try:
                 prog.set_kernel()
