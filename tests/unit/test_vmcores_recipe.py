@@ -186,3 +186,18 @@ def test_dmesg_since_a_mark():
     g = _FakeGuest([a, a[1:] + new])
     assert removal.DmesgMark(g).since() == new
     assert removal._messages(new) == ["Boot memory [48000000 50000000] offlining attempted"]
+
+
+def test_removal_runs_are_made_only_when_named(monkeypatch):
+    monkeypatch.setenv("MMINSPECT_MAKE_VMCORES", "debian-6.1-cloud-arm64")
+    monkeypatch.delenv("MMINSPECT_MAKE_REMOVAL", raising=False)
+    assert scenarios.may_make("debian-6.1-cloud-arm64", "hotadd")
+    assert not scenarios.may_make("debian-6.1-cloud-arm64", "bootmem-offline")
+    monkeypatch.setenv("MMINSPECT_MAKE_REMOVAL", "debian-6.1-cloud-arm64:bootmem, debian-sid-cloud-arm64:mom")
+    assert scenarios.may_make("debian-6.1-cloud-arm64", "bootmem-before")
+    assert not scenarios.may_make("debian-6.1-cloud-arm64", "mom-eject1")
+    assert scenarios.may_make("debian-sid-cloud-arm64", "mom-eject1")
+    assert not scenarios.may_make("debian-sid-cloud-arm64", "hotadd")
+    monkeypatch.setenv("MMINSPECT_MAKE_REMOVAL", "all")
+    assert scenarios.may_make("debian-6.1-cloud-arm64", "blockmap-eject1")
+    assert not scenarios.may_make("debian-sid-cloud-arm64", "blockmap-eject1")
