@@ -1,0 +1,103 @@
+"""
+Offlining a DIMM's memory blocks, as an ACPI eject does
+-------------------------------------------------------
+
+An ACPI eject (drivers/acpi/scan.c ``acpi_scan_try_to_offline()``, the same
+in 6.1 and 7.2) offlines every memory block of the device before anything is
+removed, in two passes over the blocks (``acpi_bus_offline()``):
+
+1. every block is tried (``device_offline()`` -> ``memory_block_offline()``
+   -> ``offline_pages()``), errors ignored;
+2. the blocks that failed are tried again, and the first that fails again
+   stops the eject: ``dev_warn(errdev, "Offline failed.\\n")`` (printed as
+   ``memory memoryN: Offline failed.``), every block offlined so far is
+   onlined again, and the eject ends -EBUSY (``_OST`` busy: QEMU keeps the
+   DIMM). Nothing is removed.
+
+Each try prints what the memory notifiers print, so a refused block appears
+once per pass. :func:`eject` replays this on a snapshot: per block the PFN
+range ``offline_pages()`` gets (after the block's own memmap, see
+:mod:`~mminspect.hotremove.altmap`), the notifier checks
+(:mod:`~mminspect.hotremove.notifiers`), and the lines the kernel prints.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from mminspect.hotremove.altmap import offline_start
+from mminspect.hotremove.notifiers import Check, memory_notifier
+
+__all__ = ("BlockOutcome", "Ejection", "eject")
+
+
+@dataclass
+class BlockOutcome:
+    """What offlining does to one memory block of the proposal."""
+
+    id: int
+    start: int
+    end: int
+    state: str  #: before the attempt
+    zone: Optional[str]
+    #: The physical range offline_pages() gets: [start + own memmap, end).
+    offline_range: Tuple[int, int]
+    #: Pages of the block's own memmap (memmap_on_memory), skipped by offlining.
+    memmap_pages: int
+    #: "offlined", "refused", "already offline", "offlined, then onlined again"
+    outcome: str = "offlined"
+    checks: List[Check] = field(default_factory=list)
+    #: Why offlining may still fail (struct pages that cannot migrate).
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def refusal(self) -> Optional[Check]:
+        return next((c for c in self.checks if c.result == "refuse"), None)
+
+
+@dataclass
+class Ejection:
+    """The offline phase of a removal."""
+
+    blocks: List[BlockOutcome]
+    #: What the kernel prints, in order (notifier warnings, "Offline failed.").
+    log: List[str]
+    #: The block whose second failure stopped the eject, if one did.
+    failed_block: Optional[int] = None
+
+    @property
+    def refused(self) -> bool:
+        return self.failed_block is not None
+
+    def unknown(self) -> List[Tuple[int, Check]]:
+        return [(b.id, c) for b in self.blocks for c in b.checks if c.result == "unknown"]
+
+
+def eject(sim, refuses_boot_memory: bool = True) -> Ejection:
+    """Replay the offline phase of an ACPI eject of ``sim.proposal``."""
+    snap = sim.snapshot
+    bsize = snap.kernel["block_size"]
+    by_id = {b.id: b for b in snap.blocks}
+    shift = sim.page_shift
+    outcomes: List[BlockOutcome] = []
+    log: List[str] = []
+    for bid in range(sim.proposal.start // bsize, sim.proposal.end // bsize):
+        b = by_id[bid]
+        lo = offline_start(b, shift) << shift
+        o = BlockOutcome(b.id, b.start, b.start + b.size, b.state, b.zone, (lo, b.start + b.size),
+                         b.altmap_free)
+        outcomes.append(o)
+        if b.state == "offline":
+            o.outcome = "already offline"  # device_offline() returns 1: nothing runs
+            continue
+        o.checks = memory_notifier(sim, lo >> shift, (o.offline_range[1] - lo) >> shift, refuses_boot_memory)
+        if o.refusal is not None:
+            o.outcome = "refused"
+            log.append(o.refusal.message)  # first pass
+    failed = next((o for o in outcomes if o.outcome == "refused"), None)
+    if failed is not None:
+        log.append(failed.refusal.message)  # second pass: the first failure again stops it
+        log.append(f"memory memory{failed.id}: Offline failed.")
+        for o in outcomes:
+            if o.outcome == "offlined":
+                o.outcome = "offlined, then onlined again"
+    return Ejection(outcomes, log, failed.id if failed is not None else None)
