@@ -29,7 +29,12 @@ from mminspect.walk import walk
 
 __all__ = ("SCHEMA", "Snapshot", "TableFacts", "capture_snapshot", "diff_snapshots")
 
-SCHEMA = "mminspect.snapshot/1"
+SCHEMA = "mminspect.snapshot/2"
+#: Older schemas that still load. /1 lacks the removal path's era facts
+#: (leaf_split_notifier, block_memmap, altmap_per_block, memmap_on_memory) and
+#: the blocks' altmap_free: they load as None/0, so the checks that need them
+#: say "unknown" instead of passing.
+COMPATIBLE = ("mminspect.snapshot/1", SCHEMA)
 
 
 @dataclass
@@ -102,20 +107,27 @@ class Snapshot:
                 entries = EntryStore.from_arrays(z)
         except (OSError, ValueError, KeyError) as e:
             raise MMInspectError(f"{path}: not an mminspect snapshot ({e})") from None
-        if header.get("schema") != SCHEMA:
-            raise MMInspectError(f"{path}: snapshot schema {header.get('schema')!r}, expected {SCHEMA}")
+        if header.get("schema") not in COMPATIBLE:
+            raise MMInspectError(f"{path}: snapshot schema {header.get('schema')!r}, expected one of "
+                                 f"{', '.join(COMPATIBLE)}")
+        known = set(Era.__dataclass_fields__)
+        era = Era(**{k: v for k, v in header["era"].items() if k in known})
+        if header["schema"] != SCHEMA:
+            for name in ("leaf_split_notifier", "block_memmap", "altmap_per_block", "memmap_on_memory"):
+                era.evidence.setdefault(name, f"unknown: not captured in a {header['schema']} snapshot")
         tables = {}
         for t in header["tables"]:
             t["parents"] = [tuple(x) for x in t["parents"]]
             tables[t["phys"]] = TableFacts(**t)
         return cls(
             kernel=header["kernel"],
-            era=Era(**header["era"]),
+            era=era,
             root_phys=header["root_phys"],
             tables=tables,
             entries=entries,
             sections=[Section(**s) for s in header["sections"]],
-            blocks=[Block(**b) for b in header["blocks"]],
+            # /1 blocks lack altmap_free: the memmap pages are what offlining skips.
+            blocks=[Block(**{"altmap_free": b.get("altmap_pages", 0), **b}) for b in header["blocks"]],
             nr_pagetable=header["nr_pagetable"],
         )
 
