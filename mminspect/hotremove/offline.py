@@ -30,6 +30,30 @@ from mminspect.hotremove.notifiers import Check, memory_notifier
 __all__ = ("BlockOutcome", "Ejection", "eject")
 
 
+def _isolation(sim, block, lo_pfn: int, hi_pfn: int) -> Tuple[Check, List[str]]:
+    """The isolation step of offline_pages() for one block: a check (refused
+    at the first unmovable page, or unknown without struct pages) and the
+    warnings about pages that may not migrate."""
+    scan = sim.snapshot.isolation_scan(block, lo_pfn, hi_pfn)
+    if scan is None:
+        return Check("unmovable-page", "unknown", "",
+                     "the block's struct pages are not in this snapshot (or cannot be decoded)"), []
+    warnings = [f"{n} {kind} (pfn {', '.join(hex(p) for p in pfns)}{', ...' if n > len(pfns) else ''})"
+                for kind, (n, pfns) in scan.doubtful.items()]
+    if scan.unreadable:
+        warnings.append(f"{scan.unreadable} struct pages unreadable in the dump")
+    if scan.first_unmovable is not None:
+        pfn, kind = scan.first_unmovable
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(scan.unmovable.items()))
+        # set_migratetype_isolate(): dump_page(unmovable, "unmovable page"),
+        # whose first line ends "pfn:%#lx".
+        return Check("unmovable-page", "refuse", "page dumped because: unmovable page",
+                     f"has_unmovable_pages() stops at pfn {pfn:#x} ({kind}; in all {counts}) in zone "
+                     f"{block.zone or 'unknown'}: start_isolate_page_range() fails, -EBUSY"), warnings
+    return Check("unmovable-page", "pass", "",
+                 f"no unmovable page among {scan.pages} struct pages (zone {block.zone or 'unknown'})"), warnings
+
+
 @dataclass
 class BlockOutcome:
     """What offlining does to one memory block of the proposal."""
@@ -89,13 +113,29 @@ def eject(sim, refuses_boot_memory: bool = True) -> Ejection:
         if b.state == "offline":
             o.outcome = "already offline"  # device_offline() returns 1: nothing runs
             continue
-        o.checks = memory_notifier(sim, lo >> shift, (o.offline_range[1] - lo) >> shift, refuses_boot_memory)
+        if b.zone is None and b.nid is not None:
+            # memory_block_offline(): "if (!mem->zone) return -EINVAL;" (a
+            # block spanning zones), before offline_pages(); nothing printed.
+            o.checks = [Check("zone", "refuse", "", f"memory{b.id} spans more than one zone (mem->zone is NULL): "
+                              "memory_block_offline() returns -EINVAL")]
+            o.outcome = "refused"
+            continue
+        iso = _isolation(sim, b, lo >> shift, o.offline_range[1] >> shift)
+        o.checks.append(iso[0])
+        o.warnings += iso[1]
+        if iso[0].result == "refuse":
+            o.outcome = "refused"
+            log.append(iso[0].message)
+            continue  # isolation fails before any notifier runs
+        o.checks += memory_notifier(sim, lo >> shift, (o.offline_range[1] - lo) >> shift, refuses_boot_memory)
         if o.refusal is not None:
             o.outcome = "refused"
-            log.append(o.refusal.message)  # first pass
+            if o.refusal.message:
+                log.append(o.refusal.message)  # first pass
     failed = next((o for o in outcomes if o.outcome == "refused"), None)
     if failed is not None:
-        log.append(failed.refusal.message)  # second pass: the first failure again stops it
+        if failed.refusal.message:
+            log.append(failed.refusal.message)  # second pass: the first failure again stops it
         log.append(f"memory memory{failed.id}: Offline failed.")
         for o in outcomes:
             if o.outcome == "offlined":

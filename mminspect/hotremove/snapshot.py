@@ -21,6 +21,7 @@ import numpy as np
 from mminspect.errors import MMInspectError
 from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
+from mminspect.hotremove.isolation import IsolationScan, scan_block
 from mminspect.hotremove.policy import Era
 from mminspect.kernel import Kernel
 from mminspect.memory import Block, MemoryMap
@@ -75,6 +76,22 @@ class Snapshot:
     sections: List[Section]
     blocks: List[Block]
     nr_pagetable: Optional[int] = None
+    #: Isolation scans of memory blocks' struct pages, by block id (saved for
+    #: the hot-added blocks; made on demand while the kernel is at hand).
+    scans: Dict[int, IsolationScan] = field(default_factory=dict)
+    #: The kernel captured from (None for a loaded snapshot).
+    source: Optional[Kernel] = field(default=None, repr=False)
+
+    def isolation_scan(self, block: Block, lo_pfn: int, hi_pfn: int) -> Optional[IsolationScan]:
+        """What ``has_unmovable_pages()`` meets in ``[lo_pfn, hi_pfn)`` of
+        ``block`` (see :mod:`~mminspect.hotremove.isolation`), or None when
+        the struct pages are neither saved nor readable."""
+        got = self.scans.get(block.id)
+        if got is None and self.source is not None:
+            got = scan_block(self.source, lo_pfn, hi_pfn, block.zone == "Movable")
+            if got is not None:
+                self.scans[block.id] = got
+        return got
 
     # -- persistence ----------------------------------------------------------
     def save(self, path: str) -> None:
@@ -87,11 +104,23 @@ class Snapshot:
             "sections": [s.as_dict() for s in self.sections],
             "blocks": [b.as_dict() for b in self.blocks],
             "nr_pagetable": self.nr_pagetable,
+            "isolation": {str(bid): scan.as_dict() for bid, scan in self._saved_scans().items()},
         }
         store = self.entries if isinstance(self.entries, EntryStore) else EntryStore.of(dict(self.entries))
         with open(path, "wb") as f:
             np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                                 **store.arrays())
+
+    def _saved_scans(self) -> Dict[int, IsolationScan]:
+        """The scans a saved snapshot carries: those made, plus every online
+        hot-added block's (small; boot memory is refused before its pages
+        matter, and scanning it all would cost a whole memmap read)."""
+        page_shift = self.kernel["regime"]["page_size"].bit_length() - 1
+        for b in self.blocks:
+            if not b.early and b.state == "online":
+                lo = (b.start >> page_shift) + b.altmap_free
+                self.isolation_scan(b, lo, (b.start + b.size) >> page_shift)
+        return dict(self.scans)
 
     def _table_dict(self, t: TableFacts) -> Dict[str, object]:
         d = asdict(t)
@@ -129,6 +158,7 @@ class Snapshot:
             # /1 blocks lack altmap_free: the memmap pages are what offlining skips.
             blocks=[Block(**{"altmap_free": b.get("altmap_pages", 0), **b}) for b in header["blocks"]],
             nr_pagetable=header["nr_pagetable"],
+            scans={int(k): IsolationScan.from_dict(v) for k, v in header.get("isolation", {}).items()},
         )
 
 
@@ -285,6 +315,7 @@ def capture_snapshot(kernel: Kernel, init_walk=None) -> Snapshot:
         sections=sections,
         blocks=blocks,
         nr_pagetable=None,
+        source=kernel,
     )
 
 
