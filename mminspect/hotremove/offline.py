@@ -30,6 +30,22 @@ from mminspect.hotremove.notifiers import Check, memory_notifier
 __all__ = ("BlockOutcome", "Ejection", "eject")
 
 
+def _holes(sim, rng: Tuple[int, int]) -> Optional[Check]:
+    """offline_pages()' first test: every page of the range is System RAM
+    ("memory holes": -EINVAL, pr_debug only). None when the snapshot does
+    not know System RAM (then the isolation scan and the notifiers decide)."""
+    ram = sim.snapshot.kernel.get("system_ram")
+    if ram is None:
+        return None
+    lo, hi = rng
+    covered = sum(max(0, min(hi, b + n) - max(lo, b)) for b, n in ram)
+    if covered != hi - lo:
+        return Check("memory-holes", "refuse", "",
+                     f"{(hi - lo - covered) >> 20} MiB of [{lo:#x}-{hi - 1:#x}] is not System RAM: "
+                     "offline_pages() returns -EINVAL (\"memory holes\"), printing nothing")
+    return None
+
+
 def _isolation(sim, block, lo_pfn: int, hi_pfn: int) -> Tuple[Check, List[str]]:
     """The isolation step of offline_pages() for one block: a check (refused
     at the first unmovable page, or unknown without struct pages) and the
@@ -120,6 +136,12 @@ def eject(sim, refuses_boot_memory: bool = True) -> Ejection:
                               "memory_block_offline() returns -EINVAL")]
             o.outcome = "refused"
             continue
+        holes = _holes(sim, o.offline_range)
+        if holes is not None:
+            o.checks.append(holes)
+            if holes.result == "refuse":
+                o.outcome = "refused"
+                continue
         iso = _isolation(sim, b, lo >> shift, o.offline_range[1] >> shift)
         o.checks.append(iso[0])
         o.warnings += iso[1]

@@ -24,9 +24,12 @@ from mminspect.hotremove.era import detect_era
 from mminspect.hotremove.isolation import IsolationScan, scan_block
 from mminspect.hotremove.policy import Era
 from mminspect.kernel import Kernel
-from mminspect.memory import Block, MemoryMap
+from mminspect.memory import Block, MemoryMap, read_memblock
 from mminspect.sparse import Section
 from mminspect.walk import walk
+
+#: include/linux/memblock.h: enum memblock_flags MEMBLOCK_NOMAP.
+MEMBLOCK_NOMAP = 0x4
 
 __all__ = ("SCHEMA", "Snapshot", "TableFacts", "capture_snapshot", "diff_snapshots")
 
@@ -300,6 +303,12 @@ def capture_snapshot(kernel: Kernel, init_walk=None) -> Snapshot:
         memory = MemoryMap.read(kernel)
     sections, blocks = memory.sections, memory.blocks
     era = detect_era(kernel)
+    # System RAM as offline_pages()' hole check sees it (walk_system_ram_range():
+    # arm64 registers each memblock.memory region not MEMBLOCK_NOMAP as "System
+    # RAM"; hot-added memory joins memblock with ARCH_KEEP_MEMBLOCK).
+    regions = read_memblock(kernel, "memory")
+    system_ram = (None if regions is None else
+                  [[int(b), int(n)] for b, n, f in regions.tolist() if not f & MEMBLOCK_NOMAP])
     return Snapshot(
         kernel={
             **kernel.describe(),
@@ -307,6 +316,7 @@ def capture_snapshot(kernel: Kernel, init_walk=None) -> Snapshot:
             "struct_page_size": kernel.struct_page_size,
             "section_size": sections[0].size if sections else 0,
             "block_size": blocks[0].size if blocks else 0,
+            "system_ram": system_ram,
         },
         era=era,
         root_phys=w.root.phys,
