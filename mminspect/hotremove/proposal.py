@@ -94,8 +94,8 @@ def check_proposal(p: Proposal, snapshot, policy) -> List[Refusal]:
         if b.state == "online" and b.zone not in (None, "Movable") and not b.early:
             out.append(Refusal(
                 "zone",
-                f"memory{bid} is online in zone {b.zone}: offlining may fail (unmovable pages); "
-                "simulating as if it succeeded",
+                f"memory{bid} is online in zone {b.zone}: every page in use must migrate for it to "
+                "offline (ZONE_MOVABLE guarantees only movable allocations)",
                 fatal=False, block=bid,
             ))
     return out
