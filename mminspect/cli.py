@@ -305,9 +305,17 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
     page: dtor without ctor, ctor without dtor, memblock page freed to buddy,
     kernel-image table freed, shared table freed, ptlock held, efi_mm touched.
 
+    Before any table is freed it replays the kernel's offline path, block by
+    block as an ACPI eject does: the range offline_pages() gets (after a
+    memmap_on_memory block's own memmap) and every memory-notifier check of
+    the dump's era, with the kernel's own message; one refused block stops
+    the eject and nothing is removed. A check the dump cannot decide is
+    listed as unchecked, never passed.
+
     \b
     Exit status: 0 clean, 1 a finding at or above --fail-on,
-                 3 the kernel would refuse the removal, 2 bad input.
+                 3 the kernel would refuse the removal (also with --force),
+                 2 bad input.
     """
     from mminspect.hotremove import Proposal, available_policies, get_policy, select_policy, simulate
     from mminspect.hotremove.policy import load_plugin_file
@@ -342,8 +350,8 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
         simulate_json(result, snap, out)
     else:
         simulate_text(result, snap, out, tables=tables, fail_on=fail_on)
-    if not result.simulated:
-        sys.exit(3)
+    if any(r.fatal for r in result.refusals):
+        sys.exit(3)  # the kernel refuses, --force or not
     from mminspect.hotremove.simulate import SEVERITIES
 
     if any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in result.findings):
