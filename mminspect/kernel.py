@@ -19,20 +19,16 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from mminspect.arch.arm64 import Regime
+from mminspect.bits import U64, s64
 from mminspect.errors import MMInspectError
 from mminspect.target.base import Target, TargetFault
 
 __all__ = ("Kasan", "Kernel", "Layout", "Root")
 
-_U64 = (1 << 64) - 1
 SZ_8M = 8 << 20
 SZ_16M = 16 << 20
 SZ_32M = 32 << 20
 SZ_1G = 1 << 30
-
-
-def _s64(value: int) -> int:
-    return value - (1 << 64) if value & (1 << 63) else value
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class Root:
 
     @property
     def end_inclusive(self) -> int:
-        return (self.end - 1) & _U64
+        return (self.end - 1) & U64
 
     def __repr__(self) -> str:
         return (f"Root({self.name} phys={self.phys:#x} entries={self.entries} "
@@ -159,7 +155,7 @@ class Kernel:
             raise MMInspectError(f"{target.name}: VMCOREINFO lacks kimage_voffset or PHYS_OFFSET")
         self.kimage_voffset = kv
         #: ``memstart_addr``, an s64 that can be negative (arch/arm64/mm/init.c).
-        self.phys_offset = _s64(po)
+        self.phys_offset = s64(po)
         self.kaslr_offset = int(info.get("KERNELOFFSET", "0"), 16)
         self.kasan = self._kasan()
         self.layout = self._layout()
@@ -194,7 +190,7 @@ class Kernel:
         for name in names:
             va = t.symbol(name)
             if va is not None:
-                tables[name] = (va - self.kimage_voffset) & _U64
+                tables[name] = (va - self.kimage_voffset) & U64
         if "kasan_early_shadow_pte" not in tables:
             return None
         page = t.symbol("kasan_early_shadow_page")
@@ -206,20 +202,20 @@ class Kernel:
         # offsets (the only ones: the option has no prompt) put it at
         # _PAGE_END(VA_BITS_MIN); KASAN_SHADOW_START is
         # _KASAN_SHADOW_START(vabits_actual), which is also PAGE_END.
-        end = (-(1 << (_va_bits_min(r, self._number("VMEMMAP_END") == (-SZ_1G) & _U64) - 1))) & _U64
-        start = (end - (1 << (r.vabits_actual - scale))) & _U64
+        end = (-(1 << (_va_bits_min(r, self._number("VMEMMAP_END") == (-SZ_1G) & U64) - 1))) & U64
+        start = (end - (1 << (r.vabits_actual - scale))) & U64
         return Kasan("sw_tags" if sw_tags else "generic", scale, (start, end), tables,
-                     (page - self.kimage_voffset) & _U64 if page is not None else None)
+                     (page - self.kimage_voffset) & U64 if page is not None else None)
 
     def _layout(self) -> Layout:
         r = self.regime
         stext = int(self.vmcoreinfo.get("SYMBOL(_stext)", "0"), 16)
-        if stext and stext < (-(1 << (r.va_bits - 1))) & _U64:
+        if stext and stext < (-(1 << (r.va_bits - 1))) & U64:
             return self._layout_before_v5_4()
-        page_offset = (-(1 << r.va_bits)) & _U64
+        page_offset = (-(1 << r.va_bits)) & U64
         vmemmap_end = self._number("VMEMMAP_END")
-        top_vmemmap = vmemmap_end == (-SZ_1G) & _U64
-        page_end = (-(1 << (_va_bits_min(r, top_vmemmap) - 1))) & _U64
+        top_vmemmap = vmemmap_end == (-SZ_1G) & U64
+        page_end = (-(1 << (_va_bits_min(r, top_vmemmap) - 1))) & U64
         kasan_shadow = None
         if self.kasan is not None:
             # PAGE_END is KASAN_SHADOW_START: the shadow takes the top of the linear range.
@@ -232,16 +228,16 @@ class Kernel:
         vmemmap_start = self._number("VMEMMAP_START")
         if vmemmap_start is None or vmemmap_end is None:
             # 6.1 formula: -(1 << (VA_BITS - (PAGE_SHIFT - STRUCT_PAGE_MAX_SHIFT)))
-            vmemmap_start = (-(1 << (r.va_bits - (r.page_shift - 6)))) & _U64
-            vmemmap_end = vmemmap_start + (((page_end - page_offset) & _U64) >> (r.page_shift - 6))
+            vmemmap_start = (-(1 << (r.va_bits - (r.page_shift - 6)))) & U64
+            vmemmap_end = vmemmap_start + (((page_end - page_offset) & U64) >> (r.page_shift - 6))
         vmalloc_start = self._number("VMALLOC_START") or modules_end
         vmalloc_end = self._number("VMALLOC_END") or (
             vmemmap_start - (SZ_8M if top_vmemmap else 256 << 20)
         )
         if top_vmemmap:
-            pci_io_start = (vmemmap_end + SZ_8M) & _U64
+            pci_io_start = (vmemmap_end + SZ_8M) & U64
             pci_io_end = pci_io_start + SZ_16M
-            fixaddr_top = (-SZ_8M) & _U64
+            fixaddr_top = (-SZ_8M) & U64
             fix_end = self.target.constant("__end_of_fixed_addresses")
         else:
             pci_io_end = vmemmap_start - SZ_8M
@@ -273,8 +269,8 @@ class Kernel:
         below it (arch/arm64/include/asm/memory.h and pgtable.h of v4.14).
         The 2017 hot-remove RFC ran on this layout."""
         r = self.regime
-        va_start = (-(1 << r.va_bits)) & _U64
-        page_offset = (-(1 << (r.va_bits - 1))) & _U64
+        va_start = (-(1 << r.va_bits)) & U64
+        page_offset = (-(1 << (r.va_bits - 1))) & U64
         vmemmap_size = 1 << (r.va_bits - r.page_shift - 1 + 6)  # STRUCT_PAGE_MAX_SHIFT = 6
         vmemmap_start = page_offset - vmemmap_size
         pci_io_end = vmemmap_start - (2 << 20)
@@ -285,7 +281,7 @@ class Kernel:
         modules_end = self._number("MODULES_END") or modules_vaddr + (128 << 20)
         return Layout(
             page_offset=page_offset,
-            page_end=_U64,  # the linear map runs to the top of the address space
+            page_end=U64,  # the linear map runs to the top of the address space
             modules_vaddr=modules_vaddr,
             modules_end=modules_end,
             vmalloc_start=self._number("VMALLOC_START") or modules_end,
@@ -306,17 +302,17 @@ class Kernel:
     def virt_to_phys(self, va: int) -> int:
         """``__pa()``: linear-map and kernel-image VAs only."""
         if self.is_linear(va):
-            return ((va - self.layout.page_offset) & _U64) + self.phys_offset
-        return (va - self.kimage_voffset) & _U64
+            return ((va - self.layout.page_offset) & U64) + self.phys_offset
+        return (va - self.kimage_voffset) & U64
 
     def phys_to_virt(self, pa: int) -> int:
         """``__va()``: the linear-map alias of a physical address."""
-        return ((pa - self.phys_offset) | self.layout.page_offset) & _U64
+        return ((pa - self.phys_offset) | self.layout.page_offset) & U64
 
     def pfn_to_page(self, pfn: int) -> int:
         """VA of the ``struct page`` of a PFN in the vmemmap."""
         base = self.phys_offset >> self.regime.page_shift
-        return (self.layout.vmemmap_start + (pfn - base) * self.struct_page_size) & _U64
+        return (self.layout.vmemmap_start + (pfn - base) * self.struct_page_size) & U64
 
     # -- roots ---------------------------------------------------------------
     def root(self, spec: str, start: Optional[int] = None, end: Optional[int] = None) -> Root:
@@ -372,7 +368,7 @@ class Kernel:
         if hi != 0 and lo >= hi:
             raise MMInspectError(
                 f"range {start:#x}-{end:#x} lies outside {root.name} "
-                f"({root.start:#x}-{(root.end - 1) & _U64:#x})"
+                f"({root.start:#x}-{(root.end - 1) & U64:#x})"
             )
         return Root(root.name, root.phys, root.entries, root.va_base, lo, hi, root.ttbr1)
 
@@ -424,7 +420,7 @@ class Kernel:
         if not root.ttbr1:
             # drivers/firmware/efi/arm-runtime.c: DEFAULT_MAP_WINDOW_64
             window = 1 << _va_bits_min(r, L.top_vmemmap)
-            return [(0, "UEFI runtime start"), (window, "UEFI runtime end"), (_U64, "")]
+            return [(0, "UEFI runtime start"), (window, "UEFI runtime end"), (U64, "")]
         fix = L.fixaddr_start if L.fixaddr_start is not None else L.fixaddr_top
         markers = [
             (L.page_offset, "Linear Mapping start"),
@@ -439,7 +435,7 @@ class Kernel:
             (L.vmalloc_end, "vmalloc() end"),
         ]
         if L.top_vmemmap:
-            po_actual = (-(1 << r.vabits_actual)) & _U64
+            po_actual = (-(1 << r.vabits_actual)) & U64
             vmemmap_first = L.vmemmap_start + (
                 ((po_actual - L.page_offset) >> r.page_shift) * self.struct_page_size
             )
@@ -460,7 +456,7 @@ class Kernel:
                 (L.vmemmap_start, "vmemmap start"),
                 (L.vmemmap_end, "vmemmap end"),
             ]
-        return markers + [(_U64, "")]
+        return markers + [(U64, "")]
 
     def ptdump_base(self, root: Root) -> int:
         """``kernel_ptdump_info.base_addr``: PAGE_OFFSET (6.1) or
@@ -468,7 +464,7 @@ class Kernel:
         if not root.ttbr1:
             return 0
         if self.layout.top_vmemmap:
-            return (-(1 << self.regime.vabits_actual)) & _U64
+            return (-(1 << self.regime.vabits_actual)) & U64
         return self.layout.page_offset
 
     def describe(self) -> Dict[str, object]:

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from mminspect.bits import U64
 from mminspect.errors import MMInspectError
 from mminspect.sparse import Section, memory_block_size, read_sections
 from mminspect.target.base import TargetFault
@@ -37,7 +38,6 @@ __all__ = (
     "node_stat",
 )
 
-_U64 = (1 << 64) - 1
 
 #: Values of :meth:`MemoryMap.kinds`.
 MAPS_NONE = 0  #: no present section in the range
@@ -353,7 +353,7 @@ def node_stat(kernel, item: str = "NR_PAGETABLE") -> List[NodeCount]:
             pcp = _u64(t.read_virt(pgdat + off_pcp, 8))
             delta = 0
             for cpu in cpus:
-                addr = (pcp + int(offsets[cpu])) & _U64
+                addr = (pcp + int(offsets[cpu])) & U64
                 delta += int.from_bytes(t.read_virt(addr + off_diff + idx, 1), "little", signed=True)
         except TargetFault as e:
             raise MMInspectError(f"cannot read node {nid}'s {item}: {e}") from None

@@ -43,7 +43,7 @@ from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mminspect.sortedarrays import unique
+from mminspect.bits import U32, U64, pfn_runs, unique
 from mminspect.target.base import Target, TargetFault
 
 __all__ = (
@@ -59,8 +59,6 @@ __all__ = (
     "TypeScheme",
 )
 
-_U64 = (1 << 64) - 1
-_U32 = (1 << 32) - 1
 
 #: include/linux/poison.h: ``LIST_POISON1``/``2`` are ``0x100``/``0x122`` plus
 #: ``POISON_POINTER_DELTA``, which is ``CONFIG_ILLEGAL_POINTER_VALUE``:
@@ -75,7 +73,7 @@ LIST_POISON2 = 0xDEAD000000000122
 #: include/linux/spinlock_types_raw.h ``#define SPINLOCK_MAGIC 0xdead4ead``
 #: (a macro: not in DWARF) and ``SPINLOCK_OWNER_INIT ((void *)-1L)``.
 SPINLOCK_MAGIC = 0xDEAD4EAD
-SPINLOCK_OWNER_INIT = _U64
+SPINLOCK_OWNER_INIT = U64
 
 #: Largest single read of the memmap (1 MiB reads run at memory speed in drgn).
 MAX_READ = 1 << 20
@@ -173,12 +171,12 @@ class TypeScheme:
             return None
         if self.name == "pgty":
             return self.table << 24
-        return _U32 & ~self.table
+        return U32 & ~self.table
 
     def describe(self, page_type: int) -> str:
         """A short name for one page_type value ('table', 'none', 'slab' ...)."""
         pt = np.array([page_type], dtype=np.uint32)
-        if page_type == _U32:
+        if page_type == U32:
             return "none"
         for name, value in (("table", self.table), ("slab", self.slab), ("buddy", self.buddy)):
             if value is not None and bool(self._is(pt, value)[0]):
@@ -190,9 +188,9 @@ class TypeScheme:
 
 def _detect_scheme(target: Target, info: Dict[str, str]) -> TypeScheme:
     buddy_value = info.get("NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)")
-    buddy_u32 = (int(buddy_value, 0) & _U32) if buddy_value is not None else None
+    buddy_u32 = (int(buddy_value, 0) & U32) if buddy_value is not None else None
     slab_value = info.get("NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)")
-    slab_u32 = (int(slab_value, 0) & _U32) if slab_value is not None else None
+    slab_u32 = (int(slab_value, 0) & U32) if slab_value is not None else None
 
     pgty_table = target.constant("PGTY_table")
     if pgty_table is not None:
@@ -217,27 +215,27 @@ def _detect_scheme(target: Target, info: Dict[str, str]) -> TypeScheme:
         # enum pagetype of bits ("mm: convert page type macros to enum", v6.10).
         pg_slab = target.constant("PG_slab") if slab_u32 is not None else None
         return TypeScheme(
-            "inverted", base & _U32, pg_table, pg_slab, target.constant("PG_buddy"),
-            f"DWARF: enum pagetype PG_table = {pg_table:#x} under PAGE_TYPE_BASE {base & _U32:#x} (inverted)",
+            "inverted", base & U32, pg_table, pg_slab, target.constant("PG_buddy"),
+            f"DWARF: enum pagetype PG_table = {pg_table:#x} under PAGE_TYPE_BASE {base & U32:#x} (inverted)",
         )
-    if buddy_u32 == _U32 & ~0x80:
+    if buddy_u32 == U32 & ~0x80:
         # v4.18 .. v6.9: #defines in include/linux/page-flags.h, not in DWARF:
         # PAGE_TYPE_BASE 0xf0000000 from "mm: Split page_type out from _mapcount"
         # and PG_table 0x200 from "mm: Mark pages in use for page tables" (Matthew
         # Wilcox, 2018, <20180430202247.25220-4-willy@infradead.org>); 6.1 has
         # them at page-flags.h:943-948. PG_slab became a page type (0x1000) only
         # in v6.10, where PAGE_SLAB_MAPCOUNT_VALUE joined VMCOREINFO.
-        slab = (~slab_u32 & _U32) if slab_u32 is not None else None
+        slab = (~slab_u32 & U32) if slab_u32 is not None else None
         return TypeScheme(
             "inverted", 0xF0000000, 0x200, slab, 0x80,
             "VMCOREINFO: PAGE_BUDDY_MAPCOUNT_VALUE == ~0x80: #define PAGE_TYPE_BASE 0xf0000000, "
             "PG_table 0x200 (include/linux/page-flags.h, v4.18 'mm: Mark pages in use for page tables')",
         )
-    if buddy_u32 == _U32 & ~0x40000000:
+    if buddy_u32 == U32 & ~0x40000000:
         # v6.10/6.11 "mm: allow reuse of the lower 16 bit of the page type with an
         # actual type" (David Hildenbrand, <20240527141454.113132-3-david@redhat.com>):
         # base 0x80000000, PG_buddy 0x40000000, PG_table 0x10000000, PG_slab 0x02000000.
-        slab = (~slab_u32 & _U32 & ~0x80000000) if slab_u32 is not None else None
+        slab = (~slab_u32 & U32 & ~0x80000000) if slab_u32 is not None else None
         return TypeScheme(
             "inverted", 0x80000000, 0x10000000, slab, 0x40000000,
             "VMCOREINFO: PAGE_BUDDY_MAPCOUNT_VALUE == ~0x40000000: PAGE_TYPE_BASE 0x80000000, "
@@ -407,10 +405,10 @@ class PageLayout:
         out["ptl"] = w(self.off_ptl)
         pt_word = w(self.off_page_type & ~7)
         shift = np.uint64((self.off_page_type & 7) * 8)
-        out["page_type"] = ((pt_word >> shift) & np.uint64(_U32)).astype(np.uint32)
+        out["page_type"] = ((pt_word >> shift) & np.uint64(U32)).astype(np.uint32)
         rc_word = w(self.off_refcount & ~7)
         rshift = np.uint64((self.off_refcount & 7) * 8)
-        out["refcount"] = ((rc_word >> rshift) & np.uint64(_U32)).astype(np.uint32).view(np.int32)
+        out["refcount"] = ((rc_word >> rshift) & np.uint64(U32)).astype(np.uint32).view(np.int32)
         if self.off_memcg is not None:
             out["memcg"] = w(self.off_memcg)
         if self.pg_reserved is not None:
@@ -464,7 +462,7 @@ class StructPages:
         shift = kernel.regime.page_shift
         base_pfn = kernel.phys_offset >> shift  # memstart_addr is an s64
         #: vmemmap: struct page of pfn p is at ``vmemmap + p * size``
-        self.vmemmap = (kernel.layout.vmemmap_start - base_pfn * size) & _U64
+        self.vmemmap = (kernel.layout.vmemmap_start - base_pfn * size) & U64
         self.bytes_read = 0
         self.reads = 0
 
@@ -625,7 +623,7 @@ class StructPages:
         """One chunk of a scan read through the target: ``(s, e, rows, raw,
         ok, unreadable)`` with the rows kept and their struct pages."""
         size = self.layout.size
-        va = (self.vmemmap + s * size) & _U64
+        va = (self.vmemmap + s * size) & U64
         try:
             words, good = np.frombuffer(self._read(va, (e - s) * size), dtype="<u8"), None
         except TargetFault:
@@ -651,7 +649,7 @@ class StructPages:
             return s, e, rows, raw[rows], np.ones(len(rows), dtype=bool), 0
 
         def read(s: int, e: int):
-            pieces = list(self._pieces((self.vmemmap + s * size) & _U64, (e - s) * size))
+            pieces = list(self._pieces((self.vmemmap + s * size) & U64, (e - s) * size))
             if any(pa is None for _, _, pa in pieces):
                 return None
             if not hasattr(local, "buf"):
@@ -759,7 +757,7 @@ class PtlObjects:
         size = self.layout.spinlock_size or 4
         lin_lo, lin_hi = np.uint64(k.layout.page_offset), np.uint64(k.layout.page_end)
         linear = (ptrs >= lin_lo) & (ptrs < lin_hi)
-        pa = ptrs - lin_lo + np.uint64(k.phys_offset & _U64)
+        pa = ptrs - lin_lo + np.uint64(k.phys_offset & U64)
         # Objects, one read per page that holds some.
         ps = k.regime.page_size
         idx = np.nonzero(linear)[0]
@@ -821,14 +819,3 @@ class PtlObjects:
         except TargetFault:
             return None
         return f"{comm}[{pid}]" if pid is not None else comm
-
-
-def pfn_runs(pfns: np.ndarray) -> List[Tuple[int, int]]:
-    """Sorted unique PFNs as ``[start, end)`` runs."""
-    p = unique(np.asarray(pfns, dtype=np.uint64))
-    if not len(p):
-        return []
-    brk = np.nonzero(np.diff(p) != np.uint64(1))[0] + 1
-    starts = np.concatenate(([0], brk))
-    ends = np.concatenate((brk, [len(p)]))
-    return [(int(p[s]), int(p[e - 1]) + 1) for s, e in zip(starts.tolist(), ends.tolist())]

@@ -59,8 +59,8 @@ from mminspect.arch.arm64 import (
     Regime,
     decode_prot,
 )
+from mminspect.bits import U64, contains
 from mminspect.kernel import Kernel, Root
-from mminspect.sortedarrays import contains
 from mminspect.target.base import TargetFault
 
 __all__ = (
@@ -134,7 +134,6 @@ SHARED_LIMIT = 1 << 16
 #: times slower (fresh buffers are page-faulted in on every read).
 MAX_READ = 1 << 20
 
-_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,7 @@ class Mapping:
 
     @property
     def end(self) -> int:
-        return (self.va + self.size) & _U64
+        return (self.va + self.size) & U64
 
     @property
     def kind(self) -> str:
@@ -334,7 +333,7 @@ class Walk:
             for c, p, i in zip(self.edge_child.tolist(), self.edge_parent.tolist(), self.edge_index.tolist()):
                 o = new(Parent)
                 d = o.__dict__
-                d["phys"] = None if p == _U64 else p
+                d["phys"] = None if p == U64 else p
                 d["index"] = i
                 t = cache.get(c)
                 cache[c] = (o,) if t is None else t + (o,)
@@ -375,7 +374,7 @@ class Walk:
         pos = np.minimum(pos, max(len(uc) - 1, 0))
         has = (uc[pos] == out["phys"]) if len(uc) else np.zeros(n, bool)
         first = es[head][pos] if len(uc) else np.zeros(n, np.int64)
-        out["parent"] = np.where(has, self.edge_parent[first] if len(uc) else 0, np.uint64(_U64))
+        out["parent"] = np.where(has, self.edge_parent[first] if len(uc) else 0, np.uint64(U64))
         out["index"] = np.where(has, self.edge_index[first] if len(uc) else 0, -1)
         out["nparents"] = np.where(has, counts[pos] if len(uc) else 0, 0)
         return out
@@ -387,7 +386,7 @@ class Walk:
         if k < 0:
             return None
         run = runs[k]
-        off = (va - int(run["va"])) & _U64
+        off = (va - int(run["va"])) & U64
         if off >= int(run["size"]) or run["cls"] != CLS_LEAF:
             return None
         if run["rep"]:
@@ -428,7 +427,7 @@ class _Walker:
         self.root = root
         self.progress = progress
         self.lo = root.start
-        self.hi = (root.end - 1) & _U64  # inclusive
+        self.hi = (root.end - 1) & U64  # inclusive
         self.oa_mask = np.uint64(self.r.oa_mask)
         #: Bytes one entry maps, by level + 1 (level -1 of 5-level regimes first).
         self.spans = np.array([1 << self.r.shift(L) if L >= self.r.top_level else 0 for L in range(-1, 4)],
@@ -458,7 +457,7 @@ class _Walker:
             np.array([self.root.phys], dtype=np.uint64),
             np.array([self.root.va_base], dtype=np.uint64),
             np.zeros(1, dtype=np.uint8),
-            np.array([_U64], dtype=np.uint64),
+            np.array([U64], dtype=np.uint64),
             np.array([-1], dtype=np.int64),
         )
         entries = self.root.entries
@@ -559,7 +558,7 @@ class _Walker:
             runs["attr"][sel] = attr
             runs["inherit"][sel] = child_inh[sel] | np.uint8(inh)
             va0 = int(child_va[sel].min())
-            if va0 < self.shadow_reached.get(pa, _U64):
+            if va0 < self.shadow_reached.get(pa, U64):
                 self.shadow_reached[pa] = va0
         return runs
 
@@ -581,7 +580,7 @@ class _Walker:
             if child is not None and level < 3:
                 self.edges.append((np.full(E, child, np.uint64), np.full(E, phys, np.uint64),
                                    np.arange(E, dtype=np.int64)))
-                if va < self.shadow_reached.get(child, _U64):
+                if va < self.shadow_reached.get(child, U64):
                     self.shadow_reached[child] = va
 
     def _keep_uniform(self, phys, first, step, count: int) -> None:

@@ -27,11 +27,11 @@ from mminspect.arch.arm64 import (
     PTE_UXN,
     decode_prot,
 )
+from mminspect.bits import U64
 from mminspect.walk import CLS_LEAF, Walk
 
 __all__ = ("check_wx", "ptdump_lines")
 
-_U64 = (1 << 64) - 1
 
 
 def _notes(w: Walk, base: int, markers: List[Tuple[int, str]]) -> Iterator[Tuple[int, int, int]]:
@@ -75,7 +75,7 @@ def _flush_address(w: Walk) -> int:
 def _range_line(start: int, end: int, level_name: str, prot: int) -> str:
     """One ``note_page()`` line: range, size scaled while divisible, level, prot."""
     units = "KMGTPE"
-    delta = ((end - start) & _U64) >> 10
+    delta = ((end - start) & U64) >> 10
     u = 0
     while not (delta & 1023) and u + 1 < len(units):
         delta >>= 10
