@@ -21,13 +21,13 @@ from typing import Dict, List, Optional, Tuple
 from mminspect.arch.arm64 import Regime
 from mminspect.bits import U64, s64
 from mminspect.errors import MMInspectError
-from mminspect.kernel.addr import AddressMap
+from mminspect.kernel.addr import LinearMap, Vmemmap
 from mminspect.kernel.kasan import Kasan, detect_kasan
 from mminspect.kernel.layout import SZ_1G, Layout, Region, detect_layout, va_bits_min
 from mminspect.kernel.roots import Root, find_root, user_root
 from mminspect.target.base import Target
 
-__all__ = ("AddressMap", "Kasan", "Kernel", "Layout", "Region", "Root")
+__all__ = ("Kasan", "Kernel", "Layout", "LinearMap", "Region", "Root", "Vmemmap")
 
 
 class Kernel:
@@ -70,9 +70,11 @@ class Kernel:
         self.layout = detect_layout(self.regime, self._number, int(info.get("SYMBOL(_stext)", "0"), 16),
                                     target.constant, self.kasan.shadow if self.kasan else None)
         self.struct_page_size = int(info.get("SIZE(page)", 0)) or target.sizeof("struct page") or 64
-        L = self.layout
-        self.addr = AddressMap(L.page_offset, L.page_end, self.phys_offset, kv, L.vmemmap_start,
-                               self.regime.page_shift, self.struct_page_size)
+        #: ``__pa()``/``__va()`` (:mod:`mminspect.kernel.addr`)
+        self.linear_map = LinearMap(self.layout.page_offset, self.layout.page_end, self.phys_offset, kv)
+        #: ``pfn_to_page()``/``page_to_pfn()``
+        self.vmemmap = Vmemmap(self.layout.vmemmap_start, self.phys_offset, self.regime.page_shift,
+                               self.struct_page_size)
 
     def __repr__(self) -> str:
         return f"Kernel({self.vmcoreinfo.get('OSRELEASE', '?')}, {self.regime.describe()}, {self.target.name})"
@@ -95,19 +97,19 @@ class Kernel:
 
     # -- address translation (mminspect.kernel.addr) ------------------------
     def is_linear(self, va: int) -> bool:
-        return self.addr.is_linear(va)
+        return self.linear_map.is_linear(va)
 
     def virt_to_phys(self, va: int) -> int:
         """``__pa()``: linear-map and kernel-image VAs only."""
-        return self.addr.virt_to_phys(va)
+        return self.linear_map.virt_to_phys(va)
 
     def phys_to_virt(self, pa: int) -> int:
         """``__va()``: the linear-map alias of a physical address."""
-        return self.addr.phys_to_virt(pa)
+        return self.linear_map.phys_to_virt(pa)
 
     def pfn_to_page(self, pfn: int) -> int:
         """VA of the ``struct page`` of a PFN in the vmemmap."""
-        return self.addr.pfn_to_page(pfn)
+        return self.vmemmap.pfn_to_page(pfn)
 
     def image_symbol(self, name: str) -> Optional[int]:
         """A kernel-image symbol, relocated by KASLR even where drgn 0.3.0 does
