@@ -12,6 +12,7 @@ captured roots, with no vmlinux and a few MB instead of GBs.
 import os
 from typing import Dict, List, Sequence
 
+from mminspect.bits import U64
 from mminspect.classify import capture_hook
 from mminspect.errors import MMInspectError
 from mminspect.hotremove.snapshot import capture_snapshot
@@ -68,7 +69,7 @@ def capture(target, path: str, roots: Sequence[str] = DEFAULT_ROOTS, force: bool
     init = k.root("init_mm")
     for va, size in sorted(rec.virt_reads):
         if init.start <= va:
-            walk(k, k.root("init_mm", va, min(va + max(size, 1), (1 << 64) - 1)))
+            walk(k, k.root("init_mm", va, min(va + max(size, 1), U64)))
     runs = rec.page_runs()
     answers = {
         "debug_info": target.has_debug_info,
