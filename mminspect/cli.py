@@ -11,6 +11,7 @@ bundled sample dump (announced on stderr).
 import functools
 import os
 import platform
+import signal
 import sys
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -18,6 +19,7 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
+from mminspect.files import Interrupted, check_input, check_output, target_files
 
 _U64 = (1 << 64) - 1
 
@@ -41,16 +43,33 @@ def _errors(fn: Callable) -> Callable:
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(1)
+        except Interrupted as e:
+            click.echo(f"mminspect: interrupted by {signal.Signals(e.signum).name}; nothing was written", err=True)
+            sys.exit(128 + e.signum)
         except KeyboardInterrupt:
             click.echo("mminspect: interrupted", err=True)
             sys.exit(130)
-        except Exception as e:  # drgn raises its own types for damaged dumps
+        except MemoryError:
+            _fail("out of memory: the input asks for more memory than this process may use "
+                  "(a damaged dump or snapshot?)")
+        except Exception as e:  # a bug of ours, or a library failing in a way we did not foresee
             if os.environ.get("MMINSPECT_DEBUG"):
                 raise
-            _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                  "(set MMINSPECT_DEBUG=1 for a traceback)")
+            detail = str(e).splitlines()[0] if str(e) else "no detail"
+            _fail(f"internal error, please report it: {detail} ({type(e).__name__}; "
+                  "MMINSPECT_DEBUG=1 shows where)")
 
     return wrapper
+
+
+def _set_timeout(ctx, param, value) -> None:
+    from mminspect.qmp import set_timeout
+
+    if value is not None:
+        try:
+            set_timeout(value)
+        except MMInspectError as e:
+            raise click.BadParameter(str(e)) from None
 
 
 def target_options(fn: Callable) -> Callable:
@@ -61,6 +80,9 @@ def target_options(fn: Callable) -> Callable:
                      help="vmlinux with debug info (repeatable); default: drgn's search"),
         click.option("-k", "--kernel", "live", is_flag=True, help="the running kernel via /proc/kcore (root, arm64)"),
         click.option("--qemu", metavar="SOCKET", help="a live QEMU guest's QMP socket (-qmp unix:SOCKET,server=on)"),
+        click.option("--timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
+                     expose_value=False, is_eager=True, callback=_set_timeout,
+                     help="wait at most this long for the QMP socket to connect and for each reply"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -210,19 +232,25 @@ def capture(core, symbols, live, qemu, output, roots, force) -> None:
     target = bound_target()
     if target is None and not (core or live or qemu):
         raise MMInspectError("capture needs a target: -c VMCORE, -k or --qemu SOCKET")
+    inputs = _inputs(core, symbols)
+    check_output(output, inputs, force)  # before the work, and again before the rename
     result = do_capture(target or open_target(core=core, symbols=symbols, kernel=live, qemu=qemu),
-                        output, roots, force)
+                        output, roots, force, inputs=inputs)
     click.echo(f"{output}: {result['bytes']} bytes, {result['pages']} pages, roots {', '.join(result['roots'])}")
     for root, why in result["skipped"].items():
         click.echo(f"  skipped {root}: {why}", err=True)
+
+
+def _inputs(core, symbols, *more) -> list:
+    """The files a command reads, which no output may be: the dump (the
+    bundled sample when none is given), the vmlinuxes and ``more``."""
+    return [p for p in (core or (bundled_sample() if bound_target() is None else None), *symbols, *more) if p]
 
 
 def _load_or_capture(snapshot, core, symbols, live, qemu):
     from mminspect.hotremove import Snapshot, capture_snapshot
 
     if snapshot:
-        if not os.path.exists(snapshot):
-            raise MMInspectError(f"{snapshot}: no such snapshot")
         return Snapshot.load(snapshot)
     return capture_snapshot(open_kernel(core, symbols, live, qemu))
 
@@ -242,10 +270,11 @@ def snapshot(core, symbols, live, qemu, output, force) -> None:
     """
     from mminspect.hotremove import capture_snapshot
 
-    if os.path.exists(output) and not force:
-        raise MMInspectError(f"{output}: exists; choose another name or pass --force")
-    snap = capture_snapshot(open_kernel(core, symbols, live, qemu))
-    snap.save(output)
+    inputs = _inputs(core, symbols)
+    check_output(output, inputs, force)  # before the work, and again before the rename
+    k = open_kernel(core, symbols, live, qemu)
+    snap = capture_snapshot(k)
+    snap.save(output, force=force, inputs=[*inputs, *target_files(k.target)])
     click.echo(f"{output}: {len(snap.tables)} table pages, {len(snap.blocks)} memory blocks, "
                f"{os.path.getsize(output)} bytes")
 

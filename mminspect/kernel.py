@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 from mminspect.arch.arm64 import Regime
 from mminspect.errors import MMInspectError
 from mminspect.target.base import Target, TargetFault
+from mminspect.vmcoreinfo import check_vmcoreinfo
 
 __all__ = ("Kasan", "Kernel", "Layout", "Root")
 
@@ -138,6 +139,7 @@ class Kernel:
     def __init__(self, target: Target) -> None:
         self.target = target
         info = target.vmcoreinfo()
+        check_vmcoreinfo(info, target.name)  # every number against the others, before any is used
         self.vmcoreinfo = info
         try:
             page_size = int(info["PAGESIZE"])

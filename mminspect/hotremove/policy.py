@@ -113,18 +113,39 @@ def load_plugin_file(path: str) -> List[str]:
     import importlib.util
     import os
 
-    if not os.path.isfile(path):
-        raise MMInspectError(f"{path}: no such plugin file")
+    from mminspect.files import check_input
+
+    check_input(path, "plugin file")
     name = "mminspect_plugin_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise MMInspectError(f"{path}: not a Python file (a plugin is a .py file with register())")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-        result = module.register()
-    except Exception as e:
-        raise MMInspectError(f"{path}: plugin failed to load: {e}") from None
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise MMInspectError(f"{path}: plugin has no register() function")
+        result = register()
+    except MMInspectError:
+        raise
+    except SyntaxError as e:
+        raise MMInspectError(f"{path}: plugin is not valid Python (line {e.lineno}: {e.msg})") from None
+    except (Exception, SystemExit) as e:  # the plugin's own failure, in its words
+        what = str(e).splitlines()[0] if str(e) else "no message"
+        raise MMInspectError(f"{path}: plugin failed to load: {what} ({type(e).__name__})") from None
+    return _register(path, result)
+
+
+def _register(source: str, result) -> List[str]:
+    """Record the policies a plugin's register() returned, after checking
+    each is a :class:`Policy` subclass with a name."""
     names = []
     for cls in result if isinstance(result, (list, tuple)) else [result]:
+        if not (isinstance(cls, type) and issubclass(cls, Policy)):
+            raise MMInspectError(f"{source}: register() returned {str(cls)[:60]!r}, not a Policy subclass")
+        if not isinstance(cls.name, str) or not cls.name.strip():
+            raise MMInspectError(f"{source}: policy {cls.__name__} has no name")
         _loaded[cls.name] = cls
         names.append(cls.name)
     return names

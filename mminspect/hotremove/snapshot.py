@@ -14,14 +14,16 @@ hot-remove).
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mminspect.errors import MMInspectError
+from mminspect.files import atomic_output
 from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
 from mminspect.hotremove.policy import Era
+from mminspect.hotremove.snapshot_file import read_snapshot_file
 from mminspect.kernel import Kernel
 from mminspect.memory import Block, MemoryMap
 from mminspect.sparse import Section
@@ -72,7 +74,11 @@ class Snapshot:
     nr_pagetable: Optional[int] = None
 
     # -- persistence ----------------------------------------------------------
-    def save(self, path: str) -> None:
+    def save(self, path: str, force: bool = True, inputs: Sequence[str] = ()) -> None:
+        """Write the snapshot to ``path``, whole or not at all
+        (:func:`mminspect.files.atomic_output`): never over one of
+        ``inputs`` nor anything but a regular file, and over an existing
+        file only with ``force``."""
         header = {
             "schema": SCHEMA,
             "kernel": self.kernel,
@@ -84,7 +90,7 @@ class Snapshot:
             "nr_pagetable": self.nr_pagetable,
         }
         store = self.entries if isinstance(self.entries, EntryStore) else EntryStore.of(dict(self.entries))
-        with open(path, "wb") as f:
+        with atomic_output(path, inputs, force) as f:
             np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                                 **store.arrays())
 
@@ -96,14 +102,13 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str) -> "Snapshot":
-        try:
-            with np.load(path) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                entries = EntryStore.from_arrays(z)
-        except (OSError, ValueError, KeyError) as e:
-            raise MMInspectError(f"{path}: not an mminspect snapshot ({e})") from None
-        if header.get("schema") != SCHEMA:
-            raise MMInspectError(f"{path}: snapshot schema {header.get('schema')!r}, expected {SCHEMA}")
+        """Read a snapshot saved by :meth:`save`, every size and field
+        checked before use (:mod:`mminspect.hotremove.snapshot_file`).
+
+        :raises MMInspectError: in one line, for a file that is not one
+        """
+        header, arrays = read_snapshot_file(path)
+        entries = EntryStore.from_arrays(arrays)
         tables = {}
         for t in header["tables"]:
             t["parents"] = [tuple(x) for x in t["parents"]]
@@ -116,7 +121,7 @@ class Snapshot:
             entries=entries,
             sections=[Section(**s) for s in header["sections"]],
             blocks=[Block(**b) for b in header["blocks"]],
-            nr_pagetable=header["nr_pagetable"],
+            nr_pagetable=header.get("nr_pagetable"),
         )
 
 

@@ -1,10 +1,11 @@
 """Just enough ELF64 reading to check a core file before drgn opens it."""
 
-import os
+import stat
 import struct
 from typing import Iterator, List, Optional, Tuple
 
 from mminspect.errors import MMInspectError
+from mminspect.files import check_input
 
 __all__ = ("PT_LOAD", "PT_NOTE", "check_core_file", "core_notes", "core_phdrs", "truncation")
 
@@ -72,10 +73,9 @@ def truncation(path: str, size: int) -> Optional[Tuple[int, int]]:
 
 def check_core_file(path: str) -> None:
     """Refuse, in one line, a path that cannot be a whole vmcore."""
-    if not os.path.exists(path):
-        raise MMInspectError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise MMInspectError(f"{path}: is a directory, not a vmcore")
-    short = truncation(path, os.path.getsize(path))
+    st = check_input(path, "vmcore")
+    if not stat.S_ISREG(st.st_mode):
+        return  # /proc/kcore, /proc/vmcore: the kernel's, with no file size
+    short = truncation(path, st.st_size)
     if short:
         raise MMInspectError(f"{path}: truncated vmcore ({short[1]} of {short[0]} bytes); copy it again in full")
