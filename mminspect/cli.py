@@ -19,7 +19,7 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
-from mminspect.files import Interrupted, check_input, check_output, target_files
+from mminspect.files import Interrupted, check_output, signals_raise, target_files
 
 _U64 = (1 << 64) - 1
 
@@ -43,12 +43,10 @@ def _errors(fn: Callable) -> Callable:
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(1)
-        except Interrupted as e:
-            click.echo(f"mminspect: interrupted by {signal.Signals(e.signum).name}; nothing was written", err=True)
-            sys.exit(128 + e.signum)
-        except KeyboardInterrupt:
-            click.echo("mminspect: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:  # SIGINT, and SIGTERM/SIGHUP as Interrupted
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
+            sys.exit(128 + signum)
         except MemoryError:
             _fail("out of memory: the input asks for more memory than this process may use "
                   "(a damaged dump or snapshot?)")
@@ -81,7 +79,7 @@ def target_options(fn: Callable) -> Callable:
         click.option("-k", "--kernel", "live", is_flag=True, help="the running kernel via /proc/kcore (root, arm64)"),
         click.option("--qemu", metavar="SOCKET", help="a live QEMU guest's QMP socket (-qmp unix:SOCKET,server=on)"),
         click.option("--timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
-                     expose_value=False, is_eager=True, callback=_set_timeout,
+                     expose_value=False, is_eager=True, callback=_set_timeout, envvar="MMINSPECT_TIMEOUT",
                      help="wait at most this long for the QMP socket to connect and for each reply"),
     ]
     for opt in reversed(opts):
@@ -155,7 +153,41 @@ def _progress(enabled: bool):
     return report
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The ``mminspect`` group as a shell command: usage errors in one line
+    (``mminspect: error: ...``, exit 2) like every other error, and SIGTERM
+    and SIGHUP, like SIGINT, reported in one line instead of killing the
+    process silently (whatever is being written is removed first:
+    :func:`mminspect.files.atomic_output`). Exit status 128 + the signal."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            with signals_raise():
+                # What click.Command.main() does, less its own handling of
+                # KeyboardInterrupt (a blank line and "Aborted!", exit 1).
+                args = sys.argv[1:] if args is None else list(args)
+                with self.make_context(prog_name or "mminspect", args, **extra) as ctx:
+                    rv = self.invoke(ctx)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain "mminspect": the help
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
+            cmd = e.ctx.command_path if e.ctx is not None else "mminspect"
+            _fail(f"{e.format_message()} (see: {cmd} -h)")
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except (click.Abort, KeyboardInterrupt) as e:
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
+            sys.exit(128 + signum)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mminspect")
 def main() -> None:
     """Inspect arm64 kernel page tables on vmcores and live kernels.
@@ -191,9 +223,14 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
     contiguous leaf ranges. init_mm needs only VMCOREINFO; efi_mm and pids need
     debug info. The table format ends with the kernel's DEBUG_WX verdict for
     init_mm; --format json has the schema mminspect.walk/1.
+
+    \b
+    Exit status: 0 the whole tree was seen; 1 part of it could not be
+                 (a loop, a table outside RAM or missing from the dump:
+                 one line on stderr, the output leaves it out); 2 bad input.
     """
     from mminspect.report.ptdump import ptdump_lines
-    from mminspect.report.walk import walk_json, walk_text
+    from mminspect.report.walk import problems_line, walk_json, walk_text
     from mminspect.walk import walk as do_walk
 
     start, end = parse_range(range_)
@@ -208,6 +245,11 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
             out.write(line + "\n")
     else:
         walk_text(w, out, tables=tables)
+    warning = problems_line(w)
+    if warning:
+        out.flush()
+        click.echo(warning, err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -283,8 +325,11 @@ def _parse_options(pairs):
     out = {}
     for p in pairs:
         key, sep, value = p.partition("=")
-        if not sep or not key:
+        key = key.strip()
+        if not sep or not key or not value.strip():
             raise MMInspectError(f"bad --policy-option {p!r}: expected KEY=VALUE")
+        if key in out:
+            raise MMInspectError(f"--policy-option {key} given twice ({out[key]!r} and {value!r})")
         out[key] = value
     return out
 
@@ -298,8 +343,12 @@ def _block_ids(specs) -> list:
             a, b = int(lo), int(hi) if sep else int(lo)
         except ValueError:
             raise MMInspectError(f"bad --block {spec!r}: expected N or N..M") from None
+        if a < 0 or b < 0:
+            raise MMInspectError(f"bad --block {spec!r}: memory block ids are not negative")
         if b < a:
             raise MMInspectError(f"bad --block {spec!r}: {b} < {a}")
+        if b - a >= 1 << 20:
+            raise MMInspectError(f"bad --block {spec!r}: {b - a + 1} blocks; give a --range instead")
         ids.extend(range(a, b + 1))
     return ids
 

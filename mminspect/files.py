@@ -25,14 +25,14 @@ import contextlib
 import os
 import signal
 import stat
-import tempfile
+import secrets
 import threading
 from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
 from mminspect.errors import MMInspectError
 
 __all__ = ("DEVICE_INPUTS", "Interrupted", "atomic_output", "check_input", "check_output", "same_file",
-           "target_files")
+           "signals_raise", "target_files")
 
 #: Character devices mminspect reads on purpose (``-k``: the running kernel).
 DEVICE_INPUTS = ("/proc/kcore", "/proc/vmcore")
@@ -148,7 +148,18 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
+def _blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP held back (delivered after the block), so that
+    creating, renaming and removing the temporary file is never cut short."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM/SIGHUP raise :class:`Interrupted`
     (so ``finally`` clauses run) instead of killing the process outright.
     Only the main thread can set handlers; elsewhere this does nothing."""
@@ -187,36 +198,47 @@ def atomic_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool =
     inputs = [i for i in inputs if i]
     check_output(path, inputs, force)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    with _signals_raise():
+    tmp = fd = None
+    with signals_raise():
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
-            os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
+            with _blocked():
+                tmp, fd = _create_temporary(directory, os.path.basename(path))
             with os.fdopen(fd, "wb") as f:
+                fd = None
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
             check_output(path, inputs, force)
-            if force:
-                os.replace(tmp, path)
-            else:
-                _link_no_clobber(tmp, path)
-            tmp = None
+            with _blocked():
+                if force:
+                    os.replace(tmp, path)
+                else:
+                    _link_no_clobber(tmp, path)
+                tmp = None
             _fsync_dir(directory)
         except FileExistsError:
             raise MMInspectError(f"{path}: appeared while writing; choose another name or pass --force") from None
         except OSError as e:
             raise MMInspectError(f"{path}: cannot write ({e.strerror or e}); nothing was written") from None
         finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            with _blocked():
+                if fd is not None:
+                    os.close(fd)
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temporary(directory: str, name: str) -> Tuple[str, int]:
+    """A new file ``.NAME.PID.RANDOM.partial`` in ``directory`` (created
+    with O_EXCL: never someone else's), mode 0666 less the umask as open()
+    would give the output itself."""
+    while True:
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
 
 
 def _link_no_clobber(tmp: str, path: str) -> None:

@@ -345,6 +345,7 @@ class Kernel:
                 phys = int(spec[4:], 16)
             except ValueError:
                 raise MMInspectError(f"bad root {spec!r}: expected pgd:PHYS in hex") from None
+            self._check_pgd(spec, phys)
             return self._clip(self.user_root(spec, phys), start, end)
         if spec == "efi_mm":
             pgd = self._mm_pgd_of_symbol("efi_mm")
@@ -354,6 +355,24 @@ class Kernel:
         else:
             raise MMInspectError(f"unknown root {spec!r}: use init_mm, efi_mm, vmemmap, a pid or pgd:PHYS")
         return self._clip(self.user_root(spec, self.virt_to_phys(pgd)), start, end)
+
+    def _check_pgd(self, spec: str, phys: int) -> None:
+        """A user-given pgd is a physical address the regime allows, aligned
+        as the kernel allocates a pgd (PGD_SIZE from pgd_cache when that is
+        below a page: arch/arm64/mm/pgd.c; a page otherwise), and in the
+        dump's memory."""
+        r = self.regime
+        size = min(r.root_entries() * 8, r.page_size)
+        if not 0 <= phys < 1 << r.pa_bits:
+            raise MMInspectError(f"bad root {spec!r}: not a physical address below 2^{r.pa_bits}")
+        if phys % size:
+            raise MMInspectError(f"bad root {spec!r}: a pgd is aligned to its {size} bytes; "
+                                 f"{phys:#x} is {phys % size} bytes into one")
+        try:
+            self.target.read_phys(phys, 8)
+        except TargetFault:
+            raise MMInspectError(f"bad root {spec!r}: {phys:#x} is not in the dump's memory "
+                                 "(not RAM, or left out of the dump)") from None
 
     def user_root(self, name: str, phys: int) -> Root:
         """A TTBR0 (user-half) root at physical address ``phys``, as for
