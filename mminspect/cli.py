@@ -11,6 +11,7 @@ bundled sample dump (announced on stderr).
 import functools
 import os
 import platform
+import signal
 import sys
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -18,6 +19,7 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
+from mminspect.files import Interrupted, check_output, signals_raise, target_files
 
 _U64 = (1 << 64) - 1
 
@@ -41,16 +43,31 @@ def _errors(fn: Callable) -> Callable:
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("mminspect: interrupted", err=True)
-            sys.exit(130)
-        except Exception as e:  # drgn raises its own types for damaged dumps
+        except KeyboardInterrupt as e:  # SIGINT, and SIGTERM/SIGHUP as Interrupted
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
+            sys.exit(128 + signum)
+        except MemoryError:
+            _fail("out of memory: the input asks for more memory than this process may use "
+                  "(a damaged dump or snapshot?)")
+        except Exception as e:  # a bug of ours, or a library failing in a way we did not foresee
             if os.environ.get("MMINSPECT_DEBUG"):
                 raise
-            _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                  "(set MMINSPECT_DEBUG=1 for a traceback)")
+            detail = str(e).splitlines()[0] if str(e) else "no detail"
+            _fail(f"internal error, please report it: {detail} ({type(e).__name__}; "
+                  "MMINSPECT_DEBUG=1 shows where)")
 
     return wrapper
+
+
+def _set_timeout(ctx, param, value) -> None:
+    from mminspect.qmp import set_timeout
+
+    if value is not None:
+        try:
+            set_timeout(value)
+        except MMInspectError as e:
+            raise click.BadParameter(str(e)) from None
 
 
 def target_options(fn: Callable) -> Callable:
@@ -61,6 +78,9 @@ def target_options(fn: Callable) -> Callable:
                      help="vmlinux with debug info (repeatable); default: drgn's search"),
         click.option("-k", "--kernel", "live", is_flag=True, help="the running kernel via /proc/kcore (root, arm64)"),
         click.option("--qemu", metavar="SOCKET", help="a live QEMU guest's QMP socket (-qmp unix:SOCKET,server=on)"),
+        click.option("--timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
+                     expose_value=False, is_eager=True, callback=_set_timeout, envvar="MMINSPECT_TIMEOUT",
+                     help="wait at most this long for the QMP socket to connect and for each reply"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -133,7 +153,41 @@ def _progress(enabled: bool):
     return report
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The ``mminspect`` group as a shell command: usage errors in one line
+    (``mminspect: error: ...``, exit 2) like every other error, and SIGTERM
+    and SIGHUP, like SIGINT, reported in one line instead of killing the
+    process silently (whatever is being written is removed first:
+    :func:`mminspect.files.atomic_output`). Exit status 128 + the signal."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            with signals_raise():
+                # What click.Command.main() does, less its own handling of
+                # KeyboardInterrupt (a blank line and "Aborted!", exit 1).
+                args = sys.argv[1:] if args is None else list(args)
+                with self.make_context(prog_name or "mminspect", args, **extra) as ctx:
+                    rv = self.invoke(ctx)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain "mminspect": the help
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
+            cmd = e.ctx.command_path if e.ctx is not None else "mminspect"
+            _fail(f"{e.format_message()} (see: {cmd} -h)")
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except (click.Abort, KeyboardInterrupt) as e:
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
+            sys.exit(128 + signum)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mminspect")
 def main() -> None:
     """Inspect arm64 kernel page tables on vmcores and live kernels.
@@ -169,9 +223,14 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
     contiguous leaf ranges. init_mm needs only VMCOREINFO; efi_mm and pids need
     debug info. The table format ends with the kernel's DEBUG_WX verdict for
     init_mm; --format json has the schema mminspect.walk/1.
+
+    \b
+    Exit status: 0 the whole tree was seen; 1 part of it could not be
+                 (a loop, a table outside RAM or missing from the dump:
+                 one line on stderr, the output leaves it out); 2 bad input.
     """
     from mminspect.report.ptdump import ptdump_lines
-    from mminspect.report.walk import walk_json, walk_text
+    from mminspect.report.walk import problems_line, walk_json, walk_text
     from mminspect.walk import walk as do_walk
 
     start, end = parse_range(range_)
@@ -186,6 +245,11 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
             out.write(line + "\n")
     else:
         walk_text(w, out, tables=tables)
+    warning = problems_line(w)
+    if warning:
+        out.flush()
+        click.echo(warning, err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -210,19 +274,25 @@ def capture(core, symbols, live, qemu, output, roots, force) -> None:
     target = bound_target()
     if target is None and not (core or live or qemu):
         raise MMInspectError("capture needs a target: -c VMCORE, -k or --qemu SOCKET")
+    inputs = _inputs(core, symbols)
+    check_output(output, inputs, force)  # before the work, and again before the rename
     result = do_capture(target or open_target(core=core, symbols=symbols, kernel=live, qemu=qemu),
-                        output, roots, force)
+                        output, roots, force, inputs=inputs)
     click.echo(f"{output}: {result['bytes']} bytes, {result['pages']} pages, roots {', '.join(result['roots'])}")
     for root, why in result["skipped"].items():
         click.echo(f"  skipped {root}: {why}", err=True)
+
+
+def _inputs(core, symbols, *more) -> list:
+    """The files a command reads, which no output may be: the dump (the
+    bundled sample when none is given), the vmlinuxes and ``more``."""
+    return [p for p in (core or (bundled_sample() if bound_target() is None else None), *symbols, *more) if p]
 
 
 def _load_or_capture(snapshot, core, symbols, live, qemu):
     from mminspect.hotremove import Snapshot, capture_snapshot
 
     if snapshot:
-        if not os.path.exists(snapshot):
-            raise MMInspectError(f"{snapshot}: no such snapshot")
         return Snapshot.load(snapshot)
     return capture_snapshot(open_kernel(core, symbols, live, qemu))
 
@@ -242,10 +312,11 @@ def snapshot(core, symbols, live, qemu, output, force) -> None:
     """
     from mminspect.hotremove import capture_snapshot
 
-    if os.path.exists(output) and not force:
-        raise MMInspectError(f"{output}: exists; choose another name or pass --force")
-    snap = capture_snapshot(open_kernel(core, symbols, live, qemu))
-    snap.save(output)
+    inputs = _inputs(core, symbols)
+    check_output(output, inputs, force)  # before the work, and again before the rename
+    k = open_kernel(core, symbols, live, qemu)
+    snap = capture_snapshot(k)
+    snap.save(output, force=force, inputs=[*inputs, *target_files(k.target)])
     click.echo(f"{output}: {len(snap.tables)} table pages, {len(snap.blocks)} memory blocks, "
                f"{os.path.getsize(output)} bytes")
 
@@ -254,8 +325,11 @@ def _parse_options(pairs):
     out = {}
     for p in pairs:
         key, sep, value = p.partition("=")
-        if not sep or not key:
+        key = key.strip()
+        if not sep or not key or not value.strip():
             raise MMInspectError(f"bad --policy-option {p!r}: expected KEY=VALUE")
+        if key in out:
+            raise MMInspectError(f"--policy-option {key} given twice ({out[key]!r} and {value!r})")
         out[key] = value
     return out
 
@@ -269,8 +343,12 @@ def _block_ids(specs) -> list:
             a, b = int(lo), int(hi) if sep else int(lo)
         except ValueError:
             raise MMInspectError(f"bad --block {spec!r}: expected N or N..M") from None
+        if a < 0 or b < 0:
+            raise MMInspectError(f"bad --block {spec!r}: memory block ids are not negative")
         if b < a:
             raise MMInspectError(f"bad --block {spec!r}: {b} < {a}")
+        if b - a >= 1 << 20:
+            raise MMInspectError(f"bad --block {spec!r}: {b - a + 1} blocks; give a --range instead")
         ids.extend(range(a, b + 1))
     return ids
 
