@@ -441,3 +441,47 @@ def _register_classify_drgn_code() -> None:
 
 
 _register_classify_drgn_code()
+
+
+def _parse_va(text: str) -> int:
+    """A virtual address: hex (0x optional), as crash's vtop takes it."""
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise MMInspectError(f"bad address {text!r}: expected a hexadecimal virtual address") from None
+    if not 0 <= value < 1 << 64:
+        raise MMInspectError(f"bad address {text!r}: not a 64-bit address")
+    return value
+
+
+@main.command()
+@target_options
+@click.argument("addresses", nargs=-1, required=True, metavar="VA...")
+@click.option("--mm", "mm", metavar="ROOT",
+              help="init_mm (default for kernel addresses), efi_mm, a pid or pgd:PHYS (user addresses)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_errors
+def vtop(core, symbols, live, qemu, addresses, mm, fmt) -> None:
+    """Translate virtual addresses level by level, and say why one faults.
+
+    As crash's vtop: for each VA, one line per level (table PA, index, entry
+    PA, raw descriptor, decoded type), then where and why the walk stopped
+    (page, block, contiguous run, empty or invalid entry, reserved type,
+    table outside RAM or missing from the dump, loop), the permissions after
+    table-level inheritance, the physical page's facts, and drgn's
+    follow_phys, __pa() and the dump's PT_LOAD headers as checks. Non-present
+    entries of user mms are decoded as the kernel encodes them (swap,
+    migration, device-private, PROT_NONE, uffd-wp, markers). --format json
+    has the schema mminspect.vtop/1.
+    """
+    from mminspect.report.vtop import vtop_json, vtop_text
+    from mminspect.vtop import vtop as do_vtop
+
+    vas = [_parse_va(a) for a in addresses]
+    k = open_kernel(core, symbols, live, qemu)
+    results = [do_vtop(k, va, mm) for va in vas]
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        vtop_json(results, k, out)
+    else:
+        vtop_text(results, out)
