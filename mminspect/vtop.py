@@ -33,7 +33,7 @@ the tables (drgn#461).
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from mminspect.arch.arm64 import PTE_AF, PTE_CONT, PTE_DBM, PTE_RDONLY, TABLE_APTABLE_NOEL0, \
     TABLE_APTABLE_RO, TABLE_PXN, TABLE_UXN, decode_prot, PTDUMP_MASK
@@ -171,14 +171,19 @@ def vtop(kernel: Kernel, va: int, mm: Optional[str] = None, root: Optional[Root]
         shift = r.shift(level)
         idx = (((va - root.va_base) & _U64) >> shift) & (entries - 1)
         entry_pa = table + idx * 8
-        try:
-            rows = kernel.target.read_phys(table, entries * 8)
-        except TargetFault as e:
-            stop = "missing" if _in_ram(memory, table) is not False else "outside-ram"
-            why = ("its PA is RAM but the dump does not hold it" if stop == "missing"
-                   else "its PA is in no present memory section")
+        ram, stored = _where(kernel, memory, table, entries * 8)
+        rows = None
+        err = "the dump leaves it out (beyond its PT_LOAD p_filesz: makedumpfile excluded it)"
+        if stored is not False:
+            try:
+                rows = kernel.target.read_phys(table, entries * 8)
+            except TargetFault as e:
+                err = f"its PA is RAM but the dump does not hold it ({e})"
+        if rows is None:
+            stop = "outside-ram" if ram is False else "missing"
+            why = "its PA is in no present memory section (not RAM)" if stop == "outside-ram" else err
             if not steps:
-                why = f"the root table {table:#x} cannot be read: {why} ({e})"
+                why = f"the root table {table:#x} cannot be read: {why}"
             else:
                 prev = steps[-1]
                 why = (f"{prev.level_name} entry {prev.index} points to {r.level_name(level)} table {table:#x}: "
@@ -258,13 +263,22 @@ def _memory(kernel: Kernel):
         return None
 
 
-def _in_ram(memory, pa: int) -> Optional[bool]:
-    if memory is None or not memory.sections:
-        return None
-    for s in memory.sections:
-        if s.start <= pa < s.start + s.size:
-            return True
-    return False
+def _where(kernel: Kernel, memory, pa: int, size: int) -> Tuple[Optional[bool], Optional[bool]]:
+    """(is it RAM, does the dump hold its bytes), each None when unknown.
+    RAM by the present memory sections, else by the ELF dump's PT_LOAD
+    p_memsz coverage; held by PT_LOAD p_filesz."""
+    ram = None
+    if memory is not None and memory.sections:
+        ram = any(s.start <= pa < s.start + s.size for s in memory.sections)
+    stored = None
+    core = getattr(kernel.target, "core_file", None)
+    if core is not None:
+        seg = [sg for sg in core._segments if sg[0] <= pa < sg[1]]
+        if ram is None:
+            ram = bool(seg)
+        if seg:
+            stored = pa + size <= seg[-1][2]
+    return ram, stored
 
 
 #: Bits a contiguous run's entries may differ in: the access flag and the
@@ -316,39 +330,26 @@ def _checks(kernel: Kernel, root: Root, va: int, pa: int) -> List[Check]:
 
 
 def _follow_phys(kernel: Kernel, prog, root: Root, va: int, pa: int) -> Check:
-    try:
-        import drgn
-        from drgn.helpers.linux.mm import follow_phys
-    except ImportError:
-        return Check("drgn follow_phys", None, None, "drgn has no follow_phys")
-    try:
-        if root.name in ("init_mm", "efi_mm"):
-            mm = prog[root.name].address_of_()
-        else:
-            # Any other root: a fake mm whose pgd is this root's linear alias.
-            mm = _mm_for_pgd(prog, kernel.phys_to_virt(root.phys))
-            if mm is None:
-                return Check("drgn follow_phys", None, None, f"no struct mm_struct for {root.name}")
-        theirs = follow_phys(mm, va).value_()
-    except (drgn.FaultError, ValueError) as e:
-        return Check("drgn follow_phys", None, False, f"drgn faults: {str(e).splitlines()[0]}")
-    except (LookupError, AttributeError) as e:
-        return Check("drgn follow_phys", None, None, f"not available: {e}")
-    return Check("drgn follow_phys", theirs, theirs == pa,
-                 "drgn's own arm64 walker agrees" if theirs == pa else f"drgn says {theirs:#x}")
-
-
-def _mm_for_pgd(prog, pgd_va: int):
+    """drgn's own arm64 walker on the same root: the primitive behind
+    ``follow_phys(mm, addr)``, which takes the pgd itself and so needs no
+    ``struct mm_struct`` (nor DWARF) for any root."""
     import drgn
 
     try:
-        for task in __import__("drgn.helpers.linux.pid", fromlist=["for_each_task"]).for_each_task(prog):
-            mm = task.mm
-            if mm and mm.pgd.value_() & ~0xFFF == pgd_va & ~0xFFF:
-                return mm
-    except drgn.FaultError:
-        return None
-    return None
+        from _drgn import _linux_helper_follow_phys
+    except ImportError:
+        return Check("drgn follow_phys", None, None, "this drgn has no follow_phys")
+    pgd = kernel.target.symbol("swapper_pg_dir") if root.ttbr1 else None
+    if pgd is None:
+        pgd = kernel.phys_to_virt(root.phys)
+    try:
+        theirs = _linux_helper_follow_phys(prog, pgd, va)
+    except drgn.FaultError as e:
+        return Check("drgn follow_phys", None, False, f"drgn faults: {str(e).splitlines()[0]}")
+    except (ValueError, LookupError) as e:
+        return Check("drgn follow_phys", None, None, f"not available: {e}")
+    return Check("drgn follow_phys", theirs, theirs == pa,
+                 "drgn's own arm64 walker agrees" if theirs == pa else f"drgn says {theirs:#x}")
 
 
 def _pt_load(kernel: Kernel, va: int, pa: int) -> Check:
