@@ -530,3 +530,65 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
         identify_json(results, k, [r.name for r in roots], out)
     else:
         identify_text(results, out)
+
+
+def _diff_state(path: str, symbols, name: str):
+    """A snapshot (.npz written by ``mminspect snapshot``) or a dump."""
+    from mminspect.diff import state_of_kernel, state_of_snapshot
+    from mminspect.kernel import Kernel
+    from mminspect.target import open_target
+
+    if not os.path.exists(path):
+        raise MMInspectError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04":  # numpy's .npz is a zip file
+        from mminspect.hotremove import Snapshot
+
+        return state_of_snapshot(Snapshot.load(path), name)
+    return state_of_kernel(Kernel(open_target(core=path, symbols=symbols)), name)
+
+
+@main.command()
+@target_options
+@click.argument("state_a", metavar="A")
+@click.argument("state_b", metavar="[B]", required=False)
+@click.option("--expect", "expect", metavar="SIMULATION.json",
+              help="simulate-remove --format json output: does the simulated removal match what happened?")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_errors
+def diff(core, symbols, live, qemu, state_a, state_b, expect, fmt) -> None:
+    """Compare the page tables of two states of one kernel.
+
+    A and B are dumps of the same kernel and boot (before and after a
+    hot-remove) or a snapshot (mminspect snapshot -o FILE) and a dump; with
+    B left out, B is the target (-c/-k/--qemu, or the drgn/gdb session).
+    Prints the table pages freed, allocated and reused as another table,
+    the mapping ranges added, removed or changed, and the NR_PAGETABLE
+    change explained page by page; --expect checks a simulate-remove JSON
+    against the tables really freed (exit 1 when it does not match).
+    --format json has the schema mminspect.diff/1.
+    """
+    from mminspect.diff import diff as do_diff
+    from mminspect.diff import expect_simulation, state_of_kernel
+    from mminspect.report.diff import diff_json, diff_text
+
+    if expect and not os.path.isfile(expect):
+        raise MMInspectError(f"{expect}: no such file")
+    a = _diff_state(state_a, symbols, state_a)
+    if state_b:
+        b = _diff_state(state_b, symbols, state_b)
+    else:
+        if not (core or live or qemu) and bound_kernel() is None:
+            raise MMInspectError("give B, or the target to compare A with (-c VMCORE, -k, --qemu)")
+        b = state_of_kernel(open_kernel(core, symbols, live, qemu), core or "target")
+    d = do_diff(a, b)
+    if expect:
+        expect_simulation(d, expect)
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        diff_json(d, out)
+    else:
+        diff_text(d, out)
+    if d.expect is not None and not d.expect["matches"]:
+        sys.exit(1)
