@@ -532,9 +532,8 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
         identify_text(results, out)
 
 
-def _diff_state(path: str, symbols, name: str):
-    """A snapshot (.npz written by ``mminspect snapshot``) or a dump."""
-    from mminspect.diff import state_of_kernel, state_of_snapshot
+def _diff_source(path: str, symbols):
+    """A snapshot (.npz written by ``mminspect snapshot``) or a dump's Kernel."""
     from mminspect.kernel import Kernel
     from mminspect.target import open_target
 
@@ -545,8 +544,15 @@ def _diff_state(path: str, symbols, name: str):
     if magic == b"PK\x03\x04":  # numpy's .npz is a zip file
         from mminspect.hotremove import Snapshot
 
-        return state_of_snapshot(Snapshot.load(path), name)
-    return state_of_kernel(Kernel(open_target(core=path, symbols=symbols)), name)
+        return Snapshot.load(path)
+    return Kernel(open_target(core=path, symbols=symbols))
+
+
+def _diff_state(source, name: str):
+    from mminspect.diff import state_of_kernel, state_of_snapshot
+    from mminspect.kernel import Kernel
+
+    return state_of_kernel(source, name) if isinstance(source, Kernel) else state_of_snapshot(source, name)
 
 
 @main.command()
@@ -570,19 +576,23 @@ def diff(core, symbols, live, qemu, state_a, state_b, expect, fmt) -> None:
     --format json has the schema mminspect.diff/1.
     """
     from mminspect.diff import diff as do_diff
-    from mminspect.diff import expect_simulation, state_of_kernel
+    from mminspect.diff import expect_simulation
     from mminspect.report.diff import diff_json, diff_text
 
     if expect and not os.path.isfile(expect):
         raise MMInspectError(f"{expect}: no such file")
-    a = _diff_state(state_a, symbols, state_a)
+    from mminspect.diff import check_same
+
+    src_a = _diff_source(state_a, symbols)
     if state_b:
-        b = _diff_state(state_b, symbols, state_b)
+        src_b, name_b = _diff_source(state_b, symbols), state_b
     else:
         if not (core or live or qemu) and bound_kernel() is None:
             raise MMInspectError("give B, or the target to compare A with (-c VMCORE, -k, --qemu)")
-        b = state_of_kernel(open_kernel(core, symbols, live, qemu), core or "target")
-    d = do_diff(a, b)
+        src_b, name_b = open_kernel(core, symbols, live, qemu), core or "target"
+    # Refuse different kernels, regimes or boots before walking anything.
+    check_same(src_a, state_a, src_b, name_b)
+    d = do_diff(_diff_state(src_a, state_a), _diff_state(src_b, name_b))
     if expect:
         expect_simulation(d, expect)
     out = click.get_text_stream("stdout")

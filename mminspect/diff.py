@@ -35,7 +35,7 @@ from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel
 from mminspect.walk import CLS_LEAF, Walk, walk
 
-__all__ = ("JSON_SCHEMA", "Diff", "State", "diff", "expect_simulation", "state_of_kernel", "state_of_snapshot")
+__all__ = ("JSON_SCHEMA", "Diff", "State", "check_same", "diff", "expect_simulation", "state_of_kernel", "state_of_snapshot")
 
 JSON_SCHEMA = "mminspect.diff/1"
 _U64 = (1 << 64) - 1
@@ -164,6 +164,18 @@ class Diff:
                           "dtors on pages never ctor'd (the counter dropped, no typed page left), or typed "
                           "pages freed without the counter"))
         return out
+
+
+def check_same(a, name_a: str, b, name_b: str) -> None:
+    """Refuse two states (Kernels, Snapshots or States) of different
+    kernels, regimes or boots, in one line."""
+
+    def desc(x):
+        if isinstance(x, Kernel):
+            return x.describe()
+        return x.kernel
+
+    _check_same(State(name_a, desc(a), np.empty(0, TABLE_ROW), []), State(name_b, desc(b), np.empty(0, TABLE_ROW), []))
 
 
 def _check_same(a: State, b: State) -> None:
