@@ -321,15 +321,10 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
         for name, cls in sorted(available_policies().items()):
             click.echo(f"{name:<12} {cls.summary}")
         return
-    if (bool(range_) + bool(blocks) + bool(dimm)) != 1:
-        raise MMInspectError("give the memory to remove with one of --range START-END, --block N, --dimm ID")
-    if dimm:
-        if not qemu:
-            raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
-        from mminspect.qmp import dimm_range
-
-        start, end = dimm_range(qemu, dimm)
-        range_ = f"{start:x}-{end:x}"
+    want = _proposal_range(range_, blocks, dimm, qemu, "--range")
+    if want is None:
+        raise MMInspectError(_ONE_OF.format("--range"))
+    range_ = want[0]
     options = _parse_options(policy_options)
     snap = _load_or_capture(snapshot_path, core, symbols, live, qemu)
     if range_:
@@ -410,11 +405,14 @@ def audit(core, symbols, live, qemu, fmt) -> None:
         audit_text(result, out)
 
 
-def _proposal_range(range_, blocks, dimm, qemu) -> Optional[Tuple[Optional[str], list]]:
+_ONE_OF = "give the memory to remove with one of {} START-END, --block N, --dimm ID"
+
+
+def _proposal_range(range_, blocks, dimm, qemu, range_option: str) -> Optional[Tuple[Optional[str], list]]:
     """The memory a command is asked to remove, as (range text, block ids),
     or None when none was given; ``--dimm`` is asked of the QMP socket."""
     if (bool(range_) + bool(blocks) + bool(dimm)) > 1:
-        raise MMInspectError("give the memory to remove with one of --simulate START-END, --block N..M, --dimm ID")
+        raise MMInspectError(_ONE_OF.format(range_option))
     if dimm:
         if not qemu:
             raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
@@ -458,7 +456,7 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
     from mminspect.report.map import build_map, map_html
     from mminspect.report.map.output import check_output, write_output
 
-    want = _proposal_range(range_, blocks, dimm, qemu)
+    want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
     output = output or ("map.json" if fmt == "json" else "map.html")
     inputs = [core, *symbols]
     if output != "-" and bound_target() is None:
