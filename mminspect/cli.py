@@ -459,7 +459,7 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
     want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
     output = output or ("map.json" if fmt == "json" else "map.html")
     inputs = [core, *symbols]
-    if output != "-" and bound_target() is None:
+    if output != "-":
         check_output(output, inputs, force)
     k = open_kernel(core, symbols, live, qemu)
     specs = roots or ("init_mm", "efi_mm")

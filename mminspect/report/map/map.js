@@ -7,7 +7,7 @@
   "use strict";
   var SVGNS = "http://www.w3.org/2000/svg";
   var D = JSON.parse(document.getElementById("mminspect-map-data").textContent);
-  var MAX_ROWS = 256, COLS = 256, PLOT_W = 1024, LABEL_W = 150, ROW_H = 20, HOLE_H = 10, MARK_LIMIT = 12000;
+  var MAX_ROWS = 128, COLS = 256, PLOT_W = 1024, LABEL_W = 150, ROW_H = 20, HOLE_H = 12, MARK_LIMIT = 12000;
   var ORIGIN_SHAPES = {
     "memblock": "square", "buddy-ctor": "circle", "buddy-no-ctor": "triangle", "slab": "diamond",
     "kernel-image": "plus", "altmap": "tridown", "unknown": "cross"
@@ -47,8 +47,21 @@
   function lowerBound(arr, x) { var lo = 0, hi = arr.length; while (lo < hi) { var m = (lo + hi) >>> 1; if (arr[m] < x) lo = m + 1; else hi = m; } return lo; }
   function findPhys(arr, x) { var k = lowerBound(arr, x); return (k < arr.length && arr[k] === x) ? k : -1; }
 
-  var blocks = D.memory.blocks.slice().sort(function (a, b) { return a.start - b.start; });
-  var sections = D.memory.sections.slice().sort(function (a, b) { return a.start - b.start; });
+  function expandMemory(list, idKey) {
+    var out = [];
+    list.forEach(function (r) {
+      for (var j = 0; j < r.count; j++) {
+        var x = {};
+        for (var key in r) if (key !== "count") x[key] = r[key];
+        x.start = r.start + j * r.size;
+        if (idKey) x[idKey] = r[idKey] + j;
+        out.push(x);
+      }
+    });
+    return out.sort(function (a, b) { return a.start - b.start; });
+  }
+  var blocks = expandMemory(D.memory.blocks, "id");
+  var sections = expandMemory(D.memory.sections, null);
   var memLo, memHi;
   if (blocks.length) { memLo = blocks[0].start; memHi = blocks[blocks.length - 1].start + blocks[blocks.length - 1].size; }
   else if (T.n) { memLo = Math.floor(T.phys[0] / (1 << 27)) * (1 << 27); memHi = (Math.floor(T.phys[T.n - 1] / (1 << 27)) + 1) * (1 << 27); }
@@ -183,6 +196,7 @@
     var tr = tableRange(v.lo, v.hi), inView = tr[1] - tr[0];
     var cellBytes = v.unit / COLS;
     var marks = cellBytes <= PAGE || inView <= MARK_LIMIT;
+    ROW_H = rows.length > 48 ? 12 : 20;
     var y = 4, heights = rows.map(function (r) { return r.hole ? HOLE_H : ROW_H; });
     var total = heights.reduce(function (a, b) { return a + b; }, 0) + 8;
     var svg = el("svg", { viewBox: "0 0 " + (LABEL_W + PLOT_W + 8) + " " + total, role: "img", id: "map-svg",
@@ -218,7 +232,7 @@
 
   function drawRow(g, r, y, h, v) {
     var row = el("g", { "class": "row", "data-lo": r.lo, "data-hi": r.hi }, g);
-    var label = el("text", { x: 4, y: y + h - 3, "class": "row-label" }, row);
+    var label = el("text", { x: 4, y: y + h - 3, "class": "row-label" + (r.hole ? " hole-label" : "") }, row);
     var facts = r.hole ? null : rowFacts(r.blocks);
     if (r.hole) {
       label.textContent = "hole " + size(r.hi - r.lo);
@@ -227,7 +241,8 @@
       return;
     }
     var name = v.unit <= UNIT && v.unit < BLOCK ? hex(r.lo) : blockRangeText(r.blocks);
-    label.textContent = name + (facts.zones.length ? " " + facts.zones.join("/") : "") + (facts.nodes[0] !== "node ?" ? " " + facts.nodes.join("/") : "");
+    label.textContent = name + (facts.zones.length ? " " + facts.zones.join("/") : "") +
+      (facts.nodes[0] !== "node ?" ? " " + facts.nodes.map(function (n) { return n.replace("node ", "n"); }).join("/") : "");
     r.blocks.forEach(function (b) {
       var a = Math.max(b.start, r.lo), e = Math.min(b.start + b.size, r.hi);
       var cls = b.state !== "online" ? "seg-offline" : (b.early ? "seg-boot" : "seg-hot");
@@ -244,7 +259,7 @@
     });
     // present sections that are missing inside a block's span, and section ticks
     var secs = sectionsIn(r.lo, r.hi), ssize = D.memory.section_size;
-    if (ssize && (r.hi - r.lo) / ssize <= 64) {
+    if (ssize && (r.hi - r.lo) / ssize <= 16) {
       r.blocks.forEach(function (b) {
         for (var s = Math.max(b.start, r.lo); s < Math.min(b.start + b.size, r.hi); s += ssize) {
           var present = secs.some(function (x) { return x.start === s; });

@@ -7,7 +7,8 @@ dict, the same one ``--format json`` prints and the HTML page embeds:
 
 - ``memory``: memory blocks (sysfs ``memoryN``: state, zone, node, boot or
   hot-added by ``SECTION_IS_EARLY``, the altmap reserve) and present
-  sections; physical ranges in no block are holes;
+  sections, each as runs of consecutive alike ones; physical ranges in no
+  block are holes;
 - ``classes`` and ``tables``: every table page once (a page reached from two
   roots is one page with both roots), as runs of physically consecutive pages
   that share a class; a class is (origin, level, ptlock, ctor'd, roots,
@@ -118,6 +119,39 @@ def va_overview(kernel: Kernel, w: Walk, memory: Optional[MemoryMap]) -> List[Di
     return out
 
 
+def _block_runs(memory: MemoryMap) -> List[Dict[str, Any]]:
+    """Memory blocks as runs of consecutive blocks alike in state, zone,
+    node and boot/hot-added (8,192 blocks of a 1 TiB machine are a handful
+    of runs); a block with an altmap is a run of its own."""
+    out: List[Dict[str, Any]] = []
+    for b in memory.blocks:
+        d = b.as_dict()
+        last = out[-1] if out else None
+        if (last is not None and not b.altmap_pages and not last["altmap_pages"]
+                and last["id"] + last["count"] == b.id and last["start"] + last["count"] * last["size"] == b.start
+                and all(last[k] == d[k] for k in ("size", "state", "zone", "nid", "early"))):
+            last["count"] += 1
+            continue
+        d["count"] = 1
+        out.append(d)
+    return out
+
+
+def _section_runs(memory: MemoryMap) -> List[Dict[str, Any]]:
+    """Present sections as runs of consecutive sections alike in size,
+    SECTION_IS_EARLY and online state."""
+    out: List[Dict[str, Any]] = []
+    for sec in memory.sections:
+        d = {"start": sec.start, "size": sec.size, "count": 1, "early": bool(sec.early), "online": bool(sec.online)}
+        last = out[-1] if out else None
+        if (last is not None and last["start"] + last["count"] * last["size"] == sec.start
+                and all(last[k] == d[k] for k in ("size", "early", "online"))):
+            last["count"] += 1
+            continue
+        out.append(d)
+    return out
+
+
 def _memory_dict(memory: Optional[MemoryMap], page_size: int) -> Dict[str, Any]:
     if memory is None:
         return {"page_size": page_size, "block_size": 0, "section_size": 0, "blocks": [], "sections": [],
@@ -126,9 +160,8 @@ def _memory_dict(memory: Optional[MemoryMap], page_size: int) -> Dict[str, Any]:
         "page_size": page_size,
         "block_size": memory.block_size,
         "section_size": memory.section_size,
-        "blocks": [b.as_dict() for b in memory.blocks],
-        "sections": [{"start": s.start, "size": s.size, "early": bool(s.early), "online": bool(s.online)}
-                     for s in memory.sections],
+        "blocks": _block_runs(memory),
+        "sections": _section_runs(memory),
         "evidence": dict(memory.evidence),
     }
 
@@ -147,40 +180,77 @@ def _runs(phys: np.ndarray, cls: np.ndarray, step: int) -> List[List[int]]:
     return np.stack((delta, counts, cls[starts].astype(np.int64)), axis=1).tolist()
 
 
+def _root_classes(cl: Classification) -> Tuple[np.ndarray, List[Tuple]]:
+    """Per table of one root an index into the returned list of
+    (origin, level, ptlock, ctor, region, evidence, mismatch) tuples; one
+    record is built per string group (:meth:`Classification.string_groups`),
+    not one per table."""
+    groups = cl.string_groups()
+    keys: Dict[Tuple, int] = {}
+    out = np.empty(len(cl), dtype=np.int64)
+
+    def key_of(i: int) -> int:
+        t = cl.record(i)
+        key = (t.origin, t.level_name, t.ptlock, t.typed, t.region, "; ".join((t.allocator,) + t.evidence),
+               t.mismatch)
+        return keys.setdefault(key, len(keys))
+
+    own = np.nonzero(groups < 0)[0]
+    for i in own.tolist():
+        out[i] = key_of(i)
+    shared = np.nonzero(groups >= 0)[0]
+    if len(shared):
+        g, first, inverse = np.unique(groups[shared], return_index=True, return_inverse=True)
+        per_group = np.array([key_of(int(shared[j])) for j in first.tolist()], dtype=np.int64)
+        out[shared] = per_group[inverse]
+    return out, list(keys)
+
+
 def _tables(classes: Sequence[Classification], page_size: int):
-    """Every table page once, with its class; returns (classes, runs,
-    per-origin counts, phys -> class index)."""
-    root_index = {cl.root.name: i for i, cl in enumerate(classes)}
-    seen: Dict[int, Tuple] = {}
-    for cl in classes:
-        ri = root_index[cl.root.name]
-        for t in cl.records():
-            key = seen.get(t.phys)
-            if key is not None:  # reached from another root too: one page, both roots
-                seen[t.phys] = key[:5] + (key[5] + (ri,),) + key[6:]
-                continue
-            ev = "; ".join((t.allocator,) + t.evidence)
-            seen[t.phys] = (t.origin, t.level_name, t.ptlock, t.typed, t.region, (ri,), ev, t.mismatch)
-    class_ids: Dict[Tuple, int] = {}
-    phys = np.fromiter(seen.keys(), dtype=np.uint64, count=len(seen))
-    ids = np.empty(len(seen), dtype=np.int64)
-    for i, key in enumerate(seen.values()):
-        cid = class_ids.get(key)
-        if cid is None:
-            cid = class_ids[key] = len(class_ids)
-        ids[i] = cid
-    order = np.argsort(phys, kind="stable")
-    phys, ids = phys[order], ids[order]
-    out_classes = [
-        {"origin": o, "level": lv, "ptlock": p, "ctor": typed, "region": reg, "roots": list(roots),
-         "evidence": ev, "mismatch": bool(mm)}
-        for (o, lv, p, typed, reg, roots, ev, mm) in class_ids
-    ]
-    counts = np.bincount(ids, minlength=len(out_classes)) if len(ids) else np.zeros(0, np.int64)
-    by_origin = Counter()
-    for c, n in zip(out_classes, counts.tolist()):
-        by_origin[c["origin"]] += n
-    return out_classes, _runs(phys, ids, page_size), dict(by_origin), (phys, ids)
+    """Every table page once, with its class (a page reached from several
+    roots is one page with all of them); returns (classes, runs, counts by
+    origin)."""
+    phys_parts, base_parts, root_parts = [], [], []
+    bases: Dict[Tuple, int] = {}
+    for ri, cl in enumerate(classes):
+        ids, keys = _root_classes(cl)
+        remap = np.array([bases.setdefault(k, len(bases)) for k in keys], dtype=np.int64)
+        phys_parts.append(cl.phys.astype(np.uint64))
+        base_parts.append(remap[ids] if len(ids) else ids)
+        root_parts.append(np.full(len(cl), ri, dtype=np.int64))
+    base_keys = list(bases)
+    phys = np.concatenate(phys_parts) if phys_parts else np.empty(0, np.uint64)
+    base = np.concatenate(base_parts) if base_parts else np.empty(0, np.int64)
+    root = np.concatenate(root_parts) if root_parts else np.empty(0, np.int64)
+    order = np.lexsort((root, phys))
+    phys, base, root = phys[order], base[order], root[order]
+    first = np.ones(len(phys), dtype=bool)
+    first[1:] = phys[1:] != phys[:-1]
+    starts = np.nonzero(first)[0]
+    counts = np.diff(np.append(starts, len(phys)))
+    # class = (base class of the first root that reached it, the roots)
+    combos: Dict[Tuple[int, Tuple[int, ...]], int] = {}
+    cls = np.empty(len(starts), dtype=np.int64)
+    single = counts == 1
+    pair = base[starts[single]] * (len(classes) + 1) + root[starts[single]]
+    u, inv = np.unique(pair, return_inverse=True)
+    ids = np.array([combos.setdefault((b, (r,)), len(combos)) for b, r in
+                    (divmod(int(x), len(classes) + 1) for x in u.tolist())], dtype=np.int64)
+    cls[single] = ids[inv] if len(u) else cls[single]
+    for j in np.nonzero(~single)[0].tolist():
+        s0, n = int(starts[j]), int(counts[j])
+        key = (int(base[s0]), tuple(sorted(set(root[s0:s0 + n].tolist()))))
+        cls[j] = combos.setdefault(key, len(combos))
+    out_classes = []
+    for b, roots in combos:
+        o, lv, p, typed, reg, ev, mm = base_keys[b]
+        out_classes.append({"origin": o, "level": lv, "ptlock": p, "ctor": typed, "region": reg,
+                            "roots": list(roots), "evidence": ev, "mismatch": bool(mm)})
+    n = np.bincount(cls, minlength=len(out_classes)) if len(cls) else np.zeros(0, np.int64)
+    by_origin: Counter = Counter()
+    for c, k in zip(out_classes, n.tolist()):
+        by_origin[c["origin"]] += k
+    return out_classes, _runs(phys[starts], cls, page_size), dict(by_origin)
 
 
 def _proposal_dict(result, snapshot, page_size: int) -> Dict[str, Any]:
@@ -242,7 +312,7 @@ def map_dict(kernel: Kernel, walks: Sequence[Walk], classes: Sequence[Classifica
     simulation (``(Result, Snapshot)``) or None."""
     r = kernel.regime
     memory = classifier_for(kernel).memory
-    out_classes, runs, by_origin, _ = _tables(classes, r.page_size)
+    out_classes, runs, by_origin = _tables(classes, r.page_size)
     findings = [f.as_dict() for cl in classes for f in cl.findings]
     roots = []
     for w, cl in zip(walks, classes):
