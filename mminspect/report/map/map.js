@@ -200,7 +200,8 @@
     var y = 4, heights = rows.map(function (r) { return r.hole ? HOLE_H : ROW_H; });
     var total = heights.reduce(function (a, b) { return a + b; }, 0) + 8;
     var svg = el("svg", { viewBox: "0 0 " + (LABEL_W + PLOT_W + 8) + " " + total, role: "img", id: "map-svg",
-                          "aria-labelledby": "map-title map-desc", "data-mode": marks ? "marks" : "density" });
+                          "aria-labelledby": "map-title map-desc", "data-mode": marks ? "marks" : "density",
+                          "data-lo": v.lo, "data-hi": v.hi, "data-unit": v.unit });
     var title = el("title", { id: "map-title" }, svg);
     title.textContent = "Physical memory " + hex(v.lo) + "-" + hex(v.hi - 1) + ", " + num(inView) + " page-table pages, " +
       (marks ? "one mark per table page" : "as a density map");
