@@ -9,6 +9,7 @@ bundled sample dump (announced on stderr).
 """
 
 import functools
+import json
 import os
 import platform
 import signal
@@ -202,6 +203,7 @@ def main() -> None:
       mminspect audit -c vmcore -s vmlinux            # NR_PAGETABLE against typed pages
       mminspect simulate-remove --block 16 --block 17 # is every dtor balanced by a ctor?
       mminspect capture -c vmcore -s vmlinux -o evidence.core
+      mminspect map --block 16..23 -o map.html       # a picture, with a removal overlaid
     """
 
 
@@ -405,15 +407,10 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
         for name, cls in sorted(available_policies().items()):
             click.echo(f"{name:<12} {cls.summary}")
         return
-    if (bool(range_) + bool(blocks) + bool(dimm)) != 1:
-        raise MMInspectError("give the memory to remove with one of --range START-END, --block N, --dimm ID")
-    if dimm:
-        if not qemu:
-            raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
-        from mminspect.qmp import dimm_range
-
-        start, end = dimm_range(qemu, dimm)
-        range_ = f"{start:x}-{end:x}"
+    want = _proposal_range(range_, blocks, dimm, qemu, "--range")
+    if want is None:
+        raise MMInspectError(_ONE_OF.format("--range"))
+    range_ = want[0]
     options = _parse_options(policy_options)
     snap = _load_or_capture(snapshot_path, core, symbols, live, qemu)
     if range_:
@@ -492,6 +489,107 @@ def audit(core, symbols, live, qemu, fmt) -> None:
         audit_json(result, out)
     else:
         audit_text(result, out)
+
+
+_ONE_OF = "give the memory to remove with one of {} START-END, --block N, --dimm ID"
+
+
+def _proposal_range(range_, blocks, dimm, qemu, range_option: str) -> Optional[Tuple[Optional[str], list]]:
+    """The memory a command is asked to remove, as (range text, block ids),
+    or None when none was given; ``--dimm`` is asked of the QMP socket."""
+    if (bool(range_) + bool(blocks) + bool(dimm)) > 1:
+        raise MMInspectError(_ONE_OF.format(range_option))
+    if dimm:
+        if not qemu:
+            raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
+        from mminspect.qmp import dimm_range
+
+        start, end = dimm_range(qemu, dimm)
+        range_ = f"{start:x}-{end:x}"
+    if not range_ and not blocks:
+        return None
+    return range_, _block_ids(blocks) if blocks else []
+
+
+@main.command("map")
+@target_options
+@click.option("-o", "--output", metavar="FILE", help="where to write (default map.html, or map.json with --format json; - for stdout)")
+@click.option("--mm", "roots", multiple=True, metavar="ROOT",
+              help="roots to draw (repeatable; as classify --mm: init_mm, efi_mm, tramp, a pid, tasks, all); "
+                   "default init_mm and efi_mm when it exists")
+@click.option("--simulate", "range_", metavar="START-END", help="overlay the removal of this physical range (hex; START+SIZE works)")
+@click.option("--block", "blocks", multiple=True, metavar="N[..M]", help="overlay the removal of memory blocks N..M")
+@click.option("--dimm", metavar="ID", help="overlay the removal of a QEMU pc-dimm (asked of --qemu SOCKET)")
+@click.option("--policy", metavar="ERA", help="freeing rules to replay (default: chosen from the dump)")
+@click.option("--format", "fmt", type=click.Choice(["html", "json"]), default="html", show_default=True)
+@click.option("--force", is_flag=True, help="replace FILE if it exists (never an input)")
+@click.option("--progress/--no-progress", default=True, help="progress on stderr when it is a terminal")
+@_errors
+def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy, fmt, force, progress) -> None:
+    """Write a self-contained HTML map of physical memory and page tables.
+
+    Physical memory by memory block (boot, hot-added, holes, zones, nodes)
+    with every page-table page as a mark coloured and shaped by its origin
+    (density cells that zoom into marks on big machines), the classification
+    evidence on hover, a VA overview per root, and with --simulate, --block or
+    --dimm the proposed removal as an overlay: freed and kept tables,
+    refusals with the kernel's message, the NR_PAGETABLE change, the
+    findings. One file, no network. --format json writes the same data
+    (schema mminspect.map/1).
+    """
+    from mminspect.classify import classifier_for, resolve_roots
+    from mminspect.hotremove import Proposal, get_policy
+    from mminspect.report.map import build_map, map_html
+    from mminspect.report.map.output import check_output, write_output
+
+    want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
+    output = output or ("map.json" if fmt == "json" else "map.html")
+    inputs = [core, *symbols]
+    if output != "-":
+        check_output(output, inputs, force)
+    k = open_kernel(core, symbols, live, qemu)
+    specs = roots or ("init_mm", "efi_mm")
+    resolved = []
+    for spec in specs:
+        try:
+            resolved += resolve_roots(k, spec)
+        except MMInspectError as e:
+            if roots:
+                raise
+            click.echo(f"mminspect: {spec} not drawn: {e}", err=True)
+    proposal = None
+    if want is not None:
+        text, ids = want
+        if text:
+            start, end = parse_range(text)
+            proposal = Proposal(start, end)
+        else:
+            memory = classifier_for(k).memory
+            if memory is None:
+                raise MMInspectError(f"{k.target.name}: no memory blocks: give the removal as --simulate START-END")
+            proposal = Proposal.from_blocks(ids, memory.block_size)
+    pol = (lambda era: get_policy(policy, era, {})) if policy else None
+    data = build_map(k, resolved, proposal, pol, _progress(progress))
+
+    def write(out) -> None:
+        if fmt == "json":
+            json.dump(data, out, indent=1)
+            out.write("\n")
+        else:
+            map_html(data, out)
+
+    if output == "-":
+        write(click.get_text_stream("stdout"))
+        return
+    size = write_output(output, write, force)
+    t = data["tables"]
+    p = data["proposal"]
+    line = f"{output}: {size} bytes, {t['count']} table pages from {', '.join(r['name'] for r in data['roots'])}"
+    if p is not None:
+        line += (f"; removal {p['text']}: " + ("refused" if not p["simulated"] else
+                 f"{p['freed']['count']} freed, {len(p['kept'])} kept, NR_PAGETABLE {p['delta_nr_pagetable']:+d}, "
+                 f"{len(p['findings'])} finding(s)"))
+    click.echo(line)
 
 
 def _register_classify_drgn_code() -> None:
