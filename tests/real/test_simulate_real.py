@@ -102,10 +102,19 @@ def _typed_outside_init_mm(dump, snap) -> int:
 def test_boot_memory_is_refused_like_the_kernel(pair):
     _, snaps = pair
     snap = snaps["hotadd"]
-    boot = next(b for b in snap.blocks if b.early and b.start)
-    result = simulate(snap, Proposal(boot.start, boot.start + boot.size), select_policy(snap.era))
-    assert not result.simulated
-    assert any(r.rule == "boot-memory" and "offlining attempted" in r.message for r in result.refusals)
+    # Every boot block is refused: by the isolation scan when it holds an
+    # unmovable page (checked first, as offline_pages() does: the 6.1 guest
+    # printed "unmovable page" for memory8), else by the boot-memory notifier.
+    rules = set()
+    for boot in [b for b in snap.blocks if b.early and b.start]:
+        result = simulate(snap, Proposal(boot.start, boot.start + boot.size), select_policy(snap.era))
+        assert not result.simulated
+        last = [r for r in result.refusals if r.fatal][-1]
+        assert last.rule in ("boot-memory", "unmovable-page", "memory-holes"), last
+        if last.rule == "boot-memory":
+            assert last.message == f"Boot memory [{boot.start:x} {boot.start + boot.size:x}] offlining attempted"
+        rules.add(last.rule)
+    assert "boot-memory" in rules
 
 
 def _printed_during(before, after) -> list:
