@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import select
 import shlex
 import shutil
 import socket
@@ -131,12 +132,11 @@ class QMP:
         deadline = time.monotonic() + timeout
         while not done(got):
             left = deadline - time.monotonic()
-            if left <= 0:
+            # select() first: a socket read that times out mid-line leaves the
+            # socket file unusable ("cannot read from timed out object").
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
                 return got, False
-            try:
-                r = self._read(left)
-            except TimeoutError:
-                continue
+            r = self._read(30.0)
             if "event" in r:
                 got.append(r)
         return got, True

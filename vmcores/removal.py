@@ -224,9 +224,11 @@ def offline_block(g: Guest, block: int) -> dict:
             "seconds": seconds}
 
 
-def _ost(events: list[dict], ident: str) -> list[dict]:
+def _ost(events: list[dict], ident: str | None = None) -> list[dict]:
+    """The _OST infos of ACPI_DEVICE_OST events (for device ``ident`` only, if given)."""
     return [e["data"]["info"] for e in events
-            if e.get("event") == "ACPI_DEVICE_OST" and e.get("data", {}).get("info", {}).get("device") == ident]
+            if e.get("event") == "ACPI_DEVICE_OST"
+            and (ident is None or e.get("data", {}).get("info", {}).get("device") == ident)]
 
 
 #: _OST status codes (include/linux/acpi.h): 0 success, 0x80 eject not
@@ -245,6 +247,7 @@ def eject(g: Guest, ident: str, timeout: float = 90.0) -> dict:
     info = next(d for d in g.dimms if d["id"] == ident)
     mark = DmesgMark(g)
     cmd = f"QMP device_del id={ident}"
+    g.qmp.collect_events(lambda evs: False, 0.2)  # drop what came before (the hot-add's _OST)
     t0 = time.monotonic()
     g.qmp.execute("device_del", id=ident)
 
@@ -252,12 +255,13 @@ def eject(g: Guest, ident: str, timeout: float = 90.0) -> dict:
         return any(e.get("event") == "DEVICE_DELETED" and e.get("data", {}).get("device") == ident for e in evs)
 
     def final(evs):
-        osts = [o for o in _ost(evs, ident) if o.get("status") != OST_IN_PROGRESS]
-        return deleted(evs) and bool(osts) or any(o.get("status") != 0 for o in osts)
+        # Success: _EJ0 (DEVICE_DELETED); the _OST after it names no device,
+        # the slot being empty by then. Refusal: a final _OST status.
+        return deleted(evs) or any(o.get("status") not in (0, OST_IN_PROGRESS) for o in _ost(evs, ident))
 
     events, answered = g.qmp.collect_events(final, timeout)
-    if not answered and not deleted(events):
-        pass  # recorded as "no answer" below
+    if answered:  # the rest of the guest's answer (its last _OST), if it comes
+        events += g.qmp.collect_events(lambda evs: any(e.get("event") == "ACPI_DEVICE_OST" for e in evs), 2.0)[0]
     gone = deleted(events)
     if gone:
         g._wait_blocks(info["blocks"], False, 60)
@@ -269,7 +273,7 @@ def eject(g: Guest, ident: str, timeout: float = 90.0) -> dict:
     seconds = time.monotonic() - t0
     lines = mark.since()
     return {"block": None, "command": cmd, "qemu_events": events, "device_deleted": gone,
-            "acpi_ost": _ost(events, ident), "answered": answered, "dmesg": lines,
+            "acpi_ost": _ost(events), "answered": answered, "dmesg": lines,
             "messages": _messages(lines), "seconds": seconds}
 
 
