@@ -29,8 +29,6 @@ from mminspect.hotremove.policy import Era, Policy
 
 __all__ = ("Mainline57", "Mainline616", "Mainline616DtorFix", "RFC2017", "register")
 
-_YES = ("1", "yes", "true", "on")
-
 
 class _Mainline(Policy):
     def remove(self, sim) -> None:
@@ -60,13 +58,14 @@ class Mainline57(_Mainline):
 class Mainline616(_Mainline):
     name = "v6.16"
     summary = "v6.16+: hot-add tables ctor'd, freed without dtor (before the 2026 fix; dtor_fix=yes for after)"
+    option_values = {"dtor_fix": ("no", "yes")}
 
     @classmethod
     def applies_to(cls, era: Era) -> int:
         return 3 if era.init_mm_ctor else 0
 
     def dtor_on_free(self, routine: str, table) -> bool:
-        return self.options.get("dtor_fix", "no").lower() in _YES
+        return self.options.get("dtor_fix", "no") == "yes"
 
 
 class Mainline616DtorFix(Mainline616):

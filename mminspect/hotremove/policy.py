@@ -15,13 +15,17 @@ A policy declares what it needs to know of the kernel it runs against through
 
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Dict, List, Optional, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 from mminspect.errors import MMInspectError
 
 __all__ = ("Era", "Policy", "available_policies", "get_policy", "load_plugin_file", "select_policy")
 
 GROUP = "mminspect.policies"
+
+#: Spellings of yes and no a yes/no option accepts.
+_BOOLEAN = {"yes": "yes", "y": "yes", "true": "yes", "1": "yes", "on": "yes",
+            "no": "no", "n": "no", "false": "no", "0": "no", "off": "no"}
 
 #: Policies registered from plugin files loaded in this process.
 _loaded: Dict[str, Type["Policy"]] = {}
@@ -84,9 +88,36 @@ class Policy:
     #: (the 2017 RFC) rather than free_pages() (mainline).
     frees_reserved_pages = False
 
+    #: The options this policy takes: name -> the values it accepts (the
+    #: first is the default). ``--policy-option`` refuses anything else.
+    option_values: Dict[str, Tuple[str, ...]] = {}
+
     def __init__(self, era: Era, options: Optional[Dict[str, str]] = None) -> None:
         self.era = era
-        self.options = dict(options or {})
+        self.options = self.check_options(options or {})
+
+    @classmethod
+    def check_options(cls, options: Dict[str, str]) -> Dict[str, str]:
+        """``options`` with each value in its canonical spelling (``true``,
+        ``1``, ``on`` are ``yes`` for a yes/no option).
+
+        :raises MMInspectError: for a key the policy does not take or a value
+            it does not accept, listing the valid ones
+        """
+        valid = "; ".join(f"{k}={'|'.join(v)}" for k, v in sorted(cls.option_values.items()))
+        out = {}
+        for key, value in options.items():
+            values = cls.option_values.get(key)
+            if values is None:
+                raise MMInspectError(f"policy {cls.name} has no option {key!r}; "
+                                     + (f"its options: {valid}" if valid else "it takes no options"))
+            v = str(value).strip().lower()
+            if set(values) == {"yes", "no"}:
+                v = _BOOLEAN.get(v, v)
+            if v not in values:
+                raise MMInspectError(f"policy {cls.name}: {key}={value!r} is not one of {', '.join(values)}")
+            out[key] = v
+        return out
 
     @classmethod
     def applies_to(cls, era: Era) -> int:
@@ -128,18 +159,41 @@ def load_plugin_file(path: str) -> List[str]:
     import importlib.util
     import os
 
-    if not os.path.isfile(path):
-        raise MMInspectError(f"{path}: no such plugin file")
+    from mminspect.files import check_input
+
+    check_input(path, "plugin file")
     name = "mminspect_plugin_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise MMInspectError(f"{path}: not a Python file (a plugin is a .py file with register())")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-        result = module.register()
-    except Exception as e:
-        raise MMInspectError(f"{path}: plugin failed to load: {e}") from None
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise MMInspectError(f"{path}: plugin has no register() function")
+        result = register()
+    except MMInspectError:
+        raise
+    except SyntaxError as e:
+        raise MMInspectError(f"{path}: plugin is not valid Python (line {e.lineno}: {e.msg})") from None
+    except (Exception, SystemExit) as e:  # the plugin's own failure, in its words
+        what = str(e).splitlines()[0] if str(e).strip() else "it stopped without saying why"
+        if isinstance(e, SystemExit):
+            what = "it called sys.exit()"
+        raise MMInspectError(f"{path}: plugin failed to load: {what}") from None
+    return _register(path, result)
+
+
+def _register(source: str, result) -> List[str]:
+    """Record the policies a plugin's register() returned, after checking
+    each is a :class:`Policy` subclass with a name."""
     names = []
     for cls in result if isinstance(result, (list, tuple)) else [result]:
+        if not (isinstance(cls, type) and issubclass(cls, Policy)):
+            raise MMInspectError(f"{source}: register() returned {str(cls)[:60]!r}, not a Policy subclass")
+        if not isinstance(cls.name, str) or not cls.name.strip():
+            raise MMInspectError(f"{source}: policy {cls.__name__} has no name")
         _loaded[cls.name] = cls
         names.append(cls.name)
     return names

@@ -16,7 +16,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from mminspect.errors import MMInspectError
 
-__all__ = ("Proposal", "Refusal", "check_proposal")
+__all__ = ("MAX_PHYS", "Proposal", "Refusal", "check_proposal")
+
+#: arm64's largest physical address space (MAX_PHYSMEM_BITS 52).
+MAX_PHYS = 1 << 52
 
 
 @dataclass(frozen=True)
@@ -26,11 +29,22 @@ class Proposal:
     start: int
     end: int
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end <= MAX_PHYS:
+            raise MMInspectError(f"bad range [{self.start:#x}-{self.end:#x}): physical memory to remove lies in "
+                                 "[0, 2^52) with START below END")
+
     @classmethod
     def from_blocks(cls, blocks: Sequence[int], block_size: int) -> "Proposal":
         ids = sorted(set(blocks))
         if not ids:
             raise MMInspectError("no memory blocks given")
+        if block_size <= 0:
+            raise MMInspectError(f"memory block size {block_size}: the target has no memory blocks")
+        if ids[0] < 0 or (ids[-1] + 1) * block_size > MAX_PHYS:
+            bad = ids[0] if ids[0] < 0 else ids[-1]
+            raise MMInspectError(f"no memory block {bad}: blocks are numbered from 0 to "
+                                 f"{MAX_PHYS // block_size - 1} ({block_size >> 20} MiB each)")
         if ids != list(range(ids[0], ids[-1] + 1)):
             raise MMInspectError(f"memory blocks {ids} are not contiguous; remove them one range at a time")
         return cls(ids[0] * block_size, (ids[-1] + 1) * block_size)

@@ -14,15 +14,17 @@ hot-remove).
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mminspect.errors import MMInspectError
+from mminspect.files import atomic_output
 from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
 from mminspect.hotremove.isolation import IsolationScan, scan_block
 from mminspect.hotremove.policy import Era
+from mminspect.hotremove.snapshot_file import read_snapshot_file
 from mminspect.kernel import Kernel
 from mminspect.memory import Block, MemoryMap, read_memblock
 from mminspect.sparse import Section
@@ -97,7 +99,11 @@ class Snapshot:
         return got
 
     # -- persistence ----------------------------------------------------------
-    def save(self, path: str) -> None:
+    def save(self, path: str, force: bool = True, inputs: Sequence[str] = ()) -> None:
+        """Write the snapshot to ``path``, whole or not at all
+        (:func:`mminspect.files.atomic_output`): never over one of
+        ``inputs`` nor anything but a regular file, and over an existing
+        file only with ``force``."""
         header = {
             "schema": SCHEMA,
             "kernel": self.kernel,
@@ -110,7 +116,7 @@ class Snapshot:
             "isolation": {str(bid): scan.as_dict() for bid, scan in self._saved_scans().items()},
         }
         store = self.entries if isinstance(self.entries, EntryStore) else EntryStore.of(dict(self.entries))
-        with open(path, "wb") as f:
+        with atomic_output(path, inputs, force) as f:
             np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                                 **store.arrays())
 
@@ -133,17 +139,14 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str) -> "Snapshot":
-        try:
-            with np.load(path) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                entries = EntryStore.from_arrays(z)
-        except (OSError, ValueError, KeyError) as e:
-            raise MMInspectError(f"{path}: not an mminspect snapshot ({e})") from None
-        if header.get("schema") not in COMPATIBLE:
-            raise MMInspectError(f"{path}: snapshot schema {header.get('schema')!r}, expected one of "
-                                 f"{', '.join(COMPATIBLE)}")
-        known = set(Era.__dataclass_fields__)
-        era = Era(**{k: v for k, v in header["era"].items() if k in known})
+        """Read a snapshot saved by :meth:`save`, every size and field
+        checked before use (:mod:`mminspect.hotremove.snapshot_file`).
+
+        :raises MMInspectError: in one line, for a file that is not one
+        """
+        header, arrays = read_snapshot_file(path)
+        entries = EntryStore.from_arrays(arrays)
+        era = Era(**header["era"])
         if header["schema"] != SCHEMA:
             for name in ("leaf_split_notifier", "block_memmap", "altmap_per_block", "memmap_on_memory"):
                 era.evidence.setdefault(name, f"unknown: not captured in a {header['schema']} snapshot")
@@ -160,7 +163,7 @@ class Snapshot:
             sections=[Section(**s) for s in header["sections"]],
             # /1 blocks lack altmap_free: the memmap pages are what offlining skips.
             blocks=[Block(**{"altmap_free": b.get("altmap_pages", 0), **b}) for b in header["blocks"]],
-            nr_pagetable=header["nr_pagetable"],
+            nr_pagetable=header.get("nr_pagetable"),
             scans={int(k): IsolationScan.from_dict(v) for k, v in header.get("isolation", {}).items()},
         )
 
