@@ -22,7 +22,6 @@ import pytest
 
 import mminspect
 import vmcores
-from vmcores.removal import RUN_OF
 from mminspect.hotremove import Proposal, capture_snapshot, diff_snapshots, select_policy, simulate
 from tests.real.conftest import get_dump
 from tests.real.test_simulate_real import _guest_nr_change
@@ -37,23 +36,6 @@ PREDICTED = re.compile(
 
 REMOVAL_SCENARIOS = [s for s in vmcores.ALL_SCENARIOS if s not in vmcores.SCENARIOS]
 CASES = [(k, s) for k in vmcores.kernel_ids() for s in REMOVAL_SCENARIOS]
-#: The removal runs made on the way (with MMINSPECT_MAKE_VMCORES naming the
-#: kernel), so CI proves refusals from an empty cache: the memmap_on_memory
-#: leaf-split refusal on sid (one boot, both DIMMs), and an eject refused by
-#: an unmovable page on 6.1. Every other run is tested where it is cached.
-MADE_ON_THE_WAY = {("debian-sid-cloud-arm64", "mom"), ("debian-6.1-cloud-arm64", "unmovable")}
-
-
-def _dump(kernel_id, scenario):
-    d = vmcores.find(kernel_id, scenario)
-    if d is not None:
-        return d
-    run = RUN_OF[scenario].name
-    if (kernel_id, run) in MADE_ON_THE_WAY:
-        return get_dump(kernel_id, scenario)
-    return f"no cached vmcore {kernel_id}/{scenario} (make it with: python -m vmcores make --kernel {kernel_id} --scenario {run})"
-
-
 def _record(dump):
     path = dump.dir / "truth" / "removal.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -62,13 +44,13 @@ def _record(dump):
 @pytest.fixture(scope="module", params=CASES, ids=[f"{k}-{s}" for k, s in CASES])
 def attempt(request):
     kernel_id, scenario = request.param
-    after = _dump(kernel_id, scenario)
+    after = get_dump(kernel_id, scenario)
     if isinstance(after, str):
         pytest.skip(after)
     rec = _record(after)
     if rec is None:
         pytest.skip(f"{kernel_id}/{scenario} records no removal attempt (no truth/removal.json)")
-    before = _dump(kernel_id, rec["before"])
+    before = get_dump(kernel_id, rec["before"])
     if isinstance(before, str):
         pytest.skip(before)
     snap = capture_snapshot(mminspect.open(prog=before.program()))
