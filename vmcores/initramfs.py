@@ -1,7 +1,8 @@
 """A tiny busybox initramfs with a command agent on the serial console.
 
 Contents: /bin/busybox (from Debian's busybox-static:arm64, fetched with
-``apt-get download`` and cached), the kernel's modules that must be loaded
+``apt-get download`` and cached; the package has it at bin/busybox or, usr-merged,
+usr/bin/busybox), the kernel's modules that must be loaded
 (qemu_fw_cfg, so that ``-device vmcoreinfo`` gets the guest's VMCOREINFO), /init,
 /bin/agent and /bin/capture-truth. The cpio (newc) archive is written in Python,
 so no cpio binary is needed.
@@ -28,10 +29,12 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .cache import RecipeError, cache_dir, progress, sha256_file, write_json
-from .kernels import KernelFiles
+from .debs import extract_members
+from .model import KernelFiles
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /truth /sbin /usr/bin /usr/sbin /mnt
@@ -151,6 +154,25 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, int, int]]) -> bytes:
     return out.getvalue()
 
 
+#: Where busybox-static puts the binary: bin/busybox up to Debian 12, and
+#: usr/bin/busybox in usr-merged suites (sid). Regular files only: a suite may
+#: ship one path as a symlink to the other.
+BUSYBOX_MEMBER = re.compile(r"^(usr/)?bin/busybox$")
+
+
+def busybox_from_deb(deb: Path, out: Path) -> Path:
+    """Copy the busybox binary out of a busybox-static .deb to ``out``,
+    wherever the package puts it (see BUSYBOX_MEMBER)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".busybox-", dir=out.parent))
+    try:
+        got = extract_members(deb, {"busybox": BUSYBOX_MEMBER}, tmp)["busybox"]
+        got.chmod(0o755)
+        got.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def busybox_path() -> Path:
     """An aarch64 static busybox, from Debian's busybox-static:arm64 (cached)."""
     d = cache_dir() / "busybox"
@@ -172,10 +194,7 @@ def busybox_path() -> Path:
             f"apt-get update): {e.stderr.strip().splitlines()[-1] if e.stderr.strip() else e.returncode}"
         ) from None
     deb = sorted(d.glob("busybox-static_*_arm64.deb"))[-1]
-    x = d / "x"
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(x)], check=True)
-    shutil.copy2(x / "bin" / "busybox", bb)
-    shutil.rmtree(x)
+    busybox_from_deb(deb, bb)
     m = re.match(r"busybox-static_(.*)_arm64\.deb", deb.name)
     write_json(d / "busybox.json", {"deb": deb.name, "version": m.group(1).replace("%3a", ":") if m else None,
                                     "sha256": sha256_file(bb)})
