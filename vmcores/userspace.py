@@ -97,6 +97,7 @@ done
 if [ -b /dev/vda ]; then
     mkdir -p %(mnt)s && mount -t ext4 -o ro,noload /dev/vda %(mnt)s || echo "@@INIT mount /dev/vda failed"
 fi
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 chmod 1777 /tmp
 """ % {"mnt": DEBUG_MOUNT}
 
