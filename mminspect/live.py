@@ -12,6 +12,7 @@ never shows a leak or a missing ctor that is only the passage of time. What
 is still wrong when read again stays a finding.
 """
 
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -22,6 +23,10 @@ from mminspect.memory import node_stat
 from mminspect.walk import walk
 
 __all__ = ("is_live", "settle_audit")
+
+#: how long to wait, and in which steps, for RCU-deferred table frees to land
+RCU_WAIT_S = 5.0
+RCU_STEP_S = 1.0
 
 
 def is_live(kernel) -> bool:
@@ -84,6 +89,23 @@ def settle_audit(kernel, a: Audit) -> Audit:
                              "allocated while read")
             else:
                 keep.append(i)
+        # A table freed through an mmu_gather batch keeps its type until the
+        # batch's RCU grace period ends (tlb_remove_table() queues the batch
+        # with call_rcu(); the ptdesc itself carries no rcu_head then): read
+        # the rest again after a pause, a few times.
+        waited = 0.0
+        while keep and waited < RCU_WAIT_S:
+            time.sleep(RCU_STEP_S)
+            waited += RCU_STEP_S
+            pfns = a.unreachable_typed[keep]
+            facts = c.pages.facts(pfns)
+            typed_now = {int(p): bool(t) for p, t in zip(facts["pfn"].tolist(), facts["table"].tolist())}
+            for i in list(keep):
+                pfn = int(a.unreachable_typed[i])
+                if not typed_now.get(pfn, True):
+                    notes.append(f"{pfn << c.shift:#x}: typed and reached by no root, no longer typed {waited:.0f} s "
+                                 "later: freed while read (an RCU-deferred table free)")
+                    keep.remove(i)
         if len(keep) != len(a.unreachable_typed):
             a.unreachable_typed = a.unreachable_typed[keep]
             a.unreachable_facts = a.unreachable_facts[keep]
