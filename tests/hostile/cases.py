@@ -134,6 +134,17 @@ def elf_cases(inputs) -> List[Case]:
     case("truncated-audit", truncate=size // 2, args=("audit",))
     case("truncated-classify", truncate=size - 4096, args=("classify",))
     case("phnum-huge-classify", [(56, "<H", 60000)], args=("classify",))
+    # The bundled sample is a bundle: its MMINSPECT note, damaged.
+    sample = inputs["sample.core"]
+    head = open(sample, "rb").read(1 << 16)
+    note = head.find(b'{"constant": ')
+    for name, find, put, cmd in (("bundle-note-not-json", b'{"constant": ', b'X"constant": ', "walk"),
+                                 ("bundle-schema-other", b'"mminspect.bundle/1"', b'"mminspect.bundle/7"', "walk"),
+                                 ("bundle-answer-text", b'"PG_reserved": 12', b'"PG_reserved":"1"', "classify"),
+                                 ("bundle-note-cut", b'"roots": [', b'"roots": \0', "walk")):
+        at = head.find(find, max(note, 0))
+        if at >= 0:
+            out.append(Case("elf", name, [cmd, "-c", "d.core"], patched(sample, "d.core", [(at, put)])))
     return out
 
 
