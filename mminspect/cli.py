@@ -140,6 +140,18 @@ def parse_range(text: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
     return start, end & _U64
 
 
+def _incomplete(out, walks) -> None:
+    """Exit 1 with one line on stderr, after the output, when a walk could
+    not see part of its tree (see :func:`mminspect.report.walk.problems_line`)."""
+    from mminspect.report.walk import problems_line
+
+    warning = problems_line(walks)
+    if warning:
+        out.flush()
+        click.echo(warning, err=True)
+        sys.exit(1)
+
+
 def _progress(enabled: bool):
     if not enabled or not sys.stderr.isatty():
         return None
@@ -230,7 +242,7 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
                  one line on stderr, the output leaves it out); 2 bad input.
     """
     from mminspect.report.ptdump import ptdump_lines
-    from mminspect.report.walk import problems_line, walk_json, walk_text
+    from mminspect.report.walk import walk_json, walk_text
     from mminspect.walk import walk as do_walk
 
     start, end = parse_range(range_)
@@ -245,11 +257,7 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
             out.write(line + "\n")
     else:
         walk_text(w, out, tables=tables)
-    warning = problems_line(w)
-    if warning:
-        out.flush()
-        click.echo(warning, err=True)
-        sys.exit(1)
+    _incomplete(out, [w])
 
 
 @main.command()
@@ -446,17 +454,26 @@ def classify(core, symbols, live, qemu, mm, summary, fmt, progress) -> None:
     and the evidence from its struct page. Origins this kernel's allocation
     sites would not produce are listed as findings. --format json has the
     schema mminspect.classify/1.
+
+    \b
+    Exit status: 0 done; 1 a walk could not see part of its tree (one
+                 line on stderr, as for walk); 2 bad input.
     """
-    from mminspect.classify import classify_roots, resolve_roots
+    from mminspect.classify import classifier_for, classify_walk, resolve_roots
     from mminspect.report.classify import classify_json, classify_text
+    from mminspect.walk import walk as do_walk
 
     k = open_kernel(core, symbols, live, qemu)
-    classes = classify_roots(k, resolve_roots(k, mm), _progress(progress))
+    # classify_roots(), keeping the walks to say when one was incomplete
+    walks = [do_walk(k, root, _progress(progress)) for root in resolve_roots(k, mm)]
+    c = classifier_for(k)
+    classes = [classify_walk(k, w, c) for w in walks]
     out = click.get_text_stream("stdout")
     if fmt == "json":
         classify_json(classes, out, summary=summary)
     else:
         classify_text(classes, out, summary=summary)
+    _incomplete(out, walks)
 
 
 @main.command()

@@ -521,6 +521,11 @@ def tables_cases(inputs) -> List[Case]:
             out.append(Case("tables", f"walk-{fmt}-{kind}",
                             ["walk", "-c", "odd.core", "--format", fmt, "--range", f"{lo:x}-{hi:x}"],
                             copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
+    for fmt in ("table", "json"):
+        out.append(Case("tables", f"classify-{fmt}", ["classify", "-c", "odd.core", "--format", fmt],
+                        copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
+    out.append(Case("tables", "classify-summary", ["classify", "-c", "odd.core", "--summary"],
+                    copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
     out.append(Case("tables", "walk-clean-ptdump", ["walk", "-c", "good.core", "--format", "ptdump"],
                     copy(inputs, "good.core"), expect=(0,), stdout_ok=True))
     return out
