@@ -11,6 +11,7 @@ captured roots, with no vmlinux and a few MB instead of GBs.
 
 from typing import Dict, List, Sequence
 
+from mminspect.bits import U64
 from mminspect.classify import capture_hook
 from mminspect.errors import MMInspectError
 from mminspect.files import atomic_output, check_output, target_files
@@ -70,7 +71,7 @@ def capture(target, path: str, roots: Sequence[str] = DEFAULT_ROOTS, force: bool
     init = k.root("init_mm")
     for va, size in sorted(rec.virt_reads):
         if init.start <= va:
-            walk(k, k.root("init_mm", va, min(va + max(size, 1), (1 << 64) - 1)))
+            walk(k, k.root("init_mm", va, min(va + max(size, 1), U64)))
     runs = rec.page_runs()
     answers = {
         "debug_info": target.has_debug_info,

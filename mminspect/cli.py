@@ -9,6 +9,7 @@ bundled sample dump (announced on stderr).
 """
 
 import functools
+import json
 import os
 import platform
 import signal
@@ -214,6 +215,7 @@ def main() -> None:
       mminspect audit -c vmcore -s vmlinux            # NR_PAGETABLE against typed pages
       mminspect simulate-remove --block 16 --block 17 # is every dtor balanced by a ctor?
       mminspect capture -c vmcore -s vmlinux -o evidence.core
+      mminspect map --block 16..23 -o map.html       # a picture, with a removal overlaid
     """
 
 
@@ -391,9 +393,17 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
     page: dtor without ctor, ctor without dtor, memblock page freed to buddy,
     kernel-image table freed, shared table freed, ptlock held, efi_mm touched.
 
+    Before any table is freed it replays the kernel's offline path, block by
+    block as an ACPI eject does: the range offline_pages() gets (after a
+    memmap_on_memory block's own memmap) and every memory-notifier check of
+    the dump's era, with the kernel's own message; one refused block stops
+    the eject and nothing is removed. A check the dump cannot decide is
+    listed as unchecked, never passed.
+
     \b
     Exit status: 0 clean, 1 a finding at or above --fail-on,
-                 3 the kernel would refuse the removal, 2 bad input.
+                 3 the kernel would refuse the removal (also with --force),
+                 2 bad input.
     """
     from mminspect.hotremove import Proposal, available_policies, get_policy, select_policy, simulate
     from mminspect.hotremove.policy import load_plugin_file
@@ -405,15 +415,10 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
         for name, cls in sorted(available_policies().items()):
             click.echo(f"{name:<12} {cls.summary}")
         return
-    if (bool(range_) + bool(blocks) + bool(dimm)) != 1:
-        raise MMInspectError("give the memory to remove with one of --range START-END, --block N, --dimm ID")
-    if dimm:
-        if not qemu:
-            raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
-        from mminspect.qmp import dimm_range
-
-        start, end = dimm_range(qemu, dimm)
-        range_ = f"{start:x}-{end:x}"
+    want = _proposal_range(range_, blocks, dimm, qemu, "--range")
+    if want is None:
+        raise MMInspectError(_ONE_OF.format("--range"))
+    range_ = want[0]
     options = _parse_options(policy_options)
     snap = _load_or_capture(snapshot_path, core, symbols, live, qemu)
     if range_:
@@ -428,8 +433,8 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
         simulate_json(result, snap, out)
     else:
         simulate_text(result, snap, out, tables=tables, fail_on=fail_on)
-    if not result.simulated:
-        sys.exit(3)
+    if any(r.fatal for r in result.refusals):
+        sys.exit(3)  # the kernel refuses, --force or not
     from mminspect.hotremove.simulate import SEVERITIES
 
     if any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in result.findings):
@@ -503,6 +508,107 @@ def audit(core, symbols, live, qemu, fmt) -> None:
         audit_text(result, out)
 
 
+_ONE_OF = "give the memory to remove with one of {} START-END, --block N, --dimm ID"
+
+
+def _proposal_range(range_, blocks, dimm, qemu, range_option: str) -> Optional[Tuple[Optional[str], list]]:
+    """The memory a command is asked to remove, as (range text, block ids),
+    or None when none was given; ``--dimm`` is asked of the QMP socket."""
+    if (bool(range_) + bool(blocks) + bool(dimm)) > 1:
+        raise MMInspectError(_ONE_OF.format(range_option))
+    if dimm:
+        if not qemu:
+            raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
+        from mminspect.qmp import dimm_range
+
+        start, end = dimm_range(qemu, dimm)
+        range_ = f"{start:x}-{end:x}"
+    if not range_ and not blocks:
+        return None
+    return range_, _block_ids(blocks) if blocks else []
+
+
+@main.command("map")
+@target_options
+@click.option("-o", "--output", metavar="FILE", help="where to write (default map.html, or map.json with --format json; - for stdout)")
+@click.option("--mm", "roots", multiple=True, metavar="ROOT",
+              help="roots to draw (repeatable; as classify --mm: init_mm, efi_mm, tramp, a pid, tasks, all); "
+                   "default init_mm and efi_mm when it exists")
+@click.option("--simulate", "range_", metavar="START-END", help="overlay the removal of this physical range (hex; START+SIZE works)")
+@click.option("--block", "blocks", multiple=True, metavar="N[..M]", help="overlay the removal of memory blocks N..M")
+@click.option("--dimm", metavar="ID", help="overlay the removal of a QEMU pc-dimm (asked of --qemu SOCKET)")
+@click.option("--policy", metavar="ERA", help="freeing rules to replay (default: chosen from the dump)")
+@click.option("--format", "fmt", type=click.Choice(["html", "json"]), default="html", show_default=True)
+@click.option("--force", is_flag=True, help="replace FILE if it exists (never an input)")
+@click.option("--progress/--no-progress", default=True, help="progress on stderr when it is a terminal")
+@_errors
+def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy, fmt, force, progress) -> None:
+    """Write a self-contained HTML map of physical memory and page tables.
+
+    Physical memory by memory block (boot, hot-added, holes, zones, nodes)
+    with every page-table page as a mark coloured and shaped by its origin
+    (density cells that zoom into marks on big machines), the classification
+    evidence on hover, a VA overview per root, and with --simulate, --block or
+    --dimm the proposed removal as an overlay: freed and kept tables,
+    refusals with the kernel's message, the NR_PAGETABLE change, the
+    findings. One file, no network. --format json writes the same data
+    (schema mminspect.map/1).
+    """
+    from mminspect.classify import classifier_for, resolve_roots
+    from mminspect.hotremove import Proposal, get_policy
+    from mminspect.report.map import build_map, map_html
+    from mminspect.report.map.output import check_output, write_output
+
+    want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
+    output = output or ("map.json" if fmt == "json" else "map.html")
+    inputs = [core, *symbols]
+    if output != "-":
+        check_output(output, inputs, force)
+    k = open_kernel(core, symbols, live, qemu)
+    specs = roots or ("init_mm", "efi_mm")
+    resolved = []
+    for spec in specs:
+        try:
+            resolved += resolve_roots(k, spec)
+        except MMInspectError as e:
+            if roots:
+                raise
+            click.echo(f"mminspect: {spec} not drawn: {e}", err=True)
+    proposal = None
+    if want is not None:
+        text, ids = want
+        if text:
+            start, end = parse_range(text)
+            proposal = Proposal(start, end)
+        else:
+            memory = classifier_for(k).memory
+            if memory is None:
+                raise MMInspectError(f"{k.target.name}: no memory blocks: give the removal as --simulate START-END")
+            proposal = Proposal.from_blocks(ids, memory.block_size)
+    pol = (lambda era: get_policy(policy, era, {})) if policy else None
+    data = build_map(k, resolved, proposal, pol, _progress(progress))
+
+    def write(out) -> None:
+        if fmt == "json":
+            json.dump(data, out, indent=1)
+            out.write("\n")
+        else:
+            map_html(data, out)
+
+    if output == "-":
+        write(click.get_text_stream("stdout"))
+        return
+    size = write_output(output, write, force)
+    t = data["tables"]
+    p = data["proposal"]
+    line = f"{output}: {size} bytes, {t['count']} table pages from {', '.join(r['name'] for r in data['roots'])}"
+    if p is not None:
+        line += (f"; removal {p['text']}: " + ("refused" if not p["simulated"] else
+                 f"{p['freed']['count']} freed, {len(p['kept'])} kept, NR_PAGETABLE {p['delta_nr_pagetable']:+d}, "
+                 f"{len(p['findings'])} finding(s)"))
+    click.echo(line)
+
+
 def _register_classify_drgn_code() -> None:
     from mminspect.commands import CodeSnippet, register_drgn_code
 
@@ -536,3 +642,164 @@ def _register_classify_drgn_code() -> None:
 
 
 _register_classify_drgn_code()
+
+
+def _parse_va(text: str) -> int:
+    """A virtual address: hex (0x optional), as crash's vtop takes it."""
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise MMInspectError(f"bad address {text!r}: expected a hexadecimal virtual address") from None
+    if not 0 <= value < 1 << 64:
+        raise MMInspectError(f"bad address {text!r}: not a 64-bit address")
+    return value
+
+
+@main.command()
+@target_options
+@click.argument("addresses", nargs=-1, required=True, metavar="VA...")
+@click.option("--mm", "mm", metavar="ROOT",
+              help="init_mm (default for kernel addresses), efi_mm, a pid or pgd:PHYS (user addresses)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_errors
+def vtop(core, symbols, live, qemu, addresses, mm, fmt) -> None:
+    """Translate virtual addresses level by level, and say why one faults.
+
+    As crash's vtop: for each VA, one line per level (table PA, index, entry
+    PA, raw descriptor, decoded type), then where and why the walk stopped
+    (page, block, contiguous run, empty or invalid entry, reserved type,
+    table outside RAM or missing from the dump, loop), the permissions after
+    table-level inheritance, the physical page's facts, and drgn's
+    follow_phys, __pa() and the dump's PT_LOAD headers as checks. Non-present
+    entries of user mms are decoded as the kernel encodes them (swap,
+    migration, device-private, PROT_NONE, uffd-wp, markers). --format json
+    has the schema mminspect.vtop/1.
+    """
+    from mminspect.report.vtop import vtop_json, vtop_text
+    from mminspect.vtop import vtop as do_vtop
+
+    vas = [_parse_va(a) for a in addresses]
+    k = open_kernel(core, symbols, live, qemu)
+    results = [do_vtop(k, va, mm) for va in vas]
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        vtop_json(results, k, out)
+    else:
+        vtop_text(results, out)
+
+
+@main.command()
+@target_options
+@click.argument("addresses", nargs=-1, metavar="PHYS|pfn:N...")
+@click.option("--from", "from_file", metavar="FILE", help="read addresses from FILE, one per line ('-': stdin)")
+@click.option("--mm", "mm", default="all", show_default=True, metavar="ROOT",
+              help="roots to search: all, init_mm, efi_mm, tramp, tasks, a pid or pgd:PHYS")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_errors
+def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
+    """Say what physical pages are and which virtual addresses map them.
+
+    For each address (hex PA, or pfn:N): if it is a page-table page, which
+    roots reach it, at which level and VA span, its origin, ptlock and
+    evidence; every VA of every root that maps it (one walk per root and one
+    reverse map for all addresses); and what its struct page says (flags,
+    type, refcount, mapping, memcg, slab cache). --format json has the
+    schema mminspect.identify/1.
+    """
+    from mminspect.classify import resolve_roots
+    from mminspect.identify import identify as do_identify
+    from mminspect.identify import parse_address
+    from mminspect.report.identify import identify_json, identify_text
+
+    texts = list(addresses)
+    if from_file:
+        if from_file == "-":
+            texts += [line for line in sys.stdin.read().split() if line]
+        else:
+            if not os.path.isfile(from_file):
+                raise MMInspectError(f"{from_file}: no such file")
+            with open(from_file) as f:
+                texts += [w for line in f for w in line.split("#", 1)[0].split()]
+    if not texts:
+        raise MMInspectError("give addresses (PHYS or pfn:N) or --from FILE")
+    k = open_kernel(core, symbols, live, qemu)
+    pas = [parse_address(t, k.regime.page_shift) for t in texts]
+    roots = resolve_roots(k, mm)
+    results = do_identify(k, pas, roots)
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        identify_json(results, k, [r.name for r in roots], out)
+    else:
+        identify_text(results, out)
+
+
+def _diff_source(path: str, symbols):
+    """A snapshot (.npz written by ``mminspect snapshot``) or a dump's Kernel."""
+    from mminspect.kernel import Kernel
+    from mminspect.target import open_target
+
+    if not os.path.exists(path):
+        raise MMInspectError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04":  # numpy's .npz is a zip file
+        from mminspect.hotremove import Snapshot
+
+        return Snapshot.load(path)
+    return Kernel(open_target(core=path, symbols=symbols))
+
+
+def _diff_state(source, name: str):
+    from mminspect.diff import state_of_kernel, state_of_snapshot
+    from mminspect.kernel import Kernel
+
+    return state_of_kernel(source, name) if isinstance(source, Kernel) else state_of_snapshot(source, name)
+
+
+@main.command()
+@target_options
+@click.argument("state_a", metavar="A")
+@click.argument("state_b", metavar="[B]", required=False)
+@click.option("--expect", "expect", metavar="SIMULATION.json",
+              help="simulate-remove --format json output: does the simulated removal match what happened?")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_errors
+def diff(core, symbols, live, qemu, state_a, state_b, expect, fmt) -> None:
+    """Compare the page tables of two states of one kernel.
+
+    A and B are dumps of the same kernel and boot (before and after a
+    hot-remove) or a snapshot (mminspect snapshot -o FILE) and a dump; with
+    B left out, B is the target (-c/-k/--qemu, or the drgn/gdb session).
+    Prints the table pages freed, allocated and reused as another table,
+    the mapping ranges added, removed or changed, and the NR_PAGETABLE
+    change explained page by page; --expect checks a simulate-remove JSON
+    against the tables really freed (exit 1 when it does not match).
+    --format json has the schema mminspect.diff/1.
+    """
+    from mminspect.diff import diff as do_diff
+    from mminspect.diff import expect_simulation
+    from mminspect.report.diff import diff_json, diff_text
+
+    if expect and not os.path.isfile(expect):
+        raise MMInspectError(f"{expect}: no such file")
+    from mminspect.diff import check_same
+
+    src_a = _diff_source(state_a, symbols)
+    if state_b:
+        src_b, name_b = _diff_source(state_b, symbols), state_b
+    else:
+        if not (core or live or qemu) and bound_kernel() is None:
+            raise MMInspectError("give B, or the target to compare A with (-c VMCORE, -k, --qemu)")
+        src_b, name_b = open_kernel(core, symbols, live, qemu), core or "target"
+    # Refuse different kernels, regimes or boots before walking anything.
+    check_same(src_a, state_a, src_b, name_b)
+    d = do_diff(_diff_state(src_a, state_a), _diff_state(src_b, name_b))
+    if expect:
+        expect_simulation(d, expect)
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        diff_json(d, out)
+    else:
+        diff_text(d, out)
+    if d.expect is not None and not d.expect["matches"]:
+        sys.exit(1)

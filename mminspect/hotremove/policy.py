@@ -56,6 +56,21 @@ class Era:
     check_pages: bool = True
     #: arm64 refuses to offline boot memory (prevent_bootmem_remove_notifier, v5.7+).
     bootmem_notifier: bool = True
+    #: arm64's memory notifier also refuses an offline whose linear-map or
+    #: vmemmap edges fall inside a leaf ("arm64/mm: Reject memory removal
+    #: that splits a kernel leaf mapping", 2026). None: not known (a
+    #: snapshot from before this fact was captured, or no code to read).
+    leaf_split_notifier: Optional[bool] = None
+    #: Where a memory block keeps the size of its own memmap
+    #: (memmap_on_memory): "nr_vmemmap_pages" (v5.15..v6.5, one block per
+    #: hot-add), "altmap" (v6.6+: struct vmem_altmap *), "none"; None: unknown.
+    block_memmap: Optional[str] = None
+    #: Each block of a larger hot-add gets its own altmap, and removal runs
+    #: arch_remove_memory() block by block (remove_memory_blocks_and_altmaps()).
+    altmap_per_block: Optional[bool] = None
+    #: The memory_hotplug.memmap_on_memory parameter as the kernel holds it
+    #: ("0", "1", "force"); None: unknown.
+    memmap_on_memory: Optional[str] = None
     evidence: Dict[str, str] = field(default_factory=dict)
 
 

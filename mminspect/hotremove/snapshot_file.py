@@ -146,14 +146,15 @@ def check_header(h: object, path: str) -> None:
     """The header holds every key :class:`Snapshot` and the simulation read,
     typed and in range (see the module docstring)."""
     from mminspect.hotremove.policy import Era
-    from mminspect.hotremove.snapshot import SCHEMA, TableFacts
+    from mminspect.hotremove.snapshot import COMPATIBLE, TableFacts
     from mminspect.memory import Block
     from mminspect.sparse import Section
 
     if not isinstance(h, dict):
         raise _bad(path, "its header is not a JSON object")
-    if h.get("schema") != SCHEMA:
-        raise MMInspectError(f"{path}: snapshot schema {str(h.get('schema'))[:40]!r}, expected {SCHEMA}")
+    if h.get("schema") not in COMPATIBLE:
+        raise MMInspectError(f"{path}: snapshot schema {str(h.get('schema'))[:40]!r}, expected one of "
+                             f"{', '.join(COMPATIBLE)}")
     k = _need(h, "kernel", (dict,), path, "header")
     reg = _need(k, "regime", (dict,), path, "kernel")
     page_size = _need(reg, "page_size", _INT, path, "kernel.regime")

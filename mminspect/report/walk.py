@@ -28,7 +28,7 @@ def _summary(w: Walk) -> Dict[str, Any]:
         "kernel": k.vmcoreinfo.get("OSRELEASE", "?"),
         "regime": w.regime.describe(),
         "root": f"{w.root.name} (pgd phys {w.root.phys:#x}, {w.root.entries} entries)",
-        "range": f"{w.root.start:#018x}-{(w.root.end - 1) & ((1 << 64) - 1):#018x}",
+        "range": f"{w.root.start:#018x}-{w.root.end_inclusive:#018x}",
         "mapped": f"{int(leaf['size'].sum()) >> 10} KiB",
         "ranges": len(leaf),
         "table pages": w.table_count,
