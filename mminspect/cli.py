@@ -20,7 +20,7 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
-from mminspect.files import Interrupted, check_output, signals_raise, target_files
+from mminspect.files import Interrupted, check_input, check_output, signals_raise, target_files
 
 _U64 = (1 << 64) - 1
 
@@ -561,7 +561,7 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
 
     want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
     output = output or ("map.json" if fmt == "json" else "map.html")
-    inputs = [core, *symbols]
+    inputs = _inputs(core, symbols)
     if output != "-":
         check_output(output, inputs, force)
     k = open_kernel(core, symbols, live, qemu)
@@ -598,7 +598,7 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
     if output == "-":
         write(click.get_text_stream("stdout"))
         return
-    size = write_output(output, write, force)
+    size = write_output(output, write, force, inputs=[*inputs, *target_files(k.target)])
     t = data["tables"]
     p = data["proposal"]
     line = f"{output}: {size} bytes, {t['count']} table pages from {', '.join(r['name'] for r in data['roots'])}"
@@ -716,8 +716,7 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
         if from_file == "-":
             texts += [line for line in sys.stdin.read().split() if line]
         else:
-            if not os.path.isfile(from_file):
-                raise MMInspectError(f"{from_file}: no such file")
+            check_input(from_file, "list of addresses")
             with open(from_file) as f:
                 texts += [w for line in f for w in line.split("#", 1)[0].split()]
     if not texts:
@@ -738,8 +737,7 @@ def _diff_source(path: str, symbols):
     from mminspect.kernel import Kernel
     from mminspect.target import open_target
 
-    if not os.path.exists(path):
-        raise MMInspectError(f"{path}: no such file")
+    check_input(path, "dump or snapshot")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"PK\x03\x04":  # numpy's .npz is a zip file

@@ -312,6 +312,11 @@ def files_cases(inputs) -> List[Case]:
                         _special(kind, "x")))
         out.append(Case("files", f"plugin-{kind}", ["simulate-remove", "--plugin", "x", "--list-policies"],
                         _special(kind, "x")))
+    for kind in ("fifo", "dir", "zero"):
+        out.append(Case("files", f"diff-{kind}", ["diff", "x", "sample.core"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
+        out.append(Case("files", f"identify-from-{kind}", ["identify", "-c", "sample.core", "--from", "x"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
     out.append(Case("files", "core-missing", ["walk", "-c", "nothing"], lambda d: None))
     out.append(Case("files", "core-under-a-file", ["walk", "-c", "good.core/x"], copy(inputs, "good.core")))
     return out
@@ -492,6 +497,13 @@ def output_cases(inputs) -> List[Case]:
                         both(copy(inputs, "sample.core"), lambda d: open(os.path.join(d, "mine"), "w").write("x"))))
         out.append(Case("output", f"{cmd}-missing-dir", [cmd, "-c", "sample.core", "-o", "no/such/dir/x"],
                         copy(inputs, "sample.core")))
+    for label, path, force in (("same", "sample.core", ()), ("hardlink-force", "hard.core", ("--force",)),
+                               ("symlink-force", "link.core", ("--force",)), ("dotdot-force", "a/../sample.core",
+                                                                              ("--force",))):
+        out.append(Case("output", f"map-{label}", ["map", "-c", "sample.core", "-o", path, *force], aliases))
+    for kind in ("null", "dir", "fifo"):
+        out.append(Case("output", f"map-onto-{kind}-force", ["map", "-c", "sample.core", "-o", "x", "--force"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
     out.append(Case("output", "capture-users-own-tmp", ["capture", "-c", "sample.core", "-o", "ev.core"],
                     both(copy(inputs, "sample.core"), lambda d: open(os.path.join(d, "ev.core.tmp"), "w").write("mine")),
                     expect=(0,), may_create=("ev.core",)))
@@ -503,7 +515,7 @@ def output_cases(inputs) -> List[Case]:
 
 def interrupt_cases(inputs) -> List[Case]:
     out = []
-    for cmd, name in (("capture", "ev.core"), ("snapshot", "s.npz")):
+    for cmd, name in (("capture", "ev.core"), ("snapshot", "s.npz"), ("map", "m.html")):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             for when in ("write", 0.02, 0.2, 0.6):
                 out.append(Case("interrupt", f"{cmd}-{sig.name}-{when}", [cmd, "-c", "sample.core", "-o", name],
