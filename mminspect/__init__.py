@@ -18,9 +18,10 @@ from typing import Optional, Sequence
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
 
-# Import the walk module before defining walk() below: importing a submodule
-# binds its name on the package, and the function must win.
+# Import the walk package before defining walk() below: importing a
+# subpackage binds its name on this package, and the function must win.
 from mminspect.walk import Mapping, Problem, TablePage, Walk  # isort: skip
+from mminspect.walk.walker import walk as _walk  # isort: skip
 
 __all__ = (
     "Kernel",
@@ -63,6 +64,4 @@ def walk(kernel: "Kernel", mm: str = "init_mm", start: Optional[int] = None,
     Walk ``mm`` (``init_mm``, ``efi_mm``, ``vmemmap`` or a pid as a string)
     between ``start`` and ``end`` (exclusive) and return the :class:`Walk`.
     """
-    from mminspect.walk import walk as _walk
-
     return _walk(kernel, kernel.root(mm, start, end))

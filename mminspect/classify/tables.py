@@ -46,35 +46,12 @@ def classify_walk(kernel: Kernel, w: Walk, classifier: Optional[KernelFacts] = N
     F = c.features
     root = w.root
     kind = root_kind(root)
-    cols = (w.table_phys, w.table_level, w.table_va, w.table_entries)
-    if select is not None:
-        cols = tuple(col[select] for col in cols)
-    phys = cols[0].astype(np.uint64)
-    level = cols[1].astype(np.int8)
-    va = cols[2].astype(np.uint64)
+    phys, level, va, span, parents = _table_columns(w, select)
     n = len(phys)
-    span = np.empty(0, np.uint64)
-    if n:
-        shifts = np.zeros(8, dtype=np.uint64)
-        for lv in unique(level).tolist():
-            shifts[lv + 1] = r.shift(lv)
-        span = cols[3].astype(np.uint64) << shifts[level.astype(np.int64) + 1]
-    # parents per table
-    if len(w.edge_child):
-        uc, cnt = np.unique(w.edge_child, return_counts=True)
-        pos = np.minimum(np.searchsorted(uc, phys), len(uc) - 1)
-        parents = np.where(uc[pos] == phys, cnt[pos], 0)
-    else:
-        parents = np.zeros(n, dtype=np.int64)
     is_root = (level == r.top_level) & (phys == np.uint64(root.phys))
-
-    # struct pages
     t1 = time.perf_counter()
     pfn = phys >> np.uint64(c.shift)
-    upf = c.pages.facts(pfn)
-    facts = upf[np.searchsorted(upf["pfn"], pfn)] if n else upf
-    if np.any(facts["tail"]):
-        facts = c.pages.heads(facts)
+    facts = _struct_pages(c, pfn)
     t2 = time.perf_counter()
 
     ok = facts["ok"]
@@ -119,6 +96,42 @@ def classify_walk(kernel: Kernel, w: Walk, classifier: Optional[KernelFacts] = N
     out.stats = {"tables": n, "seconds": t3 - t0, "struct_page_seconds": t2 - t1,
                  "reads": c.pages.reads, "bytes_read": c.pages.bytes_read}
     return out
+
+
+def _table_columns(w: Walk, select: Optional[np.ndarray]):
+    """PA, level, VA, VA span and number of parent entries of each table of
+    ``w`` (``select``: only these)."""
+    r = w.regime
+    cols = (w.table_phys, w.table_level, w.table_va, w.table_entries)
+    if select is not None:
+        cols = tuple(col[select] for col in cols)
+    phys = cols[0].astype(np.uint64)
+    level = cols[1].astype(np.int8)
+    va = cols[2].astype(np.uint64)
+    n = len(phys)
+    span = np.empty(0, np.uint64)
+    if n:
+        shifts = np.zeros(8, dtype=np.uint64)
+        for lv in unique(level).tolist():
+            shifts[lv + 1] = r.shift(lv)
+        span = cols[3].astype(np.uint64) << shifts[level.astype(np.int64) + 1]
+    if len(w.edge_child):
+        uc, cnt = np.unique(w.edge_child, return_counts=True)
+        pos = np.minimum(np.searchsorted(uc, phys), len(uc) - 1)
+        parents = np.where(uc[pos] == phys, cnt[pos], 0)
+    else:
+        parents = np.zeros(n, dtype=np.int64)
+    return phys, level, va, span, parents
+
+
+def _struct_pages(c: KernelFacts, pfn: np.ndarray) -> np.ndarray:
+    """The struct page facts of each PFN (in order, repeats allowed), a
+    compound tail's page types and PG_slab taken from its head."""
+    upf = c.pages.facts(pfn)
+    facts = upf[np.searchsorted(upf["pfn"], pfn)] if len(pfn) else upf
+    if np.any(facts["tail"]):
+        facts = c.pages.heads(facts)
+    return facts
 
 
 def classify_roots(kernel: Kernel, roots: Sequence[Root], progress=None) -> List[Classification]:

@@ -32,7 +32,7 @@ from .encode import (
     Prot,
     TableProt,
 )
-from .regime import U64, Regime
+from .regime import U64, Regime, page_offset_for
 
 # --------------------------------------------------------------------------------------
 # Records (ground truth)
@@ -278,7 +278,6 @@ class Builder:
         if regime.phys_offset is None:
             po = self.ram[0][0] - self.ram[0][0] % regime.memstart_align
             if regime.va_bits == 52 and regime.vabits_actual != 52:
-                from .regime import page_offset_for
                 po -= (page_offset_for(regime.vabits_actual) - page_offset_for(52)) & U64
         else:
             po = regime.phys_offset

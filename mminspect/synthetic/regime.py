@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-U64 = (1 << 64) - 1
+from mminspect.bits import U64
 
 SZ_4K = 1 << 12
 SZ_16K = 1 << 14
