@@ -20,7 +20,7 @@ kernel's (and its ptdump's): the top level is always ``PGD``, the last
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 

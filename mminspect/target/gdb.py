@@ -46,6 +46,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import gdb  # type: ignore[import-not-found]
 
 from mminspect.arch.arm64 import Regime
+from mminspect.arch.lookup import find_mappings, translate
 from mminspect.bits import U64
 from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
@@ -290,62 +291,17 @@ class GdbTarget:
         pa = self._tlb[page]
         return None if pa is None else pa + (va - page)
 
+    def _read_or_none(self, address: int, size: int) -> Optional[bytes]:
+        try:
+            return self.read_phys(address, size)
+        except TargetFault:
+            return None
+
     def _walk(self, root: Optional[int], va: int) -> Optional[int]:
         r = self._mmu
-        if r is None or root is None or (va >> r.vabits_actual) != (U64 >> r.vabits_actual):
+        if r is None or root is None:
             return None
-        table = root
-        for level in range(r.top_level, 4):
-            shift = r.shift(level)
-            entries = r.root_entries() if level == r.top_level else r.entries_per_table
-            index = (va >> shift) & (entries - 1)
-            try:
-                desc = int.from_bytes(self.read_phys(table + 8 * index, 8), "little")
-            except TargetFault:
-                return None
-            if not desc & 1:
-                return None
-            if level < 3 and desc & 2:
-                table = r.desc_to_phys(desc)
-                continue
-            if level == 3 and not desc & 2:
-                return None
-            return r.desc_to_phys(desc) + (va & ((1 << shift) - 1))
-        return None
-
-    def _search(self, root: int, pa: int) -> List[int]:
-        """Kernel VAs in the upper half of TTBR1's range (where the image,
-        modules, vmalloc and vmemmap live) that map ``pa``."""
-        r = self._mmu
-        assert r is not None
-        found: List[int] = []
-        upper = (U64 << (r.vabits_actual - 1)) & U64
-        frontier = [(root, r.ttbr1_va(0), r.root_entries())]
-        for level in range(r.top_level, 4):
-            shift = r.shift(level)
-            nxt = []
-            for table, base, entries in frontier:
-                try:
-                    raw = self.read_phys(table, 8 * entries)
-                except TargetFault:
-                    continue
-                for index in range(entries):
-                    va = (base + (index << shift)) & U64
-                    if va + (1 << shift) - 1 < upper:
-                        continue
-                    desc = int.from_bytes(raw[8 * index : 8 * index + 8], "little")
-                    if not desc & 1:
-                        continue
-                    if level < 3 and desc & 2:
-                        nxt.append((r.desc_to_phys(desc), va, r.entries_per_table))
-                    elif level == 3 and not desc & 2:
-                        continue
-                    else:
-                        out = r.desc_to_phys(desc)
-                        if out <= pa < out + (1 << shift):
-                            found.append(va + (pa - out))
-            frontier = nxt
-        return found
+        return translate(self._read_or_none, r, root, va)
 
     # -- registers ------------------------------------------------------------
     def register(self, name: str) -> Optional[int]:
@@ -466,7 +422,8 @@ class GdbTarget:
                 if kv not in seen:
                     seen.add(kv)
                     yield kv
-        for va in self._search(swapper_pa, swapper_pa):
+        assert self._mmu is not None
+        for va in find_mappings(self._read_or_none, self._mmu, swapper_pa, swapper_pa):
             kv = (va - swapper_pa) & U64
             if kv not in seen:
                 seen.add(kv)
