@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
+from mminspect.target import open_target
 
 # Import the walk package before defining walk() below: importing a
 # subpackage binds its name on this package, and the function must win.
@@ -50,11 +51,9 @@ def open(
     :raises MMInspectError: if the target cannot be opened or is not arm64
     """
     if prog is not None:
-        from mminspect.target.drgn import DrgnTarget
+        from mminspect.target.drgn import DrgnTarget  # drgn only here: see open_target()
 
         return Kernel(DrgnTarget(prog, "drgn program"))
-    from mminspect.target import open_target
-
     return Kernel(open_target(core=core, symbols=symbols, kernel=kernel, qemu=qemu))
 
 
