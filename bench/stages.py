@@ -24,6 +24,9 @@ Stages:
 ``audit``       (d) the NR_PAGETABLE audit
 ``remove-1G``   (e) simulate-remove of the top 1 GiB of RAM (hot-added)
 ``remove-64G``  (e) simulate-remove of the top 64 GiB (all hot-added)
+``read-memmap-cold``, ``audit-cold``: the memmap read and the audit with the
+                dump evicted from the page cache before each run
+                (:mod:`bench.cold`)
 ==============  ==========================================================
 """
 
@@ -266,6 +269,16 @@ STAGES = {
 }
 
 
+def _cold_stages() -> None:
+    from bench.cold import stage_audit_cold, stage_read_memmap_cold
+
+    STAGES["read-memmap-cold"] = stage_read_memmap_cold
+    STAGES["audit-cold"] = stage_audit_cold
+
+
+_cold_stages()
+
+
 def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0) -> Dict:
     import mminspect
 
@@ -279,7 +292,7 @@ def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0
     out["open_seconds"] = time.perf_counter() - t0
     out["rss_after_open_kib"] = vm_status("VmRSS")
     try:
-        run, check = STAGES[stage](kernel, meta, tables)
+        run, check, *before = STAGES[stage](kernel, meta, tables)
     except NotAvailable as e:
         out.update(status="n/a", reason=str(e))
         return out
@@ -291,6 +304,8 @@ def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0
     for i in range(max(1, repeat)):
         result = None
         gc.collect()
+        for prepare in before:  # untimed: e.g. evict the dump from the page cache
+            prepare()
         c0, w0 = time.process_time(), time.perf_counter()
         result = run()
         wall = time.perf_counter() - w0

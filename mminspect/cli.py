@@ -20,7 +20,7 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
-from mminspect.files import Interrupted, check_output, signals_raise, target_files
+from mminspect.files import Interrupted, check_input, check_output, signals_raise, target_files
 
 _U64 = (1 << 64) - 1
 
@@ -141,6 +141,18 @@ def parse_range(text: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
     return start, end & _U64
 
 
+def _incomplete(out, walks) -> None:
+    """Exit 1 with one line on stderr, after the output, when a walk could
+    not see part of its tree (see :func:`mminspect.report.walk.problems_line`)."""
+    from mminspect.report.walk import problems_line
+
+    warning = problems_line(walks)
+    if warning:
+        out.flush()
+        click.echo(warning, err=True)
+        sys.exit(1)
+
+
 def _progress(enabled: bool):
     if not enabled or not sys.stderr.isatty():
         return None
@@ -232,7 +244,7 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
                  one line on stderr, the output leaves it out); 2 bad input.
     """
     from mminspect.report.ptdump import ptdump_lines
-    from mminspect.report.walk import problems_line, walk_json, walk_text
+    from mminspect.report.walk import walk_json, walk_text
     from mminspect.walk import walk as do_walk
 
     start, end = parse_range(range_)
@@ -247,11 +259,7 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
             out.write(line + "\n")
     else:
         walk_text(w, out, tables=tables)
-    warning = problems_line(w)
-    if warning:
-        out.flush()
-        click.echo(warning, err=True)
-        sys.exit(1)
+    _incomplete(out, [w])
 
 
 @main.command()
@@ -451,17 +459,26 @@ def classify(core, symbols, live, qemu, mm, summary, fmt, progress) -> None:
     and the evidence from its struct page. Origins this kernel's allocation
     sites would not produce are listed as findings. --format json has the
     schema mminspect.classify/1.
+
+    \b
+    Exit status: 0 done; 1 a walk could not see part of its tree (one
+                 line on stderr, as for walk); 2 bad input.
     """
-    from mminspect.classify import classify_roots, resolve_roots
+    from mminspect.classify import classifier_for, classify_walk, resolve_roots
     from mminspect.report.classify import classify_json, classify_text
+    from mminspect.walk import walk as do_walk
 
     k = open_kernel(core, symbols, live, qemu)
-    classes = classify_roots(k, resolve_roots(k, mm), _progress(progress))
+    # classify_roots(), keeping the walks to say when one was incomplete
+    walks = [do_walk(k, root, _progress(progress)) for root in resolve_roots(k, mm)]
+    c = classifier_for(k)
+    classes = [classify_walk(k, w, c) for w in walks]
     out = click.get_text_stream("stdout")
     if fmt == "json":
         classify_json(classes, out, summary=summary)
     else:
         classify_text(classes, out, summary=summary)
+    _incomplete(out, walks)
 
 
 @main.command()
@@ -544,7 +561,7 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
 
     want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
     output = output or ("map.json" if fmt == "json" else "map.html")
-    inputs = [core, *symbols]
+    inputs = _inputs(core, symbols)
     if output != "-":
         check_output(output, inputs, force)
     k = open_kernel(core, symbols, live, qemu)
@@ -581,7 +598,7 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
     if output == "-":
         write(click.get_text_stream("stdout"))
         return
-    size = write_output(output, write, force)
+    size = write_output(output, write, force, inputs=[*inputs, *target_files(k.target)])
     t = data["tables"]
     p = data["proposal"]
     line = f"{output}: {size} bytes, {t['count']} table pages from {', '.join(r['name'] for r in data['roots'])}"
@@ -699,8 +716,7 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
         if from_file == "-":
             texts += [line for line in sys.stdin.read().split() if line]
         else:
-            if not os.path.isfile(from_file):
-                raise MMInspectError(f"{from_file}: no such file")
+            check_input(from_file, "list of addresses")
             with open(from_file) as f:
                 texts += [w for line in f for w in line.split("#", 1)[0].split()]
     if not texts:
@@ -721,8 +737,7 @@ def _diff_source(path: str, symbols):
     from mminspect.kernel import Kernel
     from mminspect.target import open_target
 
-    if not os.path.exists(path):
-        raise MMInspectError(f"{path}: no such file")
+    check_input(path, "dump or snapshot")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"PK\x03\x04":  # numpy's .npz is a zip file

@@ -223,4 +223,4 @@ def _core_program(core: str) -> drgn.Program:
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return text[0] if text else "no reason given"
