@@ -11,7 +11,6 @@ bundled sample dump (announced on stderr).
 import functools
 import json
 import os
-import platform
 import signal
 import sys
 from typing import Callable, Optional, Sequence, Tuple
@@ -98,11 +97,12 @@ def open_kernel(core: Optional[str], symbols: Sequence[str], live: bool, qemu: O
     """Open the target the options name and return a Kernel."""
     from mminspect.kernel import Kernel
     from mminspect.target import open_target
+    from mminspect.target.kcore import kcore_problem
 
     if bound_kernel() is not None:  # the drgn program or gdb connection of a session
         return bound_kernel()
     if not (core or live or qemu):
-        if platform.machine() == "aarch64" and os.access("/proc/kcore", os.R_OK):
+        if kcore_problem() is None:  # an arm64 machine whose kernel lets us read it
             live = True
             click.echo("mminspect: no target given; using the running kernel", err=True)
         else:
@@ -202,7 +202,10 @@ class _Main(click.Group):
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mminspect")
-def main() -> None:
+@click.option("-k", "--kernel", "live", is_flag=True,
+              help="the running kernel via /proc/kcore for the subcommand, as drgn -k (mminspect -k walk)")
+@click.pass_context
+def main(ctx: click.Context, live: bool) -> None:
     """Inspect arm64 kernel page tables on vmcores and live kernels.
 
     \b
@@ -216,7 +219,10 @@ def main() -> None:
       mminspect simulate-remove --block 16 --block 17 # is every dtor balanced by a ctor?
       mminspect capture -c vmcore -s vmlinux -o evidence.core
       mminspect map --block 16..23 -o map.html       # a picture, with a removal overlaid
+      mminspect -k audit                              # the running kernel (root, arm64)
     """
+    if live:  # -k before the subcommand means its own -k
+        ctx.default_map = {name: {"live": True} for name in ctx.command.commands}
 
 
 @main.command()
@@ -499,8 +505,10 @@ def audit(core, symbols, live, qemu, fmt) -> None:
     from mminspect.classify import audit as do_audit
     from mminspect.report.classify import audit_json, audit_text
 
+    from mminspect.live import settle_audit
+
     k = open_kernel(core, symbols, live, qemu)
-    result = do_audit(k)
+    result = settle_audit(k, do_audit(k))
     out = click.get_text_stream("stdout")
     if fmt == "json":
         audit_json(result, out)
