@@ -56,6 +56,7 @@ class State:
     walks: Dict[str, Walk] = field(default_factory=dict)  #: root name -> walk (dumps only)
     nr_pagetable: Optional[int] = None
     level_names: Dict[int, str] = field(default_factory=dict)
+    source: Optional[Kernel] = None  #: the kernel of a dump's state (its struct pages)
 
 
 def _identity(k: Dict[str, object]) -> Tuple:
@@ -63,33 +64,48 @@ def _identity(k: Dict[str, object]) -> Tuple:
 
 
 def state_of_kernel(kernel: Kernel, name: str, roots: Optional[Sequence] = None) -> State:
-    """Walk every root of ``kernel`` (default :func:`resolve_roots` ``all``)
-    and classify nothing but the page-table type of each table page."""
-    from mminspect.classify import classifier_for, resolve_roots
+    """Walk every root of ``kernel`` (default :func:`resolve_roots` ``all``).
+    Whether a table page carries the page-table type is read later, by
+    :func:`diff`, for the tables that changed only."""
+    from mminspect.classify import resolve_roots
     from mminspect.memory import node_stat
 
     roots = roots if roots is not None else resolve_roots(kernel, "all")
     walks = {}
     rows = []
-    c = classifier_for(kernel)
-    shift = kernel.regime.page_shift
     for i, root in enumerate(roots):
         w = walk(kernel, root)
         walks[root.name] = w
         t = np.empty(w.table_count, TABLE_ROW)
         t["phys"], t["level"], t["va"], t["root"] = w.table_phys, w.table_level, w.table_va, i
-        facts = c.pages.facts(w.table_phys >> np.uint64(shift))
-        pos = np.searchsorted(facts["pfn"], w.table_phys >> np.uint64(shift))
-        f = facts[pos] if len(facts) else facts
-        t["typed"] = np.where(f["ok"], f["table"].astype(np.int8), -1) if len(f) else 0
+        t["typed"] = -1
         rows.append(t)
     try:
         nr = sum(x.exact for x in node_stat(kernel, "NR_PAGETABLE"))
     except MMInspectError:
         nr = None
     r = kernel.regime
-    return State(name, kernel.describe(), _sorted_unique(rows), [x.name for x in roots], walks, nr,
-                 {L: r.level_name(L) for L in range(r.top_level, 4)})
+    st = State(name, kernel.describe(), _sorted_unique(rows), [x.name for x in roots], walks, nr,
+               {L: r.level_name(L) for L in range(r.top_level, 4)})
+    st.source = kernel
+    return st
+
+
+def _typed(state: State, rows: np.ndarray) -> np.ndarray:
+    """The page-table type of ``rows``' pages in ``state`` (1 typed, 0 not,
+    -1 unknown), read from the struct pages of a dump's state."""
+    kernel = getattr(state, "source", None)
+    if kernel is None or not len(rows):
+        return rows["typed"]
+    from mminspect.classify import classifier_for
+
+    c = classifier_for(kernel)
+    pfn = rows["phys"] >> np.uint64(kernel.regime.page_shift)
+    facts = c.pages.facts(pfn)
+    f = facts[np.searchsorted(facts["pfn"], pfn)]
+    if c.layout.scheme.table is None:
+        return np.full(len(rows), -1, np.int8)
+    return np.where(f["ok"], f["table"].astype(np.int8), -1).astype(np.int8)
 
 
 def state_of_snapshot(snap, name: str) -> State:
@@ -289,7 +305,15 @@ def diff(a: State, b: State) -> Diff:
     for name in common:
         mappings[name] = _ranges(a.walks[name], b.walks[name])
     unmapped = sorted((set(a.roots) ^ set(b.roots)))
-    return Diff(a, b, ta[~in_b], tb[~in_a], moved, mappings, unmapped)
+    freed, allocated = ta[~in_b], tb[~in_a]
+    freed["typed"] = _typed(a, freed)
+    allocated["typed"] = _typed(b, allocated)
+    if moved:
+        ma = np.array([x for x, _ in moved], TABLE_ROW)
+        mb = np.array([y for _, y in moved], TABLE_ROW)
+        ma["typed"], mb["typed"] = _typed(a, ma), _typed(b, mb)
+        moved = list(zip(ma, mb))
+    return Diff(a, b, freed, allocated, moved, mappings, unmapped)
 
 
 def expect_simulation(d: Diff, path: str) -> Dict[str, object]:
