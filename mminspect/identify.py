@@ -18,7 +18,7 @@ Each root is walked once, however many addresses are asked about.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -122,6 +122,20 @@ class ReverseMap:
         return qorder[starts + offs], run_idx
 
 
+def _parents(w: Walk, phys: int) -> List[Dict[str, object]]:
+    """The entries that reference one table, from the walk's edge arrays
+    (sorted once per walk; :meth:`Walk.parents_of` builds a dict of every
+    table's parents, half a million at 1 TiB, for one lookup)."""
+    cached = w.__dict__.get("_edges_by_child")
+    if cached is None:
+        srt = np.argsort(w.edge_child, kind="stable")
+        cached = w.__dict__["_edges_by_child"] = (w.edge_child[srt], w.edge_parent[srt], w.edge_index[srt])
+    ec, ep, ei = cached
+    key = np.uint64(phys)
+    lo, hi = int(np.searchsorted(ec, key, "left")), int(np.searchsorted(ec, key, "right"))
+    return [{"phys": None if p == _U64 else p, "index": i} for p, i in zip(ep[lo:hi].tolist(), ei[lo:hi].tolist())]
+
+
 def parse_address(text: str, page_shift: int) -> int:
     """``PHYS`` (hex, 0x optional) or ``pfn:N`` (N decimal or 0x hex)."""
     t = text.strip()
@@ -140,11 +154,17 @@ def _check_ram(kernel: Kernel, pas: Sequence[int]) -> None:
     shift = kernel.regime.page_shift
     mp = max_pfn(kernel)
     mem = classifier_for(kernel).memory
-    for pa in pas:
-        if mp is not None and pa >> shift >= mp:
-            raise MMInspectError(f"pfn {pa >> shift:#x} (physical {pa:#x}) is past max_pfn {mp:#x}")
-        if mem is not None and mem.sections and not any(s.start <= pa < s.start + s.size for s in mem.sections):
-            raise MMInspectError(f"physical {pa:#x} is outside RAM (in no present memory section)")
+    q = np.array(pas, dtype=np.uint64)
+    if mp is not None and len(q) and (q >> np.uint64(shift)).max() >= np.uint64(mp):
+        pa = int(q[np.argmax(q >> np.uint64(shift) >= np.uint64(mp))])
+        raise MMInspectError(f"pfn {pa >> shift:#x} (physical {pa:#x}) is past max_pfn {mp:#x}")
+    if mem is not None and mem.sections and len(q):
+        starts = np.array([s.start for s in mem.sections], np.uint64)
+        ends = np.array([s.start + s.size for s in mem.sections], np.uint64)
+        k = np.searchsorted(starts, q, side="right") - 1
+        bad = (k < 0) | (q >= ends[np.maximum(k, 0)])
+        if bad.any():
+            raise MMInspectError(f"physical {int(q[np.argmax(bad)]):#x} is outside RAM (in no present memory section)")
 
 
 def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]] = None,
@@ -188,11 +208,11 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
         for i in hits.tolist():
             for j in order[lo[i]:hi[i]].tolist():
                 rec = recs[int(w.table_phys[j])]
-                parents = w.parents_of(rec.phys)
+                parents = _parents(w, rec.phys)
                 out[i].tables.append({
                     "root": w.root.name, "phys": rec.phys, "level": rec.level_name, "va": rec.va,
                     "span": rec.span, "valid": int(w.table_valid[j]), "entries": int(w.table_entries[j]),
-                    "parents": [{"phys": p.phys, "index": p.index} for p in parents],
+                    "parents": parents,
                     "region": rec.region, "origin": rec.origin, "allocator": rec.allocator,
                     "expected": list(rec.expected), "ptlock": rec.ptlock, "evidence": list(rec.evidence),
                 })
@@ -202,18 +222,23 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
     R = rm.runs
     from mminspect.walk import Mapping
 
-    for a, b in sorted(zip(qi.tolist(), ri.tolist())):
-        L = int(R["level"][b])
-        m = Mapping(int(R["va"][b]), int(R["size"][b]), int(R["pa"][b]), L, r.level_name(L), int(R["attr"][b]),
-                    int(R["inherit"][b]), bool(R["rep"][b]))
+    attr_text: Dict[Tuple[int, int], Tuple[str, str]] = {}
+    cols = {name: R[name][ri].tolist() for name in ("level", "va", "size", "pa", "attr", "inherit", "rep", "root")}
+    for n, a in sorted(enumerate(qi.tolist()), key=lambda x: x[1]):
+        L, attr = cols["level"][n], cols["attr"][n]
+        m = Mapping(cols["va"][n], cols["size"][n], cols["pa"][n], L, r.level_name(L), attr,
+                    cols["inherit"][n], bool(cols["rep"][n]))
+        text = attr_text.get((attr, L))
+        if text is None:
+            text = attr_text[(attr, L)] = (m.kind, m.attrs)
         page_base = pas[a] & ~((1 << shift) - 1)
         if m.repeat:
             va, size = m.va, m.size
         else:
             va = (m.va + (page_base - m.pa)) & _U64 if page_base >= m.pa else m.va
             size = min(1 << shift, m.size)
-        out[a].mapped_at.append(MappedAt(rm.roots[int(R["root"][b])], va, size, m.level_name, m.kind, m.attrs,
-                                         m.repeat))
+        kind = "repeated" if m.repeat else text[0]
+        out[a].mapped_at.append(MappedAt(rm.roots[cols["root"][n]], va, size, m.level_name, kind, text[1], m.repeat))
     if page_facts:
         from mminspect.pageinfo import page_info
 

@@ -169,7 +169,10 @@ def _slab_cache_name(kernel, cache_ptr: int) -> Optional[str]:
 
 def page_info(kernel, pfns: Sequence[int]) -> List[PageInfo]:
     """
-    What each physical page of ``pfns`` is, in the order given.
+    What each physical page of ``pfns`` is, in the order given. Columnar:
+    every lookup (section, block, zone, struct page) is one numpy pass over
+    all PFNs, and the strings (flag names, page type, slab cache) are made
+    once per distinct value.
 
     >>> page_info(k, [0x40246])[0].flag_names
     ('referenced', 'uptodate', 'lru', ...)
@@ -179,75 +182,107 @@ def page_info(kernel, pfns: Sequence[int]) -> List[PageInfo]:
     c = classifier_for(kernel)
     shift = kernel.regime.page_shift
     pf = np.asarray([int(p) for p in pfns], dtype=np.uint64)
-    out: List[PageInfo] = []
+    n = len(pf)
+    pa = pf << np.uint64(shift)
     mem = c.memory
-    sec_by_start = {s.start: s for s in mem.sections} if mem is not None else {}
-    ssize = mem.section_size if mem is not None else 0
-    names = page_flag_names(kernel)
-    nflags = (max(names) + 1) if names else 0
-    facts = c.pages.facts(pf) if len(pf) else None
-    heads = c.pages.heads(facts) if facts is not None and len(facts) else facts
+    # sections and blocks
+    sec_i = np.full(n, -1, np.int64)
+    blk_i = np.full(n, -1, np.int64)
+    if mem is not None and mem.sections:
+        starts = np.array([x.start for x in mem.sections], np.uint64)
+        ends = np.array([x.start + x.size for x in mem.sections], np.uint64)
+        k = np.searchsorted(starts, pa, side="right") - 1
+        kk = np.maximum(k, 0)
+        sec_i = np.where((k >= 0) & (pa < ends[kk]), k, -1)
+        blk_i = mem.block_of(pa)
     zones = _zones(kernel)
+    zone_text: List[Optional[str]] = [None] * n
+    zone_nid: List[Optional[int]] = [None] * n
+    if zones:
+        hits: List[List[int]] = [[] for _ in range(n)]
+        for zi, (zs, ze, _, _) in enumerate(zones):
+            for i in np.nonzero((pf >= np.uint64(zs)) & (pf < np.uint64(ze)))[0].tolist():
+                hits[i].append(zi)
+        for i, h in enumerate(hits):
+            if h:
+                # Zone spans may overlap (ZONE_MOVABLE inside a node's range): name each.
+                zone_text[i] = "/".join(zones[z][2] for z in h)
+                zone_nid[i] = zones[h[0]][3]
+    # struct pages
+    facts = heads = None
+    pos = np.zeros(n, np.int64)
+    if n:
+        facts = c.pages.facts(pf)
+        heads = c.pages.heads(facts) if len(facts) else facts
+        pos = np.searchsorted(facts["pfn"], pf)
+    names = page_flag_names(kernel)
     L = c.layout
     off_slab_cache = kernel.target.offsetof("struct slab", "slab_cache")
-    for p in pf.tolist():
-        pa = p << shift
-        info = PageInfo(pfn=p, phys=pa, ram=False)
-        if mem is not None and ssize:
-            sec = sec_by_start.get(pa - pa % ssize)
-            if sec is not None:
-                info.ram = True
-                info.section = sec.nr
-                info.memory = "boot" if sec.early else "hot-added"
-            b = int(mem.block_of(np.array([pa], dtype=np.uint64))[0])
-            if b >= 0:
-                blk = mem.blocks[b]
-                info.block, info.block_state, info.zone, info.nid = blk.id, blk.state, blk.zone, blk.nid
-        span = [z for z in zones if z[0] <= p < z[1]]
-        if span and info.zone is None:
-            # Zone spans may overlap (ZONE_MOVABLE inside a node's range): name each.
-            info.zone = "/".join(z[2] for z in span)
-            info.nid = span[0][3]
+    flag_cache: Dict[int, Tuple[str, ...]] = {}
+    type_cache: Dict[int, str] = {}
+    slab_cache: Dict[int, Optional[str]] = {}
+    head_pfn = None
+    if facts is not None and facts["tail"].any():
+        head_pfn = c.pages.pfn_of_page_va(facts["w1"] - np.uint64(1))
+    blocks = mem.blocks if mem is not None else []
+    sections = mem.sections if mem is not None else []
+    F = facts.tolist() if facts is not None else []
+    H = heads.tolist() if heads is not None else []
+    fields = facts.dtype.names if facts is not None else ()
+    fi = {name: j for j, name in enumerate(fields)}
+    out: List[PageInfo] = []
+    for i, p in enumerate(pf.tolist()):
+        info = PageInfo(pfn=p, phys=p << shift, ram=False)
+        si = int(sec_i[i])
+        if si >= 0:
+            sec = sections[si]
+            info.ram, info.section, info.memory = True, sec.nr, "boot" if sec.early else "hot-added"
+        bi = int(blk_i[i])
+        if bi >= 0:
+            blk = blocks[bi]
+            info.block, info.block_state, info.zone, info.nid = blk.id, blk.state, blk.zone, blk.nid
+        if info.zone is None and zone_text[i] is not None:
+            info.zone, info.nid = zone_text[i], zone_nid[i]
         if facts is not None:
-            k = int(np.searchsorted(facts["pfn"], np.uint64(p)))
-            f, h = facts[k], heads[k]
-            info.readable = bool(f["ok"])
-            info.page = int(f["va"])
-            if info.readable:
-                flags = int(h["flags"])
-                info.flags = int(f["flags"])
-                info.flag_names = tuple(names[b] for b in sorted(names) if b < nflags and flags >> b & 1)
-                info.page_type = L.scheme.describe(int(h["page_type"]))
-                if info.page_type.startswith("mapcount"):
-                    info.mapcount = int(np.int32(np.uint32(int(f["page_type"])))) + 1
-                    info.page_type = "none"
-                info.refcount = int(h["refcount"])
-                info.mapping = int(h["mapping"])
-                info.index = int(h["index"])
-                info.memcg = int(h["memcg"]) & ~7
-                info.table = bool(h["table"])
-                info.reserved = bool(h["reserved"])
-                info.buddy = bool(h["buddy"])
-                if f["tail"]:
-                    info.compound_head = int(c.pages.pfn_of_page_va(np.array([int(f["w1"]) - 1], np.uint64))[0])
-                m = info.mapping
-                if h["slab"]:
-                    info.mapping_kind = "slab"
-                    words = {8: h["w1"], 16: h["w2"], 24: h["mapping"], 32: h["index"], 40: h["ptl"]}
-                    if off_slab_cache in words:
-                        info.slab_cache = _slab_cache_name(kernel, int(words[off_slab_cache]))
-                elif not m:
-                    info.mapping_kind = ""
-                elif m & 3 == 3:
-                    info.mapping_kind = "ksm"
-                elif m & 1:
-                    info.mapping_kind = "anon"
-                elif m & 2:
-                    info.mapping_kind = "movable"
-                else:
-                    info.mapping_kind = "file"
-            else:
+            j = int(pos[i])
+            f, h = F[j], H[j]
+            info.readable = bool(f[fi["ok"]])
+            info.page = f[fi["va"]]
+            if not info.readable:
                 info.notes.append("struct page not in the dump")
+                out.append(info)
+                continue
+            flags = h[fi["flags"]]
+            info.flags = f[fi["flags"]]
+            fn = flag_cache.get(flags)
+            if fn is None:
+                fn = flag_cache[flags] = tuple(names[b] for b in sorted(names) if flags >> b & 1)
+            info.flag_names = fn
+            pt = h[fi["page_type"]]
+            tn = type_cache.get(pt)
+            if tn is None:
+                tn = type_cache[pt] = L.scheme.describe(pt)
+            if tn.startswith("mapcount"):
+                info.mapcount = int(np.int32(np.uint32(f[fi["page_type"]]))) + 1
+                tn = "none"
+            info.page_type = tn
+            info.refcount = h[fi["refcount"]]
+            info.mapping = m = h[fi["mapping"]]
+            info.index = h[fi["index"]]
+            info.memcg = h[fi["memcg"]] & ~7
+            info.table, info.reserved, info.buddy = h[fi["table"]], h[fi["reserved"]], h[fi["buddy"]]
+            if f[fi["tail"]] and head_pfn is not None:
+                info.compound_head = int(head_pfn[j])
+            if h[fi["slab"]]:
+                info.mapping_kind = "slab"
+                words = {8: "w1", 16: "w2", 24: "mapping", 32: "index", 40: "ptl"}
+                if off_slab_cache in words:
+                    ptr = h[fi[words[off_slab_cache]]]
+                    if ptr not in slab_cache:
+                        slab_cache[ptr] = _slab_cache_name(kernel, ptr)
+                    info.slab_cache = slab_cache[ptr]
+            elif m:
+                info.mapping_kind = "ksm" if m & 3 == 3 else "anon" if m & 1 else "movable" if m & 2 else "file"
         out.append(info)
     return out
 
