@@ -253,7 +253,7 @@ def page_info(kernel, pfns: Sequence[int]) -> List[PageInfo]:
                 out.append(info)
                 continue
             flags = h[fi["flags"]]
-            info.flags = f[fi["flags"]]
+            info.flags = flags  # the head's: flags and type live on the head page
             fn = flag_cache.get(flags)
             if fn is None:
                 fn = flag_cache[flags] = tuple(names[b] for b in sorted(names) if flags >> b & 1)
