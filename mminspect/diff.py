@@ -35,7 +35,8 @@ from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel
 from mminspect.walk import CLS_LEAF, Walk, walk
 
-__all__ = ("JSON_SCHEMA", "Diff", "State", "check_same", "diff", "expect_simulation", "state_of_kernel", "state_of_snapshot")
+__all__ = ("JSON_SCHEMA", "Diff", "State", "check_same", "diff", "expect_simulation", "load_simulation",
+           "state_of_kernel", "state_of_snapshot")
 
 JSON_SCHEMA = "mminspect.diff/1"
 _U64 = (1 << 64) - 1
@@ -67,10 +68,10 @@ def state_of_kernel(kernel: Kernel, name: str, roots: Optional[Sequence] = None)
     """Walk every root of ``kernel`` (default :func:`resolve_roots` ``all``).
     Whether a table page carries the page-table type is read later, by
     :func:`diff`, for the tables that changed only."""
-    from mminspect.classify import resolve_roots
+    from mminspect.identify import all_roots
     from mminspect.memory import node_stat
 
-    roots = roots if roots is not None else resolve_roots(kernel, "all")
+    roots = roots if roots is not None else all_roots(kernel)
     walks = {}
     rows = []
     for i, root in enumerate(roots):
@@ -316,9 +317,10 @@ def diff(a: State, b: State) -> Diff:
     return Diff(a, b, freed, allocated, moved, mappings, unmapped)
 
 
-def expect_simulation(d: Diff, path: str) -> Dict[str, object]:
-    """Compare the tables a ``simulate-remove --format json`` output says
-    would be freed with the tables freed between the two states."""
+def load_simulation(path: str) -> Dict[str, object]:
+    """A ``simulate-remove --format json`` output, checked to be one.
+
+    :raises MMInspectError: when it is not"""
     import json
 
     try:
@@ -329,6 +331,18 @@ def expect_simulation(d: Diff, path: str) -> Dict[str, object]:
     if not isinstance(sim, dict) or sim.get("schema") != "mminspect.simulate/1":
         raise MMInspectError(f"{path}: schema {sim.get('schema') if isinstance(sim, dict) else None!r}, "
                              "expected mminspect.simulate/1 (simulate-remove --format json)")
+    if not isinstance(sim.get("freed"), list):
+        raise MMInspectError(f"{path}: no list of freed tables")
+    sim["_path"] = path
+    return sim
+
+
+def expect_simulation(d: Diff, sim) -> Dict[str, object]:
+    """Compare the tables a simulation (:func:`load_simulation`, or its
+    path) says would be freed with the tables freed between the two states."""
+    if isinstance(sim, str):
+        sim = load_simulation(sim)
+    path = sim.get("_path", "simulation")
     if sim.get("kernel") != d.a.kernel.get("osrelease"):
         raise MMInspectError(f"{path}: a simulation of {sim.get('kernel')}, not of {d.a.kernel.get('osrelease')}")
     predicted = {int(t["phys"]) for t in sim.get("freed", [])}

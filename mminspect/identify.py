@@ -26,7 +26,7 @@ from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
 from mminspect.walk import CLS_LEAF, Walk, walk
 
-__all__ = ("JSON_SCHEMA", "Identity", "ReverseMap", "identify", "parse_address")
+__all__ = ("JSON_SCHEMA", "Identity", "ReverseMap", "all_roots", "check_addresses", "identify", "parse_address")
 
 JSON_SCHEMA = "mminspect.identify/1"
 _U64 = (1 << 64) - 1
@@ -167,6 +167,34 @@ def _check_ram(kernel: Kernel, pas: Sequence[int]) -> None:
             raise MMInspectError(f"physical {int(q[np.argmax(bad)]):#x} is outside RAM (in no present memory section)")
 
 
+def all_roots(kernel: Kernel, spec: str = "all") -> List[Root]:
+    """:func:`~mminspect.classify.resolve_roots` of ``spec``; for ``all``,
+    the roots this target can give (a bundle has no task list: its init_mm
+    and efi_mm)."""
+    from mminspect.classify import resolve_roots, task_roots, tramp_root
+
+    if spec != "all":
+        return resolve_roots(kernel, spec)
+    roots = [kernel.root("init_mm")]
+    try:
+        roots.append(kernel.root("efi_mm"))
+    except MMInspectError:
+        pass
+    tr = tramp_root(kernel)
+    if tr is not None:
+        roots.append(tr)
+    try:
+        roots += task_roots(kernel)
+    except Exception:  # no task list in this target (a bundle): the kernel's own roots
+        pass
+    return roots
+
+
+def check_addresses(kernel: Kernel, pas: Sequence[int]) -> None:
+    """Refuse, in one line, an address past ``max_pfn`` or outside RAM."""
+    _check_ram(kernel, [int(p) for p in pas])
+
+
 def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]] = None,
              walks: Optional[Sequence[Walk]] = None, page_facts: bool = True) -> List[Identity]:
     """
@@ -180,14 +208,14 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
 
     :raises MMInspectError: for an address outside RAM or past ``max_pfn``
     """
-    from mminspect.classify import classify_walk, resolve_roots
+    from mminspect.classify import classify_walk
 
     r = kernel.regime
     shift = r.page_shift
     pas = [int(p) for p in pas]
     _check_ram(kernel, pas)
     if walks is None:
-        roots = roots if roots is not None else resolve_roots(kernel, "all")
+        roots = roots if roots is not None else all_roots(kernel)
         walks = [walk(kernel, root) for root in roots]
     q = np.array(pas, dtype=np.uint64)
     qpage = q >> np.uint64(shift)
