@@ -33,6 +33,7 @@ import numpy as np
 
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel
+from mminspect.sortedarrays import contains, unique
 from mminspect.walk import CLS_LEAF, Walk, walk
 
 __all__ = ("JSON_SCHEMA", "Diff", "State", "check_same", "diff", "expect_simulation", "load_simulation",
@@ -98,13 +99,17 @@ def _typed(state: State, rows: np.ndarray) -> np.ndarray:
     kernel = getattr(state, "source", None)
     if kernel is None or not len(rows):
         return rows["typed"]
-    from mminspect.classify import classifier_for
+    from mminspect.pages import StructPages
 
-    c = classifier_for(kernel)
+    # The struct page reader alone: the classifier's other facts (era,
+    # memblock, memory map) are not needed to tell a typed page.
+    pages = kernel.__dict__.get("_diff_struct_pages")
+    if pages is None:
+        pages = kernel.__dict__["_diff_struct_pages"] = StructPages(kernel)
     pfn = rows["phys"] >> np.uint64(kernel.regime.page_shift)
-    facts = c.pages.facts(pfn)
+    facts = pages.facts(pfn)
     f = facts[np.searchsorted(facts["pfn"], pfn)]
-    if c.layout.scheme.table is None:
+    if pages.layout.scheme.table is None:
         return np.full(len(rows), -1, np.int8)
     return np.where(f["ok"], f["table"].astype(np.int8), -1).astype(np.int8)
 
@@ -213,7 +218,12 @@ def _ranges(wa: Walk, wb: Walk) -> List[Dict[str, object]]:
     over the union of both walks' run boundaries."""
     ra = wa.runs[wa.runs["cls"] == CLS_LEAF]
     rb = wb.runs[wb.runs["cls"] == CLS_LEAF]
-    cuts = np.unique(np.concatenate((ra["va"], ra["va"] + ra["size"], rb["va"], rb["va"] + rb["size"])))
+    def ends(runs):
+        e = runs["va"] + runs["size"]
+        # a run to the top of the address space ends at 2**64, which wraps to 0
+        return np.where(e == 0, np.uint64(_U64), e)
+
+    cuts = unique(np.concatenate((ra["va"], ends(ra), rb["va"], ends(rb))))
     if len(cuts) < 2:
         return []
     lo, hi = cuts[:-1], cuts[1:]
@@ -288,8 +298,9 @@ def diff(a: State, b: State) -> Diff:
     _check_same(a, b)
     ta, tb = a.tables, b.tables
     pa_a, pa_b = ta["phys"], tb["phys"]
-    in_b = np.isin(pa_a, pa_b)
-    in_a = np.isin(pa_b, pa_a)
+    # tables are sorted by phys already (_sorted_unique)
+    in_b = contains(pa_b, pa_a)
+    in_a = contains(pa_a, pa_b)
     # Same page in both: the same table (same level and VA), or reused.
     key_a = set(zip(ta["phys"][in_b].tolist(), ta["level"][in_b].tolist(), ta["va"][in_b].tolist()))
     key_b = set(zip(tb["phys"][in_a].tolist(), tb["level"][in_a].tolist(), tb["va"][in_a].tolist()))
