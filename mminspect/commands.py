@@ -55,7 +55,7 @@ __all__ = (
 )
 
 #: Parameters of :func:`mminspect.cli.target_options`: the session supplies the target.
-TARGET_PARAMS = ("core", "symbols", "live", "qemu")
+TARGET_PARAMS = ("core", "symbols", "live", "qemu", "timeout")
 
 #: Subcommands that cannot work in a front end, with the reason.
 UNSUPPORTED: Dict[str, Dict[str, str]] = {
@@ -160,7 +160,7 @@ def _session_command(name: str, frontend: str):
     cmd = group.commands[name]
     session = copy.copy(cmd)
     session.params = [p for p in cmd.params if p.name not in TARGET_PARAMS]
-    removed = {p.name: p.default for p in cmd.params if p.name in TARGET_PARAMS}
+    removed = {p.name: p.default for p in cmd.params if p.name in TARGET_PARAMS and p.expose_value}
     if "symbols" in removed:
         removed["symbols"] = ()
     if frontend == "drgn" and name in _DRGN_CODE:
