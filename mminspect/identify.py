@@ -122,18 +122,17 @@ class ReverseMap:
         return qorder[starts + offs], run_idx
 
 
-def _parents(w: Walk, phys: int) -> List[Dict[str, object]]:
-    """The entries that reference one table, from the walk's edge arrays
-    (sorted once per walk; :meth:`Walk.parents_of` builds a dict of every
-    table's parents, half a million at 1 TiB, for one lookup)."""
-    cached = w.__dict__.get("_edges_by_child")
-    if cached is None:
-        srt = np.argsort(w.edge_child, kind="stable")
-        cached = w.__dict__["_edges_by_child"] = (w.edge_child[srt], w.edge_parent[srt], w.edge_index[srt])
-    ec, ep, ei = cached
-    key = np.uint64(phys)
-    lo, hi = int(np.searchsorted(ec, key, "left")), int(np.searchsorted(ec, key, "right"))
-    return [{"phys": None if p == _U64 else p, "index": i} for p, i in zip(ep[lo:hi].tolist(), ei[lo:hi].tolist())]
+def _parents_of_many(w: Walk, phys: Sequence[int]) -> Dict[int, List[Dict[str, object]]]:
+    """The entries that reference each of some tables, from the walk's edge
+    arrays in one sort and one pair of searches (:meth:`Walk.parents_of`
+    builds a dict of every table's parents, half a million at 1 TiB)."""
+    srt = np.argsort(w.edge_child, kind="stable")
+    ec, ep, ei = w.edge_child[srt], w.edge_parent[srt].tolist(), w.edge_index[srt].tolist()
+    keys = np.array(phys, dtype=np.uint64)
+    lo = np.searchsorted(ec, keys, "left").tolist()
+    hi = np.searchsorted(ec, keys, "right").tolist()
+    return {p: [{"phys": None if ep[e] == _U64 else ep[e], "index": ei[e]} for e in range(a, b)]
+            for p, a, b in zip(phys, lo, hi)}
 
 
 def parse_address(text: str, page_shift: int) -> int:
@@ -233,14 +232,14 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
         sel = np.unique(np.concatenate([order[lo[i]:hi[i]] for i in hits.tolist()]))
         cls = classify_walk(kernel, w, select=sel)
         recs = {rec.phys: rec for rec in cls.records()}
+        parents = _parents_of_many(w, [int(w.table_phys[j]) for j in sel.tolist()])
         for i in hits.tolist():
             for j in order[lo[i]:hi[i]].tolist():
                 rec = recs[int(w.table_phys[j])]
-                parents = _parents(w, rec.phys)
                 out[i].tables.append({
                     "root": w.root.name, "phys": rec.phys, "level": rec.level_name, "va": rec.va,
                     "span": rec.span, "valid": int(w.table_valid[j]), "entries": int(w.table_entries[j]),
-                    "parents": parents,
+                    "parents": parents[rec.phys],
                     "region": rec.region, "origin": rec.origin, "allocator": rec.allocator,
                     "expected": list(rec.expected), "ptlock": rec.ptlock, "evidence": list(rec.evidence),
                 })

@@ -226,10 +226,18 @@ def page_info(kernel, pfns: Sequence[int]) -> List[PageInfo]:
         head_pfn = c.pages.pfn_of_page_va(facts["w1"] - np.uint64(1))
     blocks = mem.blocks if mem is not None else []
     sections = mem.sections if mem is not None else []
-    F = facts.tolist() if facts is not None else []
-    H = heads.tolist() if heads is not None else []
-    fields = facts.dtype.names if facts is not None else ()
-    fi = {name: j for j, name in enumerate(fields)}
+    # One Python list per column, in the order of ``pfns`` (a row of a
+    # structured array costs a tuple of every field; most are not read here).
+    F: Dict[str, list] = {}
+    if facts is not None:
+        for name in ("ok", "va", "flags", "tail"):
+            F[name] = facts[name][pos].tolist()
+        for name in ("flags", "page_type", "refcount", "mapping", "index", "memcg", "table", "reserved",
+                     "buddy", "slab", "w1", "w2", "ptl"):
+            F["h_" + name] = heads[name][pos].tolist()
+        F["raw_page_type"] = facts["page_type"][pos].tolist()
+        if head_pfn is not None:
+            F["head_pfn"] = head_pfn[pos].tolist()
     out: List[PageInfo] = []
     for i, p in enumerate(pf.tolist()):
         info = PageInfo(pfn=p, phys=p << shift, ram=False)
@@ -244,40 +252,38 @@ def page_info(kernel, pfns: Sequence[int]) -> List[PageInfo]:
         if info.zone is None and zone_text[i] is not None:
             info.zone, info.nid = zone_text[i], zone_nid[i]
         if facts is not None:
-            j = int(pos[i])
-            f, h = F[j], H[j]
-            info.readable = bool(f[fi["ok"]])
-            info.page = f[fi["va"]]
+            info.readable = F["ok"][i]
+            info.page = F["va"][i]
             if not info.readable:
                 info.notes.append("struct page not in the dump")
                 out.append(info)
                 continue
-            flags = h[fi["flags"]]
+            flags = F["h_flags"][i]
             info.flags = flags  # the head's: flags and type live on the head page
             fn = flag_cache.get(flags)
             if fn is None:
                 fn = flag_cache[flags] = tuple(names[b] for b in sorted(names) if flags >> b & 1)
             info.flag_names = fn
-            pt = h[fi["page_type"]]
+            pt = F["h_page_type"][i]
             tn = type_cache.get(pt)
             if tn is None:
                 tn = type_cache[pt] = L.scheme.describe(pt)
             if tn.startswith("mapcount"):
-                info.mapcount = int(np.int32(np.uint32(f[fi["page_type"]]))) + 1
+                info.mapcount = int(np.int32(np.uint32(F["raw_page_type"][i]))) + 1
                 tn = "none"
             info.page_type = tn
-            info.refcount = h[fi["refcount"]]
-            info.mapping = m = h[fi["mapping"]]
-            info.index = h[fi["index"]]
-            info.memcg = h[fi["memcg"]] & ~7
-            info.table, info.reserved, info.buddy = h[fi["table"]], h[fi["reserved"]], h[fi["buddy"]]
-            if f[fi["tail"]] and head_pfn is not None:
-                info.compound_head = int(head_pfn[j])
-            if h[fi["slab"]]:
+            info.refcount = F["h_refcount"][i]
+            info.mapping = m = F["h_mapping"][i]
+            info.index = F["h_index"][i]
+            info.memcg = F["h_memcg"][i] & ~7
+            info.table, info.reserved, info.buddy = F["h_table"][i], F["h_reserved"][i], F["h_buddy"][i]
+            if F["tail"][i] and head_pfn is not None:
+                info.compound_head = F["head_pfn"][i]
+            if F["h_slab"][i]:
                 info.mapping_kind = "slab"
-                words = {8: "w1", 16: "w2", 24: "mapping", 32: "index", 40: "ptl"}
+                words = {8: "h_w1", 16: "h_w2", 24: "h_mapping", 32: "h_index", 40: "h_ptl"}
                 if off_slab_cache in words:
-                    ptr = h[fi[words[off_slab_cache]]]
+                    ptr = F[words[off_slab_cache]][i]
                     if ptr not in slab_cache:
                         slab_cache[ptr] = _slab_cache_name(kernel, ptr)
                     info.slab_cache = slab_cache[ptr]
