@@ -127,12 +127,16 @@ def _parents_of_many(w: Walk, phys: Sequence[int]) -> Dict[int, List[Dict[str, o
     arrays in one sort and one pair of searches (:meth:`Walk.parents_of`
     builds a dict of every table's parents, half a million at 1 TiB)."""
     srt = np.argsort(w.edge_child, kind="stable")
-    ec, ep, ei = w.edge_child[srt], w.edge_parent[srt].tolist(), w.edge_index[srt].tolist()
+    ec = w.edge_child[srt]
     keys = np.array(phys, dtype=np.uint64)
     lo = np.searchsorted(ec, keys, "left").tolist()
     hi = np.searchsorted(ec, keys, "right").tolist()
-    return {p: [{"phys": None if ep[e] == _U64 else ep[e], "index": ei[e]} for e in range(a, b)]
-            for p, a, b in zip(phys, lo, hi)}
+    out = {}
+    for p, a, b in zip(phys, lo, hi):
+        e = srt[a:b]
+        out[p] = [{"phys": None if x == _U64 else x, "index": i}
+                  for x, i in zip(w.edge_parent[e].tolist(), w.edge_index[e].tolist())]
+    return out
 
 
 def parse_address(text: str, page_shift: int) -> int:
