@@ -148,6 +148,8 @@ class Diff:
     mappings: Dict[str, List[Dict[str, object]]]  #: root -> added/removed/changed ranges
     unmapped_roots: List[str]  #: roots one side has and the other has not (mappings not compared)
     expect: Optional[Dict[str, object]] = None
+    #: a snapshot was one side: only the tables of the roots both have are compared
+    snapshot: bool = False
 
     @property
     def nr_pagetable_delta(self) -> Optional[int]:
@@ -297,6 +299,11 @@ def diff(a: State, b: State) -> Diff:
     """
     _check_same(a, b)
     ta, tb = a.tables, b.tables
+    if a.source is None or b.source is None:
+        # A snapshot holds the tables of its roots (init_mm) only: compare those.
+        common = set(a.roots) & set(b.roots)
+        ta = ta[np.isin(ta["root"], [i for i, n in enumerate(a.roots) if n in common])]
+        tb = tb[np.isin(tb["root"], [i for i, n in enumerate(b.roots) if n in common])]
     pa_a, pa_b = ta["phys"], tb["phys"]
     # tables are sorted by phys already (_sorted_unique)
     in_b = contains(pa_b, pa_a)
@@ -325,7 +332,8 @@ def diff(a: State, b: State) -> Diff:
         mb = np.array([y for _, y in moved], TABLE_ROW)
         ma["typed"], mb["typed"] = _typed(a, ma), _typed(b, mb)
         moved = list(zip(ma, mb))
-    return Diff(a, b, freed, allocated, moved, mappings, unmapped)
+    return Diff(a, b, freed, allocated, moved, mappings, unmapped,
+                snapshot=a.source is None or b.source is None)
 
 
 def load_simulation(path: str) -> Dict[str, object]:

@@ -67,3 +67,15 @@ def test_vtop_and_identify_on_the_sample(sample):
     assert r.exit_code == 0, r.output
     a = json.loads(r.stdout)["addresses"][0]
     assert a["page_table"] and a["tables"][0]["level"] == "PGD" and a["tables"][0]["root"] == "efi_mm"
+
+
+def test_diff_of_a_snapshot_and_its_dump(sample, tmp_path):
+    """A snapshot of the sample against the sample itself: nothing freed or
+    allocated among the init_mm tables the snapshot holds."""
+    snap = tmp_path / "snap.npz"
+    assert _run("snapshot", "-c", str(sample), "-o", str(snap)).exit_code == 0
+    r = _run("diff", str(snap), str(sample), "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["snapshot"] and doc["roots_not_compared"] == ["efi_mm"]
+    assert doc["tables"] == {"freed": [], "allocated": [], "moved": []}
