@@ -58,6 +58,9 @@ class PageInfo:
     table: bool = False  #: typed as a page table (a pgtable ctor ran)
     reserved: bool = False
     buddy: bool = False
+    #: CONFIG_PAGE_OWNER's state: None (not built in), "off" (page_owner=on
+    #: not given at boot: nothing recorded), "on" (recorded in page_ext; not decoded here)
+    page_owner: Optional[str] = None
     notes: List[str] = field(default_factory=list)
 
     def as_dict(self) -> Dict[str, object]:
@@ -121,6 +124,22 @@ def max_pfn(kernel) -> Optional[int]:
                 value = (s.start + s.size) >> kernel.regime.page_shift
         cache["max_pfn"] = value
     return cache["max_pfn"]
+
+
+def _page_owner(kernel) -> Optional[str]:
+    """Whether the kernel records page owners: the ``page_owner_inited``
+    static key (mm/page_owner.c) is enabled only with ``page_owner=on``."""
+    cache = _cache(kernel)
+    if "page_owner" not in cache:
+        addr = kernel.target.symbol("page_owner_inited")
+        state = None
+        if addr is not None:
+            try:  # struct static_key_false { struct static_key key; }: atomic_t enabled first
+                state = "on" if int.from_bytes(kernel.target.read_virt(addr, 4), "little") else "off"
+            except TargetFault:
+                state = None
+        cache["page_owner"] = state
+    return cache["page_owner"]
 
 
 def _zones(kernel) -> List[Tuple[int, int, str, int]]:
@@ -285,9 +304,10 @@ def page_info(kernel, pfns: Sequence[int]) -> List[PageInfo]:
         F["raw_page_type"] = facts["page_type"][pos].tolist()
         if head_pfn is not None:
             F["head_pfn"] = head_pfn[pos].tolist()
+    owner = _page_owner(kernel)
     out: List[PageInfo] = []
     for i, p in enumerate(pf.tolist()):
-        info = PageInfo(pfn=p, phys=p << shift, ram=False)
+        info = PageInfo(pfn=p, phys=p << shift, ram=False, page_owner=owner)
         si = int(sec_i[i])
         if si >= 0:
             sec = sections[si]
