@@ -309,7 +309,6 @@ def removed_state(kernel, meta) -> str:
     hot = meta.get("hotadd")
     if not hot:
         raise NotAvailable("kernel has no hot-added memory to remove")
-    L = kernel.layout
     lo, hi = kernel.phys_to_virt(hot[0]), kernel.phys_to_virt(hot[0] + hot[1])
     w = walk(kernel, kernel.root("init_mm", lo, hi))
     pmd = (w.table_level == 2) & (w.table_va >= np.uint64(lo)) & (w.table_va < np.uint64(hi))
@@ -330,7 +329,6 @@ def removed_state(kernel, meta) -> str:
             f.seek(seg[1] + pa - seg[0])
             f.write(b"\0" * 8)
     os.rename(tmp, path)
-    del L
     return path
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault
 
-__all__ = ("PageInfo", "max_pfn", "page_flag_names", "page_info")
+__all__ = ("PageInfo", "max_pfn", "page_flag_names", "page_info", "struct_page_facts")
 
 _U64 = (1 << 64) - 1
 
@@ -358,10 +358,3 @@ def page_info(kernel, pfns: Sequence[int]) -> List[PageInfo]:
                 info.mapping_kind = "ksm" if m & 3 == 3 else "anon" if m & 1 else "movable" if m & 2 else "file"
         out.append(info)
     return out
-
-
-def check_pfn(kernel, pfn: int) -> None:
-    """Refuse a PFN past ``max_pfn`` in one line."""
-    mp = max_pfn(kernel)
-    if mp is not None and pfn >= mp:
-        raise MMInspectError(f"pfn {pfn:#x} is past max_pfn {mp:#x} (physical {pfn << kernel.regime.page_shift:#x})")
