@@ -772,9 +772,11 @@ def diff(core, symbols, live, qemu, state_a, state_b, expect, fmt) -> None:
     if state_b:
         src_b, name_b = _diff_source(state_b, symbols), state_b
     else:
-        if not (core or live or qemu) and bound_kernel() is None:
+        session = bound_kernel()
+        if session is None and not (core or live or qemu):
             raise MMInspectError("give B, or the target to compare A with (-c VMCORE, -k, --qemu)")
-        src_b, name_b = open_kernel(core, symbols, live, qemu), core or "target"
+        src_b = session or open_kernel(core, symbols, live, qemu)
+        name_b = "this kernel" if session is not None else (core or ("running kernel" if live else qemu))
     # Refuse different kernels, regimes or boots before walking anything.
     check_same(src_a, state_a, src_b, name_b)
     d = do_diff(_diff_state(src_a, state_a), _diff_state(src_b, name_b))
