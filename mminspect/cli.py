@@ -714,9 +714,8 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
     type, refcount, mapping, memcg, slab cache). --format json has the
     schema mminspect.identify/1.
     """
-    from mminspect.classify import resolve_roots
+    from mminspect.identify import all_roots, check_addresses, parse_address
     from mminspect.identify import identify as do_identify
-    from mminspect.identify import parse_address
     from mminspect.report.identify import identify_json, identify_text
 
     texts = list(addresses)
@@ -731,7 +730,8 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
         raise MMInspectError("give addresses (PHYS or pfn:N) or --from FILE")
     k = open_kernel(core, symbols, live, qemu)
     pas = [parse_address(t, k.regime.page_shift) for t in texts]
-    roots = resolve_roots(k, mm)
+    check_addresses(k, pas)
+    roots = all_roots(k, mm)
     results = do_identify(k, pas, roots)
     out = click.get_text_stream("stdout")
     if fmt == "json":
@@ -783,25 +783,28 @@ def diff(core, symbols, live, qemu, state_a, state_b, expect, fmt) -> None:
     --format json has the schema mminspect.diff/1.
     """
     from mminspect.diff import diff as do_diff
-    from mminspect.diff import expect_simulation
+    from mminspect.diff import expect_simulation, load_simulation
     from mminspect.report.diff import diff_json, diff_text
 
     if expect and not os.path.isfile(expect):
         raise MMInspectError(f"{expect}: no such file")
+    sim = load_simulation(expect) if expect else None
     from mminspect.diff import check_same
 
     src_a = _diff_source(state_a, symbols)
     if state_b:
         src_b, name_b = _diff_source(state_b, symbols), state_b
     else:
-        if not (core or live or qemu) and bound_kernel() is None:
+        session = bound_kernel()
+        if session is None and not (core or live or qemu):
             raise MMInspectError("give B, or the target to compare A with (-c VMCORE, -k, --qemu)")
-        src_b, name_b = open_kernel(core, symbols, live, qemu), core or "target"
+        src_b = session or open_kernel(core, symbols, live, qemu)
+        name_b = "this kernel" if session is not None else (core or ("running kernel" if live else qemu))
     # Refuse different kernels, regimes or boots before walking anything.
     check_same(src_a, state_a, src_b, name_b)
     d = do_diff(_diff_state(src_a, state_a), _diff_state(src_b, name_b))
-    if expect:
-        expect_simulation(d, expect)
+    if sim is not None:
+        expect_simulation(d, sim)
     out = click.get_text_stream("stdout")
     if fmt == "json":
         diff_json(d, out)
