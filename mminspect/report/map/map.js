@@ -76,7 +76,7 @@
     if (n >= 1024 && i < u.length - 1) { while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; } return n.toFixed(1) + " " + u[i]; }
     return n + " " + u[i];
   }
-  function num(n) { return n.toLocaleString("en-US"); }
+  function num(n) { return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ","); }
   function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]; }); }
   function el(name, attrs, parent) {
     var e = document.createElementNS(SVGNS, name);
@@ -244,13 +244,24 @@
     var name = v.unit <= UNIT && v.unit < BLOCK ? hex(r.lo) : blockRangeText(r.blocks);
     label.textContent = name + (facts.zones.length ? " " + facts.zones.join("/") : "") +
       (facts.nodes[0] !== "node ?" ? " " + facts.nodes.map(function (n) { return n.replace("node ", "n"); }).join("/") : "");
+    // one segment per run of alike, adjacent blocks
+    var segs = [];
     r.blocks.forEach(function (b) {
-      var a = Math.max(b.start, r.lo), e = Math.min(b.start + b.size, r.hi);
+      var last = segs[segs.length - 1];
+      if (last && last.end === b.start && last.b.state === b.state && last.b.early === b.early &&
+          last.b.zone === b.zone && last.b.nid === b.nid) { last.end = b.start + b.size; last.lastId = b.id; }
+      else segs.push({ b: b, start: b.start, end: b.start + b.size, lastId: b.id });
+    });
+    segs.forEach(function (sg) {
+      var b = sg.b, a = Math.max(sg.start, r.lo), e = Math.min(sg.end, r.hi);
       var cls = b.state !== "online" ? "seg-offline" : (b.early ? "seg-boot" : "seg-hot");
       var x0 = xOf(r, a, v.unit), x1 = xOf(r, e, v.unit);
       titled(el("rect", { x: x0, y: y + 1, width: Math.max(0.5, x1 - x0), height: h - 2, "class": cls }, row),
-             "memory" + b.id + ": " + hex(b.start) + "-" + hex(b.start + b.size - 1) + ", " + (b.early ? "boot" : "hot-added") +
-             ", " + b.state + ", zone " + (b.zone || "?") + ", node " + (b.nid === null || b.nid === undefined ? "?" : b.nid));
+             "memory" + b.id + (sg.lastId !== b.id ? "-" + sg.lastId : "") + ": " + hex(sg.start) + "-" + hex(sg.end - 1) + ", " +
+             (b.early ? "boot" : "hot-added") + ", " + b.state + ", zone " + (b.zone || "?") + ", node " +
+             (b.nid === null || b.nid === undefined ? "?" : b.nid));
+    });
+    r.blocks.forEach(function (b) {
       if (b.altmap_pages) {
         var as = b.altmap_start * PAGE, ae = as + b.altmap_pages * PAGE;
         var xa = xOf(r, Math.max(as, r.lo), v.unit), xe = xOf(r, Math.min(ae, r.hi), v.unit);
