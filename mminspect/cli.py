@@ -458,7 +458,7 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
 
     want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
     output = output or ("map.json" if fmt == "json" else "map.html")
-    inputs = [core, *symbols]
+    inputs = [x for x in (core, *(symbols or ())) if isinstance(x, str)]  # (a session supplies no paths)
     if output != "-":
         check_output(output, inputs, force)
     k = open_kernel(core, symbols, live, qemu)

@@ -498,6 +498,41 @@ def _simulate_code(params: Dict[str, Any]) -> CodeSnippet:
     return code
 
 
+@register_drgn_code("map")
+def _map_code(params: Dict[str, Any]) -> CodeSnippet:
+    code = CodeSnippet()
+    code.add_import("mminspect.drgn_plugin", "mminspect_kernel")
+    code.add_import("mminspect.classify", "resolve_roots")
+    code.add_import("mminspect.report.map", "build_map", *(("map_html",) if params.get("fmt") != "json" else ()))
+    roots = params.get("roots") or ("init_mm", "efi_mm")
+    code.append("k = mminspect_kernel(prog)\n")
+    code.append("roots = " + " + ".join(f"resolve_roots(k, {_quote(r)})" for r in roots) + "\n")
+    proposal = "None"
+    if params.get("range_") or params.get("blocks"):
+        code.add_import("mminspect.hotremove", "Proposal")
+        if params.get("range_"):
+            from mminspect.cli import parse_range
+
+            start, end = parse_range(params["range_"])
+            proposal = f"Proposal({_hex(start)}, {_hex(end)})"
+        else:
+            from mminspect.cli import _block_ids
+
+            code.add_import("mminspect.classify", "classifier_for")
+            code.append("block_size = classifier_for(k).memory.block_size\n")
+            proposal = f"Proposal.from_blocks({_block_ids(params['blocks'])!r}, block_size)"
+    code.append(f"data = build_map(k, roots, {proposal})\n")
+    output = params.get("output") or ("map.json" if params.get("fmt") == "json" else "map.html")
+    if params.get("fmt") == "json":
+        code.add_import("json")
+        code.append(f"with open({_quote(output)}, \"x\") as f:  # \"x\": never over an existing file\n"
+                    "    json.dump(data, f)\n")
+    else:
+        code.append(f"with open({_quote(output)}, \"x\") as f:  # \"x\": never over an existing file\n"
+                    "    map_html(data, f)\n")
+    return code
+
+
 def debug_enabled() -> bool:
     """True when MMINSPECT_DEBUG asks for tracebacks instead of one line."""
     return bool(os.environ.get("MMINSPECT_DEBUG"))

@@ -381,9 +381,9 @@
         i = find(FREED.phys[k]); if (i < 0) continue; r = rows[i];
         var x = xOf(r, FREED.phys[k], v.unit) + pageW / 2, y = rowY[i] + ROW_H / 2;
         var routine = P.freed.routines[FREED.cls[k]];
-        el("path", { d: "M" + (x - rr) + " " + (y - rr) + "L" + (x + rr) + " " + (y + rr) + "M" + (x + rr) + " " + (y - rr) + "L" + (x - rr) + " " + (y + rr), "class": "ov-freed-halo" }, g);
-        titled(el("path", { d: "M" + (x - rr) + " " + (y - rr) + "L" + (x + rr) + " " + (y + rr) + "M" + (x + rr) + " " + (y - rr) + "L" + (x - rr) + " " + (y + rr),
-                            "class": "ov-freed", "data-phys": FREED.phys[k] }, g),
+        // a ring around the mark, which stays visible inside it
+        el("circle", { cx: x, cy: y, r: rr, "class": "ov-freed-halo" }, g);
+        titled(el("circle", { cx: x, cy: y, r: rr, "class": "ov-freed", "data-phys": FREED.phys[k] }, g),
                "freed by " + routine + ": table " + hex(FREED.phys[k]));
       }
       find = rowIndexFinder(rows);
@@ -480,8 +480,8 @@
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect width="34" height="14" fill="url(#p-hot)" stroke="#999" stroke-width=".5"/></svg></td><td>hot-added memory</td></tr>' +
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect width="34" height="14" fill="url(#p-offline)" stroke="#999" stroke-width=".5"/></svg></td><td>offline block</td></tr>' +
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect x=".5" y=".5" width="33" height="13" fill="#fff" stroke="#bbb" stroke-dasharray="3 2"/></svg></td><td>hole (no memory block)</td></tr>';
-    if (P) html += '<tr><td><svg width="34" height="14" aria-hidden="true"><path d="M12 2L22 12M22 2L12 12" stroke="#000" stroke-width="1.6"/></svg></td><td>freed by the removal</td></tr>' +
-      '<tr><td><svg width="34" height="14" aria-hidden="true"><rect x="11" y="1" width="12" height="12" fill="none" stroke="#000" stroke-dasharray="2 1.5"/></svg></td><td>kept (reason on hover)</td></tr>' +
+    if (P) html += '<tr><td><svg width="34" height="14" aria-hidden="true"><circle cx="17" cy="7" r="5.5" fill="none" stroke="#000" stroke-width="1.6"/></svg></td><td>freed by the removal (ring)</td></tr>' +
+      '<tr><td><svg width="34" height="14" aria-hidden="true"><rect x="11" y="1" width="12" height="12" fill="none" stroke="#000" stroke-dasharray="2 1.5"/></svg></td><td>kept, dashed square (reason on hover)</td></tr>' +
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect width="34" height="14" fill="url(#p-refused)" stroke="#D55E00"/></svg></td><td>refused by the kernel</td></tr>' +
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect x=".5" y=".5" width="33" height="13" fill="none" stroke="#000" stroke-dasharray="5 3"/></svg></td><td>proposed range</td></tr>';
     html += "</tbody></table>";
