@@ -52,6 +52,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mminspect.bits import U64, contains, unique
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
 from mminspect.forked import in_child, peak_rss_kib
@@ -74,7 +75,6 @@ from mminspect.pages import (
     PtlObjects,
     StructPages,
 )
-from mminspect.sortedarrays import contains, unique
 from mminspect.target.base import TargetFault
 from mminspect.walk import Walk, walk
 
@@ -100,7 +100,6 @@ __all__ = (
 CLASSIFY_SCHEMA = "mminspect.classify/1"
 AUDIT_SCHEMA = "mminspect.audit/1"
 
-_U64 = (1 << 64) - 1
 
 ORIGINS = ("kernel-image", "memblock", "buddy-ctor", "buddy-no-ctor", "slab", "altmap", "unknown")
 O_IMAGE, O_MEMBLOCK, O_CTOR, O_NOCTOR, O_SLAB, O_ALTMAP, O_UNKNOWN = range(7)
@@ -373,7 +372,7 @@ class Classifier:
         off = self.kernel.kaslr_offset
         text = self.text_va
         if off and text is not None and addr < text and text - off <= addr < text - off + (1 << 30):
-            return (addr + off) & _U64
+            return (addr + off) & U64
         return addr
 
     def _image_tables(self) -> List[Tuple[int, int, str, int]]:

@@ -24,6 +24,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from mminspect.bits import U64
+
 __all__ = (
     "MT_NAMES",
     "PTE_AF",
@@ -257,7 +259,7 @@ class Regime:
     def ttbr1_va(self, offset: int, index_bits: Optional[int] = None) -> int:
         """Sign-extend an offset in the TTBR1 half into a kernel VA."""
         bits = index_bits if (index_bits and not self.folded) else self.vabits_actual
-        return ((~0 << bits) | offset) & 0xFFFFFFFFFFFFFFFF
+        return ((~0 << bits) | offset) & U64
 
     def describe(self) -> str:
         """One line, e.g. ``4K pages, 48-bit VA (build 52), 4 levels, LPA2 off``."""

@@ -5,8 +5,9 @@ ptdump output
 Render a :class:`~mminspect.walk.Walk` line for line in the format of the
 kernel's /sys/kernel/debug/kernel_page_tables and efi_page_tables
 (arch/arm64/mm/ptdump.c ``note_page()``), address markers included, so the
-output can be diffed against a live system's debugfs. Also the kernel's
-DEBUG_WX check (``ptdump_check_wx()``), with its own message.
+output can be diffed against a live system's debugfs. The kernel's DEBUG_WX
+check (``ptdump_check_wx()``) lives in :mod:`mminspect.walk.wx` and is
+re-exported here.
 
 On a KASAN kernel the markers include "Kasan shadow start/end" (PAGE_END is
 KASAN_SHADOW_START, so "Linear Mapping end" and "Kasan shadow start" print
@@ -17,21 +18,15 @@ PTE-level note of ``kasan_early_shadow_pte[0]``. The walker gives exactly that
 note_page() joins notes by level and attributes, never by physical address.
 """
 
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
-from mminspect.arch.arm64 import (
-    PTDUMP_MASK,
-    PTE_PXN,
-    PTE_RDONLY,
-    PTE_SHARED,
-    PTE_UXN,
-    decode_prot,
-)
+from mminspect.arch.arm64 import PTDUMP_MASK, PTE_SHARED, decode_prot
+from mminspect.bits import U64
 from mminspect.walk import CLS_LEAF, Walk
+from mminspect.walk.wx import check_wx
 
 __all__ = ("check_wx", "ptdump_lines")
 
-_U64 = (1 << 64) - 1
 
 
 def _notes(w: Walk, base: int, markers: List[Tuple[int, str]]) -> Iterator[Tuple[int, int, int]]:
@@ -75,7 +70,7 @@ def _flush_address(w: Walk) -> int:
 def _range_line(start: int, end: int, level_name: str, prot: int) -> str:
     """One ``note_page()`` line: range, size scaled while divisible, level, prot."""
     units = "KMGTPE"
-    delta = ((end - start) & _U64) >> 10
+    delta = ((end - start) & U64) >> 10
     u = 0
     while not (delta & 1023) and u + 1 < len(units):
         delta >>= 10
@@ -122,29 +117,3 @@ def ptdump_lines(w: Walk) -> Iterator[str]:
         yield _range_line(st_start, flush, name(st_level), st_prot)
         if flush and flush >= markers[mi + 1][0] and markers[mi + 1][1]:
             yield f"---[ {markers[mi + 1][1]} ]---"
-
-
-def check_wx(w: Walk) -> Tuple[int, int, Optional[str]]:
-    """
-    The kernel's DEBUG_WX check over the walked range: pages that are
-    writable and executable at EL1, and pages executable at EL0, counted from
-    leaf attributes only, exactly as ``ptdump_check_wx()`` counts them.
-
-    :return: (wx_pages, non_uxn_pages, the message the kernel would print)
-    """
-    r = w.regime
-    wx = uxn = 0
-    for run in w.runs:
-        if not run["cls"]:
-            continue
-        prot = int(run["attr"]) & PTDUMP_MASK
-        pages = int(run["size"]) >> r.page_shift
-        if not prot & PTE_UXN:
-            uxn += pages
-        if not (prot & PTE_RDONLY) and not (prot & PTE_PXN):
-            wx += pages
-    if wx or uxn:
-        msg = f"Checked W+X mappings: FAILED, {wx} W+X pages found, {uxn} non-UXN pages found"
-    else:
-        msg = "Checked W+X mappings: passed, no W+X pages found"
-    return wx, uxn, msg

@@ -6,13 +6,35 @@ Everything above this layer reads a kernel through :class:`Target`: physical
 and kernel-virtual reads in blocks, symbols, type layout and VMCOREINFO.
 Implementations wrap a drgn Program (vmcores, /proc/kcore, a QEMU guest over
 QMP), a gdb session, or a captured bundle.
+
+Some targets can do more, and say so by having the members of an optional
+capability: :class:`HasProgram` (a drgn Program with the kernel's debug info:
+tasks, memory blocks through drgn's helpers), :class:`HasSymbolSizes`
+(``sizeof`` of a symbol: NR_CPUS, the static tables of the image),
+:class:`HasCoreFile` (the dump file read directly, outside drgn),
+:class:`HasMemoryBlocks` (memory blocks answered by the target itself: a
+recording or a bundle) and :class:`HasTaskPgd` (a task's ``mm->pgd`` without
+drgn: gdb). Callers ask through :func:`program_of`, :func:`symbol_size`,
+:func:`core_file_of` and ``isinstance``, never by probing attributes.
 """
 
-from typing import Dict, Optional, Protocol, runtime_checkable
+from typing import Any, Dict, List, Optional, Protocol, runtime_checkable
 
 from mminspect.errors import MMInspectError
 
-__all__ = ("Target", "TargetFault", "parse_vmcoreinfo")
+__all__ = (
+    "HasCoreFile",
+    "HasMemoryBlocks",
+    "HasProgram",
+    "HasSymbolSizes",
+    "HasTaskPgd",
+    "Target",
+    "TargetFault",
+    "core_file_of",
+    "parse_vmcoreinfo",
+    "program_of",
+    "symbol_size",
+)
 
 
 class TargetFault(MMInspectError):
@@ -69,6 +91,67 @@ class Target(Protocol):
     def has_debug_info(self) -> bool:
         """True when types and symbols beyond VMCOREINFO are available."""
         ...
+
+
+@runtime_checkable
+class HasProgram(Protocol):
+    """A target over a drgn Program (``drgn.Program``)."""
+
+    prog: Any
+
+
+@runtime_checkable
+class HasSymbolSizes(Protocol):
+    """A target that knows the size of a symbol."""
+
+    def symbol_size(self, name: str) -> Optional[int]:
+        """``sizeof`` of the object at a symbol (0 or unknown: None)."""
+        ...
+
+
+@runtime_checkable
+class HasCoreFile(Protocol):
+    """A target whose dump file can be read directly
+    (:class:`mminspect.target.corefile.CoreFile`, or None when it cannot)."""
+
+    core_file: Any
+
+
+@runtime_checkable
+class HasMemoryBlocks(Protocol):
+    """A target that answers for the kernel's memory blocks itself."""
+
+    def memory_blocks(self, bsize: int, sections: List[Any], section_bits: int,
+                      page_shift: int) -> Optional[List[Any]]:
+        """The memory blocks (:class:`mminspect.memory.Block`), or None."""
+        ...
+
+
+@runtime_checkable
+class HasTaskPgd(Protocol):
+    """A target that finds a task's ``mm->pgd`` without drgn."""
+
+    def task_mm_pgd(self, pid: int) -> int:
+        """The kernel VA of ``mm->pgd`` of task ``pid``."""
+        ...
+
+
+def program_of(target: Target, debug_info: bool = True) -> Optional[Any]:
+    """The drgn Program behind ``target`` (with ``debug_info``, only when
+    it has the kernel's debug info), else None."""
+    if isinstance(target, HasProgram) and (target.has_debug_info or not debug_info):
+        return target.prog
+    return None
+
+
+def symbol_size(target: Target, name: str) -> Optional[int]:
+    """``sizeof`` of symbol ``name`` when the target can tell, else None."""
+    return target.symbol_size(name) if isinstance(target, HasSymbolSizes) else None
+
+
+def core_file_of(target: Target) -> Optional[Any]:
+    """The directly readable dump file behind ``target``, else None."""
+    return target.core_file if isinstance(target, HasCoreFile) else None
 
 
 def parse_vmcoreinfo(text: str) -> Dict[str, str]:

@@ -46,12 +46,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import gdb  # type: ignore[import-not-found]
 
 from mminspect.arch.arm64 import Regime
+from mminspect.bits import U64
 from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
 
 __all__ = ("GdbTarget",)
 
-_U64 = (1 << 64) - 1
 _CACHE_PAGE = 4096
 _CACHE_LIMIT = 65536  # pages (256 MiB)
 _BANNER = b"Linux version "
@@ -241,14 +241,14 @@ class GdbTarget:
         va_bits = int(info["NUMBER(VA_BITS)"])
         po = int(info["NUMBER(PHYS_OFFSET)"], 16)
         po = po - (1 << 64) if po & (1 << 63) else po
-        return ((pa - po) | ((-(1 << va_bits)) & _U64)) & _U64
+        return ((pa - po) | ((-(1 << va_bits)) & U64)) & U64
 
     def _image_va(self, pa: int) -> Optional[int]:
         kv = int(self.vmcoreinfo()["NUMBER(kimage_voffset)"], 16)
         text, end = self.symbol("_text"), self.symbol("_end")
         if text is None or end is None:
             return None
-        va = (pa + kv) & _U64
+        va = (pa + kv) & U64
         return va if text <= va < end else None
 
     def read_virt(self, address: int, size: int) -> bytes:
@@ -283,7 +283,7 @@ class GdbTarget:
         it is not mapped. Only with QEMU's physical memory mode."""
         self._boot()
         if self._image is not None and self._image[0] <= va < self._image[1]:
-            return (va - self._kimage_voffset) & _U64
+            return (va - self._kimage_voffset) & U64
         page = va & ~(_CACHE_PAGE - 1)
         if page not in self._tlb:
             self._tlb[page] = self._walk(self._swapper_pa, page)
@@ -292,7 +292,7 @@ class GdbTarget:
 
     def _walk(self, root: Optional[int], va: int) -> Optional[int]:
         r = self._mmu
-        if r is None or root is None or (va >> r.vabits_actual) != (_U64 >> r.vabits_actual):
+        if r is None or root is None or (va >> r.vabits_actual) != (U64 >> r.vabits_actual):
             return None
         table = root
         for level in range(r.top_level, 4):
@@ -319,7 +319,7 @@ class GdbTarget:
         r = self._mmu
         assert r is not None
         found: List[int] = []
-        upper = (_U64 << (r.vabits_actual - 1)) & _U64
+        upper = (U64 << (r.vabits_actual - 1)) & U64
         frontier = [(root, r.ttbr1_va(0), r.root_entries())]
         for level in range(r.top_level, 4):
             shift = r.shift(level)
@@ -330,7 +330,7 @@ class GdbTarget:
                 except TargetFault:
                     continue
                 for index in range(entries):
-                    va = (base + (index << shift)) & _U64
+                    va = (base + (index << shift)) & U64
                     if va + (1 << shift) - 1 < upper:
                         continue
                     desc = int.from_bytes(raw[8 * index : 8 * index + 8], "little")
@@ -354,7 +354,7 @@ class GdbTarget:
         if name not in self._regs:
             try:
                 with self._gdb_view():
-                    self._regs[name] = int(gdb.selected_frame().read_register(name)) & _U64
+                    self._regs[name] = int(gdb.selected_frame().read_register(name)) & U64
             except (gdb.error, ValueError, RuntimeError):
                 self._regs[name] = None
         return self._regs[name]
@@ -386,7 +386,7 @@ class GdbTarget:
         pcs = []
         with self._gdb_view():
             try:
-                pcs.append(int(gdb.selected_frame().read_register("pc")) & _U64)
+                pcs.append(int(gdb.selected_frame().read_register("pc")) & U64)
             except (gdb.error, ValueError, RuntimeError):
                 pass
         return pcs
@@ -398,8 +398,8 @@ class GdbTarget:
             if sym is not None and sym.addr_class not in (gdb.SYMBOL_LOC_CONST, gdb.SYMBOL_LOC_TYPEDEF):
                 addr = sym.value().address
                 if addr is not None:
-                    return int(addr) & _U64
-            return int(gdb.parse_and_eval(f"&{name}")) & _U64
+                    return int(addr) & U64
+            return int(gdb.parse_and_eval(f"&{name}")) & U64
         except (gdb.error, RuntimeError, ValueError):
             return None
 
@@ -439,10 +439,10 @@ class GdbTarget:
             roots.append(ttbr1 + links["swapper_pg_dir"] - links["tramp_pg_dir"])
         for swapper_pa in roots:
             for kv in self._kimage_voffsets(swapper_pa):
-                delta = (swapper_pa + kv - links["swapper_pg_dir"]) & _U64
-                image = ((links["_text"] + delta) & _U64, (links["_end"] + delta) & _U64)
+                delta = (swapper_pa + kv - links["swapper_pg_dir"]) & U64
+                image = ((links["_text"] + delta) & U64, (links["_end"] + delta) & U64)
                 try:
-                    ok = self.read_phys((banner + delta - kv) & _U64, len(_BANNER)) == _BANNER
+                    ok = self.read_phys((banner + delta - kv) & U64, len(_BANNER)) == _BANNER
                 except TargetFault:
                     ok = False
                 if ok:
@@ -462,12 +462,12 @@ class GdbTarget:
         for pc in self._pcs():
             pa = self._walk(swapper_pa, pc)
             if pa is not None:
-                kv = (pc - pa) & _U64
+                kv = (pc - pa) & U64
                 if kv not in seen:
                     seen.add(kv)
                     yield kv
         for va in self._search(swapper_pa, swapper_pa):
-            kv = (va - swapper_pa) & _U64
+            kv = (va - swapper_pa) & U64
             if kv not in seen:
                 seen.add(kv)
                 yield kv
@@ -485,7 +485,7 @@ class GdbTarget:
     def symbol(self, name: str) -> Optional[int]:
         if name not in self._symbols:
             link = self._link_address(name)
-            self._symbols[name] = None if link is None else (link + self.kaslr_delta()) & _U64
+            self._symbols[name] = None if link is None else (link + self.kaslr_delta()) & U64
         addr = self._symbols[name]
         if addr is None and self._vmcoreinfo is not None:
             value = self._vmcoreinfo.get(f"SYMBOL({name})")

@@ -500,8 +500,14 @@
     var h = "<p>Remove <strong>" + esc(P.text) + "</strong> with the rules of <em>" + esc(P.policy) + "</em>.</p>";
     P.refusals.forEach(function (f) {
       h += '<div class="refusal" data-rule="' + esc(f.rule) + '">' + (f.fatal ? "<strong>Refused</strong>" : "Note") +
-        " (" + esc(f.rule) + ", " + hex(f.start) + "-" + hex(f.end - 1) + "): <code>" + esc(f.message) + "</code></div>";
+        " (" + esc(f.rule) + (f.block !== null && f.block !== undefined ? ", memory" + f.block : "") + ", " + hex(f.start) + "-" + hex(f.end - 1) +
+        "): <code>" + esc(f.message) + "</code>" + (f.evidence ? "<br><small>" + esc(f.evidence) + "</small>" : "") + "</div>";
     });
+    if (P.kernel_log && P.kernel_log.length)
+      h += "<p>The kernel would print:</p><pre class=\"kernel-log\">" + P.kernel_log.map(esc).join("\n") + "</pre>";
+    if (P.unchecked && P.unchecked.length)
+      h += "<p>Not decided from this dump (never counted as passed): " + P.unchecked.map(function (u) {
+        return esc(u.rule + (u.block !== null && u.block !== undefined ? " (memory" + u.block + ")" : "") + ": " + u.why); }).join("; ") + "</p>";
     if (!P.simulated) h += "<p>Not simulated: the kernel refuses this removal before any page table is touched.</p>";
     else {
       var lv = Object.keys(P.freed.levels).map(function (k) { return P.freed.levels[k] + " " + k; }).join(", ");
