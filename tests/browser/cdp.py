@@ -286,9 +286,12 @@ def main(argv=None) -> int:
     ap.add_argument("--screenshot")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument("--height", type=int, default=1000)
+    ap.add_argument("--eval", action="append", default=[], metavar="JS",
+                    help="run this in the page before the screenshot (e.g. mminspectMap.zoomAt(0x40000000))")
     args = ap.parse_args(argv)
     url = "file://" + os.path.abspath(args.page)
-    with Chromium(width=args.width) as browser:
+    with Chromium(width=args.width, height=args.height) as browser:
         for _ in range(args.runs):
             page = browser.open(url)
             render = page.evaluate("document.body.dataset.renderMs")
@@ -296,6 +299,11 @@ def main(argv=None) -> int:
                   f"{len(page.errors)} error(s)")
             for e in page.errors:
                 print("  " + e)
+        for js in args.eval:
+            print(f"{js}: {page.evaluate(js)}")
+        if page.errors:
+            print("errors: " + "; ".join(page.errors))
+            return 1
         if args.screenshot:
             page.screenshot(args.screenshot, full_page=False)
     return 0

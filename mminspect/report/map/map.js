@@ -601,6 +601,18 @@
   window.mminspectMap = {
     data: D, tables: T, freed: FREED,
     zoom: function (lo, hi) { var r = { lo: lo, hi: hi, hole: false, blocks: blocksIn(lo, hi) }; zoomInto(r); },
+    // zoom one level into the row holding physical address pa
+    zoomAt: function (pa) {
+      var v = currentView(), rows = makeRows(v.lo, v.hi, v.unit);
+      for (var i = 0; i < rows.length; i++) if (rows[i].lo <= pa && pa < rows[i].hi) { zoomInto(rows[i]); return true; }
+      return false;
+    },
+    // select the mark of the table page at pa (as a click does)
+    select: function (pa) {
+      var m = wrap.querySelector('.mark[data-phys="' + pa + '"]');
+      if (m) selectMark(m);
+      return !!m;
+    },
     reset: function () { stack.length = 1; draw(); }
   };
 })();
