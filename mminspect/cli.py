@@ -9,6 +9,7 @@ bundled sample dump (announced on stderr).
 """
 
 import functools
+import io
 import json
 import os
 import signal
@@ -565,13 +566,13 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
     from mminspect.classify import classifier_for, resolve_roots
     from mminspect.hotremove import Proposal, get_policy
     from mminspect.report.map import build_map, map_html
-    from mminspect.report.map.output import check_output, write_output
+    from mminspect.files import atomic_output
 
     want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
     output = output or ("map.json" if fmt == "json" else "map.html")
     inputs = _inputs(core, symbols)
     if output != "-":
-        check_output(output, inputs, force)
+        check_output(output, inputs, force)  # before the work, and again before the rename
     k = open_kernel(core, symbols, live, qemu)
     specs = roots or ("init_mm", "efi_mm")
     resolved = []
@@ -606,7 +607,12 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
     if output == "-":
         write(click.get_text_stream("stdout"))
         return
-    size = write_output(output, write, force, inputs=[*inputs, *target_files(k.target)])
+    with atomic_output(output, [*inputs, *target_files(k.target)], force) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8")
+        write(text)
+        text.flush()
+        text.detach()  # atomic_output fsyncs and closes the file itself
+    size = os.path.getsize(output)
     t = data["tables"]
     p = data["proposal"]
     line = f"{output}: {size} bytes, {t['count']} table pages from {', '.join(r['name'] for r in data['roots'])}"
