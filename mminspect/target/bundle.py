@@ -14,6 +14,7 @@ import struct
 from typing import BinaryIO, Dict, Iterable, Optional, Tuple
 
 from mminspect.errors import MMInspectError
+from mminspect.mm.blocks import Block
 from mminspect.target.drgn import DrgnTarget, _one_line
 from mminspect.target.elf import PT_LOAD, PT_NOTE, core_notes
 
@@ -168,8 +169,6 @@ class BundleTarget(DrgnTarget):
 
     def memory_blocks(self, bsize, sections, section_bits, page_shift):
         """The memory blocks the full target showed at capture time."""
-        from mminspect.memory import Block
-
         recorded = self.note.get("memory_blocks")
         try:
             return None if recorded is None else [Block(**b) for b in recorded]
