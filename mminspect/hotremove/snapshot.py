@@ -144,7 +144,7 @@ class Snapshot:
 
         :raises MMInspectError: in one line, for a file that is not one
         """
-        header, arrays = read_snapshot_file(path)
+        header, arrays = read_snapshot_file(path, COMPATIBLE, TableFacts)
         entries = EntryStore.from_arrays(arrays)
         era = Era(**header["era"])
         if header["schema"] != SCHEMA:

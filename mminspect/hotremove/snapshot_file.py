@@ -28,6 +28,9 @@ import numpy as np
 
 from mminspect.errors import MMInspectError
 from mminspect.files import check_input
+from mminspect.hotremove.policy import Era
+from mminspect.memory import Block
+from mminspect.sparse import Section
 from mminspect.vmcoreinfo import SECTION_SIZE_BITS_RANGE, check_page_size
 
 __all__ = ("MAX_MEMBER", "MAX_RATIO", "check_header", "read_snapshot_file")
@@ -49,8 +52,10 @@ def _bad(path: str, why: str) -> MMInspectError:
     return MMInspectError(f"{path}: not a usable mminspect snapshot ({why})")
 
 
-def read_snapshot_file(path: str) -> Tuple[dict, Dict[str, np.ndarray]]:
-    """The checked JSON header and arrays of the snapshot at ``path``.
+def read_snapshot_file(path: str, compatible: Tuple[str, ...], table_facts: type) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """The checked JSON header and arrays of the snapshot at ``path``
+    (``compatible``: the schemas :class:`~mminspect.hotremove.snapshot.Snapshot`
+    reads; ``table_facts``: its record of a table page).
 
     :raises MMInspectError: in one line, for anything that is not a whole,
         well-formed snapshot
@@ -78,7 +83,7 @@ def read_snapshot_file(path: str) -> Tuple[dict, Dict[str, np.ndarray]]:
         header = json.loads(arrays.pop("header").tobytes().decode())
     except (UnicodeDecodeError, ValueError) as e:
         raise _bad(path, f"its header is not JSON: {e}") from None
-    check_header(header, path)
+    check_header(header, path, compatible, table_facts)
     _check_arrays(arrays, header, path)
     return header, arrays
 
@@ -142,14 +147,10 @@ def _dataclass_rows(rows: object, cls, path: str, where: str) -> None:
                 raise _bad(path, f"{where}[{i}].{key} is {str(row[key])[:40]!r}")
 
 
-def check_header(h: object, path: str) -> None:
+def check_header(h: object, path: str, compatible: Tuple[str, ...], table_facts: type) -> None:
     """The header holds every key :class:`Snapshot` and the simulation read,
     typed and in range (see the module docstring)."""
-    from mminspect.hotremove.policy import Era
-    from mminspect.hotremove.snapshot import COMPATIBLE, TableFacts
-    from mminspect.memory import Block
-    from mminspect.sparse import Section
-
+    COMPATIBLE, TableFacts = compatible, table_facts
     if not isinstance(h, dict):
         raise _bad(path, "its header is not a JSON object")
     if h.get("schema") not in COMPATIBLE:
