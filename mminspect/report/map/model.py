@@ -69,10 +69,7 @@ def _regions_of(kernel: Kernel, kind: str) -> List[Tuple[str, int, int]]:
         return [("EFI runtime", 0, 1 << kernel.regime.vabits_actual)]
     if kind == K_USER:
         return [("user", 0, 1 << kernel.regime.vabits_actual)]
-    c = classifier_for(kernel)
-    names = {1 << i: n for i, n in enumerate(("linear map", "modules", "vmalloc", "vmemmap", "PCI I/O", "fixmap",
-                                              "kimage", "other", "KASAN shadow"))}
-    spans = {names[bit]: (lo, hi) for bit, lo, hi in c.regions if hi > lo}
+    spans = {reg.name: (reg.start, reg.end) for reg in classifier_for(kernel).regions if reg.end > reg.start}
     cuts = sorted({x for lo, hi in spans.values() for x in (lo, hi)})
     out: List[Tuple[str, int, int]] = []
     for lo, hi in zip(cuts, cuts[1:]):
