@@ -39,7 +39,8 @@ def simulate_text(result: Result, snapshot, out: IO[str], tables: bool = False,
         if r.fatal:
             where = f"memory{r.block} " if r.block is not None else ""
             rng = f"[{r.range[0]:#x}-{r.range[1] - 1:#x}] " if r.range else ""
-            out.write(f"{'refused':<14}{where}{rng}{r.rule}: {r.message}\n")
+            said = r.message or f"(the kernel prints nothing) {r.evidence}"
+            out.write(f"{'refused':<14}{where}{rng}{r.rule}: {said}\n")
         else:
             out.write(f"{'note':<14}{r.message}\n")
     grouped: Dict[tuple, list] = {}
