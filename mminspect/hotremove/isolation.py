@@ -16,7 +16,8 @@ and -EBUSY. A page is unmovable when it is
 
 Pages that pass isolation can still fail migration later (pinned LRU pages
 outside ZONE_MOVABLE, hugetlb that cannot be replaced): those are warnings,
-the kernel may still move them. :func:`scan_block` reads the struct pages in
+the kernel may still move them (6.1's hugetlb folios, told apart only by
+their compound destructor, are not identified here). :func:`scan_block` reads the struct pages in
 bulk through :class:`mminspect.pages.StructPages` (the audit's path).
 """
 
@@ -58,6 +59,17 @@ class IsolationScan:
                    dict(d.get("unmovable", {})), {k: (v[0], list(v[1])) for k, v in d.get("doubtful", {}).items()})
 
 
+#: include/linux/mm.h GUP_PIN_COUNTING_BIAS (1U << 10).
+_GUP_PIN_COUNTING_BIAS = 1 << 10
+
+
+def _doubt(out: "IsolationScan", kind: str, pfns: np.ndarray) -> None:
+    if not len(pfns):
+        return
+    n, first = out.doubtful.get(kind, (0, []))
+    out.doubtful[kind] = (n + len(pfns), (first + [int(p) for p in pfns[:4]])[:4])
+
+
 def _bit(kernel, name: str) -> Optional[int]:
     return kernel.target.constant(name)
 
@@ -76,6 +88,9 @@ def scan_block(kernel, lo_pfn: int, hi_pfn: int, movable: bool) -> Optional[Isol
         return None
     pg_lru, pg_head = _bit(kernel, "PG_lru"), _bit(kernel, "PG_head")
     pg_movable_ops = _bit(kernel, "PG_movable_ops")
+    # v6.12+ (4ffca5a96678 "mm: support only one page_type per page"): hugetlb
+    # is a page type of the folio head; before, a compound destructor.
+    pgty_hugetlb = _bit(kernel, "PGTY_hugetlb")
     out = IsolationScan(hi_pfn - lo_pfn)
     for facts, _, bad in sp.scan([(lo_pfn, hi_pfn)]):
         out.unreadable += bad
@@ -101,13 +116,18 @@ def scan_block(kernel, lo_pfn: int, hi_pfn: int, movable: bool) -> Optional[Isol
             kinds[referenced & head & ~facts["slab"]] = "compound, not on the LRU"
             other = referenced & ~facts["slab"] & ~facts["table"] & ~head
             kinds[other] = "kernel allocation (referenced, not on the LRU, not movable)"
-            # Pass isolation, may fail migration: pinned LRU pages.
-            pinned = rest & lru & (facts["refcount"] > 2)
-            if pinned.any():
-                n, first = out.doubtful.get("LRU page with extra references (pinned?)", (0, []))
-                pfns = facts["pfn"][pinned]
-                out.doubtful["LRU page with extra references (pinned?)"] = (
-                    n + int(pinned.sum()), (first + [int(p) for p in pfns[:4]])[:4])
+            # hugetlb heads pass has_unmovable_pages() on arm64
+            # (hugepage_migration_supported()), but migrate only if a free
+            # huge page can be had elsewhere.
+            if pgty_hugetlb is not None:
+                hugetlb = rest & head & ((facts["page_type"] >> np.uint32(24)) == np.uint32(pgty_hugetlb))
+                kinds[hugetlb] = ""
+                _doubt(out, "hugetlb folio (migrates only into a free huge page elsewhere)", facts["pfn"][hugetlb])
+        # Pass isolation, may fail migration: pages pinned with FOLL_PIN
+        # (refcount >= GUP_PIN_COUNTING_BIAS, folio_maybe_dma_pinned() for a
+        # small folio), which do_migrate_range() cannot move while pinned.
+        pinned = ok & ~facts["reserved"] & lru & (facts["refcount"] >= _GUP_PIN_COUNTING_BIAS)
+        _doubt(out, "pinned page (FOLL_PIN: refcount >= 1024)", facts["pfn"][pinned])
         hit = np.flatnonzero(kinds != "")
         for k in set(kinds[hit].tolist()):
             out.unmovable[k] = out.unmovable.get(k, 0) + int((kinds[hit] == k).sum())

@@ -118,11 +118,13 @@ def _blocks_text(result: Result, out: IO[str]) -> None:
     then what the kernel prints."""
     if not result.blocks:
         return
-    out.write(f"\n{'BLOCK':<10}  {'OFFLINED RANGE':<27}  {'OWN MEMMAP':<10}  {'STATE':<8}  OUTCOME\n")
+    out.write(f"\n{'BLOCK':<10}  {'OFFLINED RANGE':<27}  {'OWN MEMMAP':<10}  {'STATE':<8}  {'OUTCOME':<28}  CHECKS\n")
     for b in result.blocks:
         lo, hi = b.offline_range
         own = f"{b.memmap_pages} pages" if b.memmap_pages else "-"
-        out.write(f"memory{b.id:<4}  [{lo:#012x}-{hi - 1:#012x}]  {own:<10}  {b.state:<8}  {b.outcome}\n")
+        checks = ", ".join(f"{c.rule} {c.result}" for c in b.checks) or "-"
+        out.write(f"memory{b.id:<4}  [{lo:#012x}-{hi - 1:#012x}]  {own:<10}  {b.state:<8}  {b.outcome:<28}  "
+                  f"{checks}\n")
         for w in b.warnings:
             out.write(f"            may not offline: {w}\n")
     homes = Counter((h.lives.split(" at ")[0], h.goes) for h in result.memmap)
