@@ -137,12 +137,12 @@ def _detect_removal_path(kernel, era: Era, ev: Dict[str, str]) -> None:
             "kernel leaf mapping')" if found else
             f"no: {fn}() prints no 'splits a leaf entry' message (before 'arm64/mm: Reject memory removal "
             "that splits a kernel leaf mapping')")
-    elif fn is None and t.has_debug_info:
+    elif fn is None and era.bootmem_notifier is False:
         era.leaf_split_notifier = False
-        ev["leaf_split_notifier"] = "no: no arm64 memory-remove notifier at all"
+        ev["leaf_split_notifier"] = "no: no arm64 memory-remove notifier at all (before v5.7)"
     else:
         ev["leaf_split_notifier"] = (f"unknown: cannot read the code of {fn}()" if fn else
-                                     "unknown: no symbols to find arm64's memory notifier")
+                                     "unknown: the code of arm64's memory notifier is not in this target")
 
     if t.offsetof("struct memory_block", "altmap") is not None:
         era.block_memmap = "altmap"

@@ -142,7 +142,9 @@ def memory_notifier(sim, start_pfn: int, nr_pages: int, refuses_boot_memory: boo
     the kernel's order: each check's outcome, up to the first refusal."""
     era = sim.snapshot.era
     out: List[Check] = []
-    if refuses_boot_memory and era.bootmem_notifier:
+    if not refuses_boot_memory:
+        return out  # a policy of a kernel with no arm64 memory notifier (the 2017 RFC)
+    if era.bootmem_notifier:
         boot = _boot_memory(sim, start_pfn, nr_pages)
         if boot is not None:
             return [boot]

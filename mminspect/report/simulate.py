@@ -133,7 +133,8 @@ def _blocks_text(result: Result, out: IO[str]) -> None:
         for (lives, goes), n in sorted(homes.items()):
             out.write(f"  {n:>4} section(s): in {lives}; at removal: {goes}\n")
     if result.kernel_log:
-        out.write("\nthe kernel would print:\n")
+        iffy = " (if the unchecked checks pass)" if result.unchecked else ""
+        out.write(f"\nthe kernel would print{iffy}:\n")
         for line in result.kernel_log:
             out.write(f"  {line}\n")
     out.write("\n")
