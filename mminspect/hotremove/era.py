@@ -10,8 +10,13 @@ version: the classifier's reading of the allocation sites
 code: whether the hot-remove table-freeing functions call into NR_PAGETABLE
 accounting is read from their instructions (an arm64 ``BL`` to
 ``__lruvec_stat_mod_folio`` or ``mod_node_page_state``), which is how the
-2026 dtor fix shows itself. Only facts no dump can show fall back to
-OSRELEASE, and their evidence says so.
+2026 dtor fix shows itself. The removal path's facts are read the same way:
+the C strings arm64's memory notifier loads (:func:`function_strings`: its
+leaf-split check is inlined and has no symbol), the DWARF of ``struct
+memory_block`` (its own memmap), and the ``memmap_on_memory`` parameter's
+variable. Only facts no dump can show fall back to OSRELEASE, and their
+evidence says so; a fact the target cannot show at all stays None
+("unknown"), and the rules that need it say so instead of passing.
 """
 
 import struct
