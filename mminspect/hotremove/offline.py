@@ -126,7 +126,11 @@ def eject(sim, refuses_boot_memory: bool = True) -> Ejection:
     shift = sim.page_shift
     outcomes: List[BlockOutcome] = []
     log: List[str] = []
-    for bid in range(sim.proposal.start // bsize, sim.proposal.end // bsize):
+    ids = range(sim.proposal.start // bsize, sim.proposal.end // bsize)
+    # The isolation scans of every online block, in one bulk pass.
+    snap.prefetch_scans([(by_id[i], offline_start(by_id[i], shift), (by_id[i].start + by_id[i].size) >> shift)
+                         for i in ids if by_id[i].state == "online"])
+    for bid in ids:
         b = by_id[bid]
         lo = offline_start(b, shift) << shift
         o = BlockOutcome(b.id, b.start, b.start + b.size, b.state, b.zone, (lo, b.start + b.size),
