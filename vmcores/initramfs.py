@@ -47,6 +47,7 @@ mount -t tmpfs tmpfs /tmp
 for m in $(cat /lib/modules/load-order 2>/dev/null); do
     insmod /lib/modules/$m.ko || echo "@@INIT insmod $m failed"
 done
+[ -x /etc/rc.local ] && /etc/rc.local  # a richer initramfs's own steps (vmcores.userspace)
 echo "@@INIT done $(cat /proc/uptime)"
 exec /bin/busybox sh /bin/agent
 """
@@ -201,28 +202,41 @@ def busybox_path() -> Path:
     return bb
 
 
-def build_initramfs(kernel: KernelFiles, out: Path) -> Path:
-    """Write a gzip'ed newc initramfs for this kernel to ``out``."""
+Entry = tuple[str, int, bytes, int, int]  # (name, mode, data, rdevmajor, rdevminor) of _cpio_newc
+
+
+def agent_entries(kernel: KernelFiles, prefix: str = "") -> list[Entry]:
+    """The agent's files: device nodes, busybox, /init, the agent, the truth
+    script and the kernel's modules with their load order; ``prefix`` ("usr/")
+    puts bin/ and lib/ under /usr, for a merged-/usr root whose /bin and /lib
+    are symlinks (vmcores.userspace)."""
     bb = busybox_path().read_bytes()
-    d755, f755, f644 = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755, stat.S_IFREG | 0o644
-    entries: list[tuple[str, int, bytes, int, int]] = [
-        (name, d755, b"", 0, 0)
-        for name in ("bin", "dev", "proc", "sys", "tmp", "truth", "lib", "lib/modules", "etc")
-    ]
-    entries += [
+    f755, f644 = stat.S_IFREG | 0o755, stat.S_IFREG | 0o644
+    entries: list[Entry] = [
         ("dev/console", stat.S_IFCHR | 0o600, b"", 5, 1),
         ("dev/null", stat.S_IFCHR | 0o666, b"", 1, 3),
-        ("bin/busybox", f755, bb, 0, 0),
-        ("bin/sh", stat.S_IFLNK | 0o777, b"busybox", 0, 0),
+        (f"{prefix}bin/busybox", f755, bb, 0, 0),
+        (f"{prefix}bin/sh", stat.S_IFLNK | 0o777, b"busybox", 0, 0),
         ("init", f755, INIT.encode(), 0, 0),
-        ("bin/agent", f755, AGENT.encode(), 0, 0),
-        ("bin/capture-truth", f755, CAPTURE.encode(), 0, 0),
+        (f"{prefix}bin/agent", f755, AGENT.encode(), 0, 0),
+        (f"{prefix}bin/capture-truth", f755, CAPTURE.encode(), 0, 0),
     ]
     order = []
     for name, path in kernel.modules.items():
-        entries.append((f"lib/modules/{name}.ko", f644, Path(path).read_bytes(), 0, 0))
+        entries.append((f"{prefix}lib/modules/{name}.ko", f644, Path(path).read_bytes(), 0, 0))
         order.append(name)
-    entries.append(("lib/modules/load-order", f644, ("\n".join(order) + "\n").encode(), 0, 0))
+    entries.append((f"{prefix}lib/modules/load-order", f644, ("\n".join(order) + "\n").encode(), 0, 0))
+    return entries
+
+
+def build_initramfs(kernel: KernelFiles, out: Path) -> Path:
+    """Write a gzip'ed newc initramfs for this kernel to ``out``."""
+    d755 = stat.S_IFDIR | 0o755
+    entries: list[Entry] = [
+        (name, d755, b"", 0, 0)
+        for name in ("bin", "dev", "proc", "sys", "tmp", "truth", "lib", "lib/modules", "etc")
+    ]
+    entries += agent_entries(kernel)
     data = gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
     out.write_bytes(data)
     return out

@@ -26,6 +26,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mminspect.mm.memmap import CORE_SCAN_BYTES, MAX_READ, StructPages
+from mminspect.target.base import core_file_of
+
 __all__ = ("IsolationScan", "scan_block", "scan_blocks")
 
 #: include/linux/page-flags.h: PAGE_MAPPING_MOVABLE in page->mapping's low bits
@@ -138,8 +141,6 @@ def scan_blocks(kernel, requests: Sequence[Tuple[int, int, bool]]) -> Optional[L
     would for a block in ZONE_MOVABLE (``movable``) or not, in one bulk pass
     over their struct pages. None when the struct pages cannot be decoded
     (no page layout)."""
-    from mminspect.mm.memmap import StructPages
-
     try:
         sp = StructPages(kernel)
     except Exception:  # no VMCOREINFO page layout: cannot scan
@@ -173,8 +174,6 @@ def scan_blocks(kernel, requests: Sequence[Tuple[int, int, bool]]) -> Optional[L
 
 def _chunk(sp) -> int:
     """Pages per scan chunk: what StructPages.scan() would take by default."""
-    from mminspect.mm.memmap import CORE_SCAN_BYTES, MAX_READ, core_file_of
-
     return max(1, (MAX_READ if core_file_of(sp.target) is None else CORE_SCAN_BYTES) // sp.layout.size)
 
 

@@ -19,9 +19,11 @@ import drgn
 
 from mminspect.errors import MMInspectError
 from mminspect.files import check_input
+from mminspect.qmp import probe
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
 from mminspect.target.corefile import CoreFile
 from mminspect.target.elf import check_core_file
+from mminspect.target.kcore import check_kcore
 from mminspect.target.kdump import KdumpFile, own_reader_needed
 
 __all__ = ("DrgnTarget",)
@@ -71,8 +73,6 @@ class DrgnTarget:
             prog = _core_program(core)
             name = f"vmcore {core}"
         elif qemu is not None:
-            from mminspect.qmp import probe
-
             probe(qemu)  # a socket that speaks QMP and answers in time, or one line
             prog = drgn.Program()
             try:
@@ -81,6 +81,7 @@ class DrgnTarget:
                 raise MMInspectError(f"{qemu}: cannot attach to QEMU ({_one_line(e)})") from None
             name = f"QEMU guest {qemu}"
         elif kernel:
+            check_kcore()  # not arm64, no /proc/kcore, lockdown, not root: one line each
             prog = drgn.Program()
             try:
                 prog.set_kernel()
@@ -223,4 +224,4 @@ def _core_program(core: str) -> drgn.Program:
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return text[0] if text else "no reason given"

@@ -171,3 +171,24 @@ def test_6_1_refuses_to_remove_memmap_on_memory_memory_in_other_sizes():
     assert [b.outcome for b in res.blocks] == ["offlined", "offlined"]
     one = simulate(snap, Proposal(RAM, RAM + SZ_2M), Mainline616(snap.era))
     assert one.simulated and not one.refusals
+
+
+@pytest.mark.parametrize("edit,why", [
+    (lambda h: h["kernel"].__setitem__("system_ram", [[1, "x"]]), "system_ram"),
+    (lambda h: h.__setitem__("isolation", {"12": {"pages": -1}}), "pages"),
+    (lambda h: h.__setitem__("isolation", {"x": {}}), "scan"),
+    (lambda h: h.__setitem__("isolation", {"12": {"pages": 1, "first_unmovable": [1]}}), "first_unmovable"),
+    (lambda h: h.__setitem__("isolation", {"12": {"pages": 1, "doubtful": {"a": [1, ["p"]]}}}), "doubtful"),
+])
+def test_a_hostile_snapshot_is_one_line(tmp_path, edit, why):
+    path = tmp_path / "mom.npz"
+    _mom_snapshot().save(str(path))
+    with np.load(str(path)) as z:
+        arrays = dict(z)
+    header = json.loads(bytes(arrays["header"]).decode())
+    edit(header)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    bad = tmp_path / "bad.npz"
+    np.savez_compressed(str(bad), **arrays)
+    with pytest.raises(MMInspectError, match=why):
+        Snapshot.load(str(bad))

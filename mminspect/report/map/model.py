@@ -33,10 +33,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mminspect.arch.arm64 import PTE_CONT
-from mminspect.classify import ORIGINS, PTLOCKS, Classification, classifier_for, root_kind, K_EFI, K_USER
+from mminspect.classify import (
+    K_EFI,
+    K_USER,
+    ORIGINS,
+    PTLOCKS,
+    Classification,
+    classifier_for,
+    classify_walk,
+    root_kind,
+)
+from mminspect.hotremove import capture_snapshot, select_policy, simulate
 from mminspect.kernel import Kernel
 from mminspect.memory import MAPS_NAMES, MemoryMap
-from mminspect.walk import CLS_LEAF, Walk
+from mminspect.walk import CLS_LEAF, Walk, walk
 
 __all__ = ("MAP_SCHEMA", "build_map", "map_dict", "va_overview")
 
@@ -266,17 +276,17 @@ def _proposal_dict(result, snapshot, page_size: int) -> Dict[str, Any]:
         t = snapshot.tables.get(e.phys)
         levels[t.level_name if t else "?"] += 1
 
+    bsize = snapshot.kernel.get("block_size") or 0
+
     def where(ref) -> Dict[str, Any]:
-        # Refusals that name their memory (start/end or a block id) are drawn
-        # there; the others cover the whole proposal.
-        d = {"rule": ref.rule, "message": ref.message, "fatal": bool(ref.fatal)}
-        start, end = getattr(ref, "start", None), getattr(ref, "end", None)
-        block = getattr(ref, "block", None)
-        bsize = snapshot.kernel.get("block_size") or 0
-        if start is None and block is not None and bsize:
-            start, end = block * bsize, (block + 1) * bsize
-        d["start"] = result.proposal.start if start is None else int(start)
-        d["end"] = result.proposal.end if end is None else int(end)
+        # A refusal that names its memory (the range the kernel checked, or
+        # its block) is drawn there; the others cover the whole proposal.
+        d = {"rule": ref.rule, "message": ref.message, "fatal": bool(ref.fatal),
+             "block": getattr(ref, "block", None), "evidence": getattr(ref, "evidence", "") or ""}
+        rng = getattr(ref, "range", None)
+        if rng is None and d["block"] is not None and bsize:
+            rng = (d["block"] * bsize, (d["block"] + 1) * bsize)
+        d["start"], d["end"] = (int(rng[0]), int(rng[1])) if rng else (result.proposal.start, result.proposal.end)
         return d
 
     def kept(e) -> Dict[str, Any]:
@@ -303,6 +313,10 @@ def _proposal_dict(result, snapshot, page_size: int) -> Dict[str, Any]:
                       "messages": [m for m in f.messages if m]} for f in result.findings],
         "warnings": [{"routine": w.routine, "phys": w.phys, "va": _va(w.va), "detail": w.detail}
                      for w in result.warnings],
+        "blocks": [{"id": b.id, "start": b.start, "end": b.end, "outcome": b.outcome}
+                   for b in getattr(result, "blocks", ())],
+        "kernel_log": list(getattr(result, "kernel_log", ())),
+        "unchecked": [{"rule": u.rule, "block": u.block, "why": u.why} for u in getattr(result, "unchecked", ())],
     }
 
 
@@ -341,9 +355,6 @@ def build_map(kernel: Kernel, roots, proposal=None, policy=None, progress=None) 
     (a function of the snapshot's era; default: the era's own) when given, and
     return the ``mminspect.map/1`` dict. init_mm is walked once for both
     the map and the simulation's snapshot."""
-    from mminspect.classify import classify_walk
-    from mminspect.walk import walk
-
     c = classifier_for(kernel)
     walks, classes = [], []
     init_walk = None
@@ -356,8 +367,6 @@ def build_map(kernel: Kernel, roots, proposal=None, policy=None, progress=None) 
         classes.append(classify_walk(kernel, w, c))
     simulation = None
     if proposal is not None:
-        from mminspect.hotremove import capture_snapshot, select_policy, simulate
-
         snap = capture_snapshot(kernel, init_walk)
         pol = policy(snap.era) if policy is not None else select_policy(snap.era)
         simulation = (simulate(snap, proposal, pol), snap)
