@@ -63,7 +63,8 @@ from pathlib import Path
 
 from .cache import RecipeError, cache_dir, progress, read_json, sha256_file, write_json
 from .initramfs import Entry, _cpio_newc, agent_entries
-from .kernels import KernelFiles, _apt_download, _extract, _run, _sid_opts
+from .debs import extract_members
+from .kernels import KernelFiles, _apt_download, _run, _sid_opts
 
 #: What mminspect needs in the guest (Debian package names).
 PACKAGES = ("python3", "python3-drgn", "python3-numpy", "python3-click", "python3-tabulate")
@@ -415,7 +416,7 @@ def ensure_modules(kf: KernelFiles) -> dict[str, Path]:
     from .kernels import _apt_opts, get_spec  # noqa: PLC0415
 
     debs = _apt_download([pkg], work, _apt_opts(get_spec(kf.kernel_id)))
-    got = _extract(debs[pkg], {m: re.compile(rf"/{re.escape(m)}\.ko(\.xz)?$") for m in wanted}, d)
+    got = extract_members(debs[pkg], {m: re.compile(rf"/{re.escape(m)}\.ko(\.xz)?$") for m in wanted}, d)
     for m, path in got.items():
         if path.suffix == ".xz":
             (d / f"{m}.ko").write_bytes(lzma.decompress(path.read_bytes()))
