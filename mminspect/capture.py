@@ -9,12 +9,12 @@ Opening the bundle later gives the same output as the full dump for the
 captured roots, with no vmlinux and a few MB instead of GBs.
 """
 
-import os
 from typing import Dict, List, Sequence
 
 from mminspect.bits import U64
 from mminspect.classify import capture_hook
 from mminspect.errors import MMInspectError
+from mminspect.files import atomic_output, check_output, target_files
 from mminspect.hotremove.snapshot import capture_snapshot
 from mminspect.kernel import Kernel
 from mminspect.report.ptdump import check_wx, ptdump_lines
@@ -38,19 +38,21 @@ def _analyses(k: Kernel, root_name: str) -> None:
         capture_snapshot(k, w)  # sections, blocks, era code: what simulate-remove reads
 
 
-def capture(target, path: str, roots: Sequence[str] = DEFAULT_ROOTS, force: bool = False) -> Dict[str, object]:
+def capture(target, path: str, roots: Sequence[str] = DEFAULT_ROOTS, force: bool = False,
+            inputs: Sequence[str] = ()) -> Dict[str, object]:
     """
-    Write a bundle of ``roots`` from ``target`` to ``path``.
+    Write a bundle of ``roots`` from ``target`` to ``path``, whole or not at
+    all (:func:`mminspect.files.atomic_output`).
 
+    :param inputs: the files the target was opened from (dump, vmlinux ...),
+        which ``path`` must not be; the target's own dump is added
     :return: what was captured (roots, skipped roots with reasons, pages, size)
-    :raises MMInspectError: if ``path`` exists (without ``force``) or no root
-        could be captured
+    :raises MMInspectError: if ``path`` is an input, exists (without
+        ``force``) or is not a regular file, or no root could be captured
     """
-    if os.path.exists(path) and not force:
-        raise MMInspectError(f"{path}: exists; choose another name or pass --force")
     source = getattr(target, "name", "")
-    if source.endswith(os.path.abspath(path)) or source.endswith(path):
-        raise MMInspectError(f"{path}: refusing to overwrite the dump being read")
+    inputs = [*inputs, *target_files(target)]
+    check_output(path, inputs, force)
     page_size = int(target.vmcoreinfo()["PAGESIZE"])
     rec = RecordingTarget(target, page_size)
     k = Kernel(rec)
@@ -77,8 +79,7 @@ def capture(target, path: str, roots: Sequence[str] = DEFAULT_ROOTS, force: bool
         "roots": done,
         **rec.answers,
     }
-    tmp = path + ".tmp"
-    size = write_bundle(tmp, target.vmcoreinfo(), answers,
-                        ((pa, target.read_phys(pa, n)) for pa, n in runs), k.phys_to_virt)
-    os.replace(tmp, path)
+    with atomic_output(path, inputs, force) as f:
+        size = write_bundle(f, target.vmcoreinfo(), answers,
+                            ((pa, target.read_phys(pa, n)) for pa, n in runs), k.phys_to_virt)
     return {"roots": done, "skipped": skipped, "pages": len(rec.pages), "bytes": size}

@@ -9,8 +9,10 @@ bundled sample dump (announced on stderr).
 """
 
 import functools
+import json
 import os
 import platform
+import signal
 import sys
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -18,6 +20,7 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
+from mminspect.files import Interrupted, check_output, signals_raise, target_files
 
 _U64 = (1 << 64) - 1
 
@@ -41,16 +44,31 @@ def _errors(fn: Callable) -> Callable:
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("mminspect: interrupted", err=True)
-            sys.exit(130)
-        except Exception as e:  # drgn raises its own types for damaged dumps
+        except KeyboardInterrupt as e:  # SIGINT, and SIGTERM/SIGHUP as Interrupted
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
+            sys.exit(128 + signum)
+        except MemoryError:
+            _fail("out of memory: the input asks for more memory than this process may use "
+                  "(a damaged dump or snapshot?)")
+        except Exception as e:  # a bug of ours, or a library failing in a way we did not foresee
             if os.environ.get("MMINSPECT_DEBUG"):
                 raise
-            _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                  "(set MMINSPECT_DEBUG=1 for a traceback)")
+            detail = str(e).splitlines()[0] if str(e) else "no detail"
+            _fail(f"internal error, please report it: {detail} ({type(e).__name__}; "
+                  "MMINSPECT_DEBUG=1 shows where)")
 
     return wrapper
+
+
+def _set_timeout(ctx, param, value) -> None:
+    from mminspect.qmp import set_timeout
+
+    if value is not None:
+        try:
+            set_timeout(value)
+        except MMInspectError as e:
+            raise click.BadParameter(str(e)) from None
 
 
 def target_options(fn: Callable) -> Callable:
@@ -61,6 +79,9 @@ def target_options(fn: Callable) -> Callable:
                      help="vmlinux with debug info (repeatable); default: drgn's search"),
         click.option("-k", "--kernel", "live", is_flag=True, help="the running kernel via /proc/kcore (root, arm64)"),
         click.option("--qemu", metavar="SOCKET", help="a live QEMU guest's QMP socket (-qmp unix:SOCKET,server=on)"),
+        click.option("--timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
+                     expose_value=False, is_eager=True, callback=_set_timeout, envvar="MMINSPECT_TIMEOUT",
+                     help="wait at most this long for the QMP socket to connect and for each reply"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -133,7 +154,41 @@ def _progress(enabled: bool):
     return report
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The ``mminspect`` group as a shell command: usage errors in one line
+    (``mminspect: error: ...``, exit 2) like every other error, and SIGTERM
+    and SIGHUP, like SIGINT, reported in one line instead of killing the
+    process silently (whatever is being written is removed first:
+    :func:`mminspect.files.atomic_output`). Exit status 128 + the signal."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            with signals_raise():
+                # What click.Command.main() does, less its own handling of
+                # KeyboardInterrupt (a blank line and "Aborted!", exit 1).
+                args = sys.argv[1:] if args is None else list(args)
+                with self.make_context(prog_name or "mminspect", args, **extra) as ctx:
+                    rv = self.invoke(ctx)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain "mminspect": the help
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
+            cmd = e.ctx.command_path if e.ctx is not None else "mminspect"
+            _fail(f"{e.format_message()} (see: {cmd} -h)")
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except (click.Abort, KeyboardInterrupt) as e:
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
+            sys.exit(128 + signum)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mminspect")
 def main() -> None:
     """Inspect arm64 kernel page tables on vmcores and live kernels.
@@ -148,6 +203,7 @@ def main() -> None:
       mminspect audit -c vmcore -s vmlinux            # NR_PAGETABLE against typed pages
       mminspect simulate-remove --block 16 --block 17 # is every dtor balanced by a ctor?
       mminspect capture -c vmcore -s vmlinux -o evidence.core
+      mminspect map --block 16..23 -o map.html       # a picture, with a removal overlaid
     """
 
 
@@ -169,9 +225,14 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
     contiguous leaf ranges. init_mm needs only VMCOREINFO; efi_mm and pids need
     debug info. The table format ends with the kernel's DEBUG_WX verdict for
     init_mm; --format json has the schema mminspect.walk/1.
+
+    \b
+    Exit status: 0 the whole tree was seen; 1 part of it could not be
+                 (a loop, a table outside RAM or missing from the dump:
+                 one line on stderr, the output leaves it out); 2 bad input.
     """
     from mminspect.report.ptdump import ptdump_lines
-    from mminspect.report.walk import walk_json, walk_text
+    from mminspect.report.walk import problems_line, walk_json, walk_text
     from mminspect.walk import walk as do_walk
 
     start, end = parse_range(range_)
@@ -186,6 +247,11 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
             out.write(line + "\n")
     else:
         walk_text(w, out, tables=tables)
+    warning = problems_line(w)
+    if warning:
+        out.flush()
+        click.echo(warning, err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -210,19 +276,25 @@ def capture(core, symbols, live, qemu, output, roots, force) -> None:
     target = bound_target()
     if target is None and not (core or live or qemu):
         raise MMInspectError("capture needs a target: -c VMCORE, -k or --qemu SOCKET")
+    inputs = _inputs(core, symbols)
+    check_output(output, inputs, force)  # before the work, and again before the rename
     result = do_capture(target or open_target(core=core, symbols=symbols, kernel=live, qemu=qemu),
-                        output, roots, force)
+                        output, roots, force, inputs=inputs)
     click.echo(f"{output}: {result['bytes']} bytes, {result['pages']} pages, roots {', '.join(result['roots'])}")
     for root, why in result["skipped"].items():
         click.echo(f"  skipped {root}: {why}", err=True)
+
+
+def _inputs(core, symbols, *more) -> list:
+    """The files a command reads, which no output may be: the dump (the
+    bundled sample when none is given), the vmlinuxes and ``more``."""
+    return [p for p in (core or (bundled_sample() if bound_target() is None else None), *symbols, *more) if p]
 
 
 def _load_or_capture(snapshot, core, symbols, live, qemu):
     from mminspect.hotremove import Snapshot, capture_snapshot
 
     if snapshot:
-        if not os.path.exists(snapshot):
-            raise MMInspectError(f"{snapshot}: no such snapshot")
         return Snapshot.load(snapshot)
     return capture_snapshot(open_kernel(core, symbols, live, qemu))
 
@@ -242,10 +314,11 @@ def snapshot(core, symbols, live, qemu, output, force) -> None:
     """
     from mminspect.hotremove import capture_snapshot
 
-    if os.path.exists(output) and not force:
-        raise MMInspectError(f"{output}: exists; choose another name or pass --force")
-    snap = capture_snapshot(open_kernel(core, symbols, live, qemu))
-    snap.save(output)
+    inputs = _inputs(core, symbols)
+    check_output(output, inputs, force)  # before the work, and again before the rename
+    k = open_kernel(core, symbols, live, qemu)
+    snap = capture_snapshot(k)
+    snap.save(output, force=force, inputs=[*inputs, *target_files(k.target)])
     click.echo(f"{output}: {len(snap.tables)} table pages, {len(snap.blocks)} memory blocks, "
                f"{os.path.getsize(output)} bytes")
 
@@ -254,8 +327,11 @@ def _parse_options(pairs):
     out = {}
     for p in pairs:
         key, sep, value = p.partition("=")
-        if not sep or not key:
+        key = key.strip()
+        if not sep or not key or not value.strip():
             raise MMInspectError(f"bad --policy-option {p!r}: expected KEY=VALUE")
+        if key in out:
+            raise MMInspectError(f"--policy-option {key} given twice ({out[key]!r} and {value!r})")
         out[key] = value
     return out
 
@@ -269,8 +345,12 @@ def _block_ids(specs) -> list:
             a, b = int(lo), int(hi) if sep else int(lo)
         except ValueError:
             raise MMInspectError(f"bad --block {spec!r}: expected N or N..M") from None
+        if a < 0 or b < 0:
+            raise MMInspectError(f"bad --block {spec!r}: memory block ids are not negative")
         if b < a:
             raise MMInspectError(f"bad --block {spec!r}: {b} < {a}")
+        if b - a >= 1 << 20:
+            raise MMInspectError(f"bad --block {spec!r}: {b - a + 1} blocks; give a --range instead")
         ids.extend(range(a, b + 1))
     return ids
 
@@ -305,9 +385,17 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
     page: dtor without ctor, ctor without dtor, memblock page freed to buddy,
     kernel-image table freed, shared table freed, ptlock held, efi_mm touched.
 
+    Before any table is freed it replays the kernel's offline path, block by
+    block as an ACPI eject does: the range offline_pages() gets (after a
+    memmap_on_memory block's own memmap) and every memory-notifier check of
+    the dump's era, with the kernel's own message; one refused block stops
+    the eject and nothing is removed. A check the dump cannot decide is
+    listed as unchecked, never passed.
+
     \b
     Exit status: 0 clean, 1 a finding at or above --fail-on,
-                 3 the kernel would refuse the removal, 2 bad input.
+                 3 the kernel would refuse the removal (also with --force),
+                 2 bad input.
     """
     from mminspect.hotremove import Proposal, available_policies, get_policy, select_policy, simulate
     from mminspect.hotremove.policy import load_plugin_file
@@ -319,15 +407,10 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
         for name, cls in sorted(available_policies().items()):
             click.echo(f"{name:<12} {cls.summary}")
         return
-    if (bool(range_) + bool(blocks) + bool(dimm)) != 1:
-        raise MMInspectError("give the memory to remove with one of --range START-END, --block N, --dimm ID")
-    if dimm:
-        if not qemu:
-            raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
-        from mminspect.qmp import dimm_range
-
-        start, end = dimm_range(qemu, dimm)
-        range_ = f"{start:x}-{end:x}"
+    want = _proposal_range(range_, blocks, dimm, qemu, "--range")
+    if want is None:
+        raise MMInspectError(_ONE_OF.format("--range"))
+    range_ = want[0]
     options = _parse_options(policy_options)
     snap = _load_or_capture(snapshot_path, core, symbols, live, qemu)
     if range_:
@@ -342,8 +425,8 @@ def simulate_remove(core, symbols, live, qemu, range_, blocks, dimm, policy, pol
         simulate_json(result, snap, out)
     else:
         simulate_text(result, snap, out, tables=tables, fail_on=fail_on)
-    if not result.simulated:
-        sys.exit(3)
+    if any(r.fatal for r in result.refusals):
+        sys.exit(3)  # the kernel refuses, --force or not
     from mminspect.hotremove.simulate import SEVERITIES
 
     if any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in result.findings):
@@ -408,6 +491,107 @@ def audit(core, symbols, live, qemu, fmt) -> None:
         audit_text(result, out)
 
 
+_ONE_OF = "give the memory to remove with one of {} START-END, --block N, --dimm ID"
+
+
+def _proposal_range(range_, blocks, dimm, qemu, range_option: str) -> Optional[Tuple[Optional[str], list]]:
+    """The memory a command is asked to remove, as (range text, block ids),
+    or None when none was given; ``--dimm`` is asked of the QMP socket."""
+    if (bool(range_) + bool(blocks) + bool(dimm)) > 1:
+        raise MMInspectError(_ONE_OF.format(range_option))
+    if dimm:
+        if not qemu:
+            raise MMInspectError("--dimm needs the guest's QMP socket: --qemu SOCKET")
+        from mminspect.qmp import dimm_range
+
+        start, end = dimm_range(qemu, dimm)
+        range_ = f"{start:x}-{end:x}"
+    if not range_ and not blocks:
+        return None
+    return range_, _block_ids(blocks) if blocks else []
+
+
+@main.command("map")
+@target_options
+@click.option("-o", "--output", metavar="FILE", help="where to write (default map.html, or map.json with --format json; - for stdout)")
+@click.option("--mm", "roots", multiple=True, metavar="ROOT",
+              help="roots to draw (repeatable; as classify --mm: init_mm, efi_mm, tramp, a pid, tasks, all); "
+                   "default init_mm and efi_mm when it exists")
+@click.option("--simulate", "range_", metavar="START-END", help="overlay the removal of this physical range (hex; START+SIZE works)")
+@click.option("--block", "blocks", multiple=True, metavar="N[..M]", help="overlay the removal of memory blocks N..M")
+@click.option("--dimm", metavar="ID", help="overlay the removal of a QEMU pc-dimm (asked of --qemu SOCKET)")
+@click.option("--policy", metavar="ERA", help="freeing rules to replay (default: chosen from the dump)")
+@click.option("--format", "fmt", type=click.Choice(["html", "json"]), default="html", show_default=True)
+@click.option("--force", is_flag=True, help="replace FILE if it exists (never an input)")
+@click.option("--progress/--no-progress", default=True, help="progress on stderr when it is a terminal")
+@_errors
+def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy, fmt, force, progress) -> None:
+    """Write a self-contained HTML map of physical memory and page tables.
+
+    Physical memory by memory block (boot, hot-added, holes, zones, nodes)
+    with every page-table page as a mark coloured and shaped by its origin
+    (density cells that zoom into marks on big machines), the classification
+    evidence on hover, a VA overview per root, and with --simulate, --block or
+    --dimm the proposed removal as an overlay: freed and kept tables,
+    refusals with the kernel's message, the NR_PAGETABLE change, the
+    findings. One file, no network. --format json writes the same data
+    (schema mminspect.map/1).
+    """
+    from mminspect.classify import classifier_for, resolve_roots
+    from mminspect.hotremove import Proposal, get_policy
+    from mminspect.report.map import build_map, map_html
+    from mminspect.report.map.output import check_output, write_output
+
+    want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
+    output = output or ("map.json" if fmt == "json" else "map.html")
+    inputs = [core, *symbols]
+    if output != "-":
+        check_output(output, inputs, force)
+    k = open_kernel(core, symbols, live, qemu)
+    specs = roots or ("init_mm", "efi_mm")
+    resolved = []
+    for spec in specs:
+        try:
+            resolved += resolve_roots(k, spec)
+        except MMInspectError as e:
+            if roots:
+                raise
+            click.echo(f"mminspect: {spec} not drawn: {e}", err=True)
+    proposal = None
+    if want is not None:
+        text, ids = want
+        if text:
+            start, end = parse_range(text)
+            proposal = Proposal(start, end)
+        else:
+            memory = classifier_for(k).memory
+            if memory is None:
+                raise MMInspectError(f"{k.target.name}: no memory blocks: give the removal as --simulate START-END")
+            proposal = Proposal.from_blocks(ids, memory.block_size)
+    pol = (lambda era: get_policy(policy, era, {})) if policy else None
+    data = build_map(k, resolved, proposal, pol, _progress(progress))
+
+    def write(out) -> None:
+        if fmt == "json":
+            json.dump(data, out, indent=1)
+            out.write("\n")
+        else:
+            map_html(data, out)
+
+    if output == "-":
+        write(click.get_text_stream("stdout"))
+        return
+    size = write_output(output, write, force)
+    t = data["tables"]
+    p = data["proposal"]
+    line = f"{output}: {size} bytes, {t['count']} table pages from {', '.join(r['name'] for r in data['roots'])}"
+    if p is not None:
+        line += (f"; removal {p['text']}: " + ("refused" if not p["simulated"] else
+                 f"{p['freed']['count']} freed, {len(p['kept'])} kept, NR_PAGETABLE {p['delta_nr_pagetable']:+d}, "
+                 f"{len(p['findings'])} finding(s)"))
+    click.echo(line)
+
+
 def _register_classify_drgn_code() -> None:
     from mminspect.commands import CodeSnippet, register_drgn_code
 
@@ -441,3 +625,164 @@ def _register_classify_drgn_code() -> None:
 
 
 _register_classify_drgn_code()
+
+
+def _parse_va(text: str) -> int:
+    """A virtual address: hex (0x optional), as crash's vtop takes it."""
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise MMInspectError(f"bad address {text!r}: expected a hexadecimal virtual address") from None
+    if not 0 <= value < 1 << 64:
+        raise MMInspectError(f"bad address {text!r}: not a 64-bit address")
+    return value
+
+
+@main.command()
+@target_options
+@click.argument("addresses", nargs=-1, required=True, metavar="VA...")
+@click.option("--mm", "mm", metavar="ROOT",
+              help="init_mm (default for kernel addresses), efi_mm, a pid or pgd:PHYS (user addresses)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_errors
+def vtop(core, symbols, live, qemu, addresses, mm, fmt) -> None:
+    """Translate virtual addresses level by level, and say why one faults.
+
+    As crash's vtop: for each VA, one line per level (table PA, index, entry
+    PA, raw descriptor, decoded type), then where and why the walk stopped
+    (page, block, contiguous run, empty or invalid entry, reserved type,
+    table outside RAM or missing from the dump, loop), the permissions after
+    table-level inheritance, the physical page's facts, and drgn's
+    follow_phys, __pa() and the dump's PT_LOAD headers as checks. Non-present
+    entries of user mms are decoded as the kernel encodes them (swap,
+    migration, device-private, PROT_NONE, uffd-wp, markers). --format json
+    has the schema mminspect.vtop/1.
+    """
+    from mminspect.report.vtop import vtop_json, vtop_text
+    from mminspect.vtop import vtop as do_vtop
+
+    vas = [_parse_va(a) for a in addresses]
+    k = open_kernel(core, symbols, live, qemu)
+    results = [do_vtop(k, va, mm) for va in vas]
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        vtop_json(results, k, out)
+    else:
+        vtop_text(results, out)
+
+
+@main.command()
+@target_options
+@click.argument("addresses", nargs=-1, metavar="PHYS|pfn:N...")
+@click.option("--from", "from_file", metavar="FILE", help="read addresses from FILE, one per line ('-': stdin)")
+@click.option("--mm", "mm", default="all", show_default=True, metavar="ROOT",
+              help="roots to search: all, init_mm, efi_mm, tramp, tasks, a pid or pgd:PHYS")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_errors
+def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
+    """Say what physical pages are and which virtual addresses map them.
+
+    For each address (hex PA, or pfn:N): if it is a page-table page, which
+    roots reach it, at which level and VA span, its origin, ptlock and
+    evidence; every VA of every root that maps it (one walk per root and one
+    reverse map for all addresses); and what its struct page says (flags,
+    type, refcount, mapping, memcg, slab cache). --format json has the
+    schema mminspect.identify/1.
+    """
+    from mminspect.classify import resolve_roots
+    from mminspect.identify import identify as do_identify
+    from mminspect.identify import parse_address
+    from mminspect.report.identify import identify_json, identify_text
+
+    texts = list(addresses)
+    if from_file:
+        if from_file == "-":
+            texts += [line for line in sys.stdin.read().split() if line]
+        else:
+            if not os.path.isfile(from_file):
+                raise MMInspectError(f"{from_file}: no such file")
+            with open(from_file) as f:
+                texts += [w for line in f for w in line.split("#", 1)[0].split()]
+    if not texts:
+        raise MMInspectError("give addresses (PHYS or pfn:N) or --from FILE")
+    k = open_kernel(core, symbols, live, qemu)
+    pas = [parse_address(t, k.regime.page_shift) for t in texts]
+    roots = resolve_roots(k, mm)
+    results = do_identify(k, pas, roots)
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        identify_json(results, k, [r.name for r in roots], out)
+    else:
+        identify_text(results, out)
+
+
+def _diff_source(path: str, symbols):
+    """A snapshot (.npz written by ``mminspect snapshot``) or a dump's Kernel."""
+    from mminspect.kernel import Kernel
+    from mminspect.target import open_target
+
+    if not os.path.exists(path):
+        raise MMInspectError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04":  # numpy's .npz is a zip file
+        from mminspect.hotremove import Snapshot
+
+        return Snapshot.load(path)
+    return Kernel(open_target(core=path, symbols=symbols))
+
+
+def _diff_state(source, name: str):
+    from mminspect.diff import state_of_kernel, state_of_snapshot
+    from mminspect.kernel import Kernel
+
+    return state_of_kernel(source, name) if isinstance(source, Kernel) else state_of_snapshot(source, name)
+
+
+@main.command()
+@target_options
+@click.argument("state_a", metavar="A")
+@click.argument("state_b", metavar="[B]", required=False)
+@click.option("--expect", "expect", metavar="SIMULATION.json",
+              help="simulate-remove --format json output: does the simulated removal match what happened?")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_errors
+def diff(core, symbols, live, qemu, state_a, state_b, expect, fmt) -> None:
+    """Compare the page tables of two states of one kernel.
+
+    A and B are dumps of the same kernel and boot (before and after a
+    hot-remove) or a snapshot (mminspect snapshot -o FILE) and a dump; with
+    B left out, B is the target (-c/-k/--qemu, or the drgn/gdb session).
+    Prints the table pages freed, allocated and reused as another table,
+    the mapping ranges added, removed or changed, and the NR_PAGETABLE
+    change explained page by page; --expect checks a simulate-remove JSON
+    against the tables really freed (exit 1 when it does not match).
+    --format json has the schema mminspect.diff/1.
+    """
+    from mminspect.diff import diff as do_diff
+    from mminspect.diff import expect_simulation
+    from mminspect.report.diff import diff_json, diff_text
+
+    if expect and not os.path.isfile(expect):
+        raise MMInspectError(f"{expect}: no such file")
+    from mminspect.diff import check_same
+
+    src_a = _diff_source(state_a, symbols)
+    if state_b:
+        src_b, name_b = _diff_source(state_b, symbols), state_b
+    else:
+        if not (core or live or qemu) and bound_kernel() is None:
+            raise MMInspectError("give B, or the target to compare A with (-c VMCORE, -k, --qemu)")
+        src_b, name_b = open_kernel(core, symbols, live, qemu), core or "target"
+    # Refuse different kernels, regimes or boots before walking anything.
+    check_same(src_a, state_a, src_b, name_b)
+    d = do_diff(_diff_state(src_a, state_a), _diff_state(src_b, name_b))
+    if expect:
+        expect_simulation(d, expect)
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        diff_json(d, out)
+    else:
+        diff_text(d, out)
+    if d.expect is not None and not d.expect["matches"]:
+        sys.exit(1)

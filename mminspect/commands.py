@@ -55,7 +55,7 @@ __all__ = (
 )
 
 #: Parameters of :func:`mminspect.cli.target_options`: the session supplies the target.
-TARGET_PARAMS = ("core", "symbols", "live", "qemu")
+TARGET_PARAMS = ("core", "symbols", "live", "qemu", "timeout")
 
 #: Subcommands that cannot work in a front end, with the reason.
 UNSUPPORTED: Dict[str, Dict[str, str]] = {
@@ -160,7 +160,7 @@ def _session_command(name: str, frontend: str):
     cmd = group.commands[name]
     session = copy.copy(cmd)
     session.params = [p for p in cmd.params if p.name not in TARGET_PARAMS]
-    removed = {p.name: p.default for p in cmd.params if p.name in TARGET_PARAMS}
+    removed = {p.name: p.default for p in cmd.params if p.name in TARGET_PARAMS and p.expose_value}
     if "symbols" in removed:
         removed["symbols"] = ()
     if frontend == "drgn" and name in _DRGN_CODE:
@@ -495,6 +495,51 @@ def _simulate_code(params: Dict[str, Any]) -> CodeSnippet:
         "    # finding.severity, .rule, .phys, .level, .origin, .ptlock, .routine, .sentence\n"
         "    print(finding.severity, finding.rule, hex(finding.phys), finding.level, finding.sentence)\n"
     )
+    return code
+
+
+@register_drgn_code("vtop")
+def _vtop_code(params: Dict[str, Any]) -> CodeSnippet:
+    code = CodeSnippet()
+    code.add_import("mminspect.drgn_plugin", "vtop")
+    mm = params.get("mm")
+    arg = f", {_quote(mm)}" if mm else ""
+    from mminspect.cli import _parse_va
+
+    for text in params.get("addresses") or ():
+        code.append(f"t = vtop(prog, {_parse_va(text):#x}{arg})\n")
+        code.append("# t.steps (level_name, table, index, entry, desc, kind), t.stop, t.reason, t.pa,\n"
+                    "# t.effective, t.cont, t.nonpresent, t.page, t.checks\n"
+                    "print(t)\nfor step in t.steps:\n    print(step)\n")
+    return code
+
+
+@register_drgn_code("identify")
+def _identify_code(params: Dict[str, Any]) -> CodeSnippet:
+    code = CodeSnippet()
+    code.add_import("mminspect.drgn_plugin", "identify_pages")
+    addrs = ", ".join(_quote(a) for a in params.get("addresses") or ())
+    code.add_import("mminspect.drgn_plugin", "mminspect_kernel")
+    code.add_import("mminspect.identify", "parse_address")
+    code.append("shift = mminspect_kernel(prog).regime.page_shift\n"
+                f"addrs = [parse_address(a, shift) for a in [{addrs}]]\n")
+    if params.get("from_file"):
+        code.append(f"with open({_quote(params['from_file'])}) as f:\n"
+                    "    addrs += [parse_address(w, shift) for line in f for w in line.split('#', 1)[0].split()]\n")
+    code.append(f"for ident in identify_pages(prog, addrs, mm={_quote(params.get('mm') or 'all')}):\n"
+                "    # ident.tables (page-table records), ident.mapped_at (root, va, level, attrs), ident.page\n"
+                "    print(hex(ident.phys), ident.is_page_table, ident.tables, ident.mapped_at, ident.page)\n")
+    return code
+
+
+@register_drgn_code("diff")
+def _diff_code(params: Dict[str, Any]) -> CodeSnippet:
+    code = CodeSnippet()
+    code.add_import("mminspect.drgn_plugin", "diff_page_tables")
+    code.append(f"d = diff_page_tables(prog, {_quote(params['state_a'])})\n"
+                "for line in d.explanation():\n    print(line)\n"
+                "print(len(d.freed), 'freed', len(d.allocated), 'allocated', len(d.moved), 'reused')\n"
+                "for root, ranges in d.mappings.items():\n    for r in ranges:\n        print(root, r)\n")
     return code
 
 

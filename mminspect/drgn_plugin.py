@@ -34,18 +34,25 @@ from drgn import Object, Program
 from drgn.helpers.common.prog import takes_program_or_default
 
 if TYPE_CHECKING:
+    from mminspect.diff import Diff
     from mminspect.hotremove import Result, Snapshot
+    from mminspect.identify import Identity
+    from mminspect.vtop import Translation
     from mminspect.kernel import Kernel
     from mminspect.walk import Mapping, TablePage, Walk
 
 __all__ = (
+    "diff_page_tables",
     "for_each_mapping",
     "for_each_page_table",
+    "identify_page_table",
+    "identify_pages",
     "mminspect_kernel",
     "print_ptdump",
     "ptdump_check_wx",
     "simulate_remove_memory",
     "snapshot_page_tables",
+    "vtop",
     "walk_page_tables",
 )
 
@@ -284,6 +291,109 @@ def simulate_remove_memory(
     snap = snapshot if snapshot is not None else snapshot_page_tables(prog)
     pol = get_policy(policy, snap.era, options) if policy else select_policy(snap.era, options)
     return simulate(snap, Proposal(start, start + size), pol, force=force)
+
+
+@takes_program_or_default
+def vtop(prog: Program, addr: int, mm: Optional[MMLike] = None) -> "Translation":
+    """
+    Translate a virtual address as the MMU does and say why it maps or
+    faults, level by level (crash's ``vtop``, with what drgn's
+    ``follow_phys()`` does not say: every descriptor, the stop reason, the
+    effective permissions, the physical page's facts, and follow_phys,
+    ``__pa()`` and the dump's PT_LOAD headers as checks).
+
+    >>> t = vtop(0xffff800008001234)
+    >>> t.stop, hex(t.pa), [s.level_name for s in t.steps]
+    ('page', '0x4015b234', ['PGD', 'PUD', 'PMD', 'PTE'])
+    >>> vtop(0x7fffbbb6d000, find_task(1).mm).nonpresent
+    {'kind': 'swap', 'type': 0, 'offset': 4660, ...}
+
+    :param addr: ``void *``
+    :param mm: the tree, as for :func:`walk_page_tables()` (default:
+        ``init_mm`` for kernel addresses; required for user addresses)
+    :return: :class:`mminspect.vtop.Translation`
+    :raises MMInspectError: for an address outside every root
+    """
+    from mminspect.vtop import resolve_va_root
+    from mminspect.vtop import vtop as _vtop
+
+    k = mminspect_kernel(prog)
+    root = _root(prog, k, mm, None, None) if mm is not None else resolve_va_root(k, int(addr) & ((1 << 64) - 1))
+    return _vtop(k, int(addr) & ((1 << 64) - 1), root=root)
+
+
+@takes_program_or_default
+def identify_pages(prog: Program, addrs: Sequence[int], mm: str = "all") -> "list[Identity]":
+    """
+    Say what physical pages are and which virtual addresses of every root
+    map them, for many addresses in one pass (each root walked once).
+
+    >>> [i.is_page_table for i in identify_pages([0x40246000, 0x80001000])]
+    [True, False]
+    >>> identify_pages([0x4015b000])[0].mapped_at[0].va
+    18446661754017738752
+
+    :param addrs: physical addresses (``phys_addr_t``)
+    :param mm: the roots to search (``all``, ``init_mm``, ``tasks`` ...)
+    :return: list of :class:`mminspect.identify.Identity`
+    :raises MMInspectError: for an address outside RAM or past ``max_pfn``
+    """
+    from mminspect.classify import resolve_roots
+    from mminspect.identify import identify
+
+    k = mminspect_kernel(prog)
+    return identify(k, [int(a) for a in addrs], resolve_roots(k, mm))
+
+
+@takes_program_or_default
+def identify_page_table(prog: Program, phys: int) -> "list[Dict[str, Any]]":
+    """
+    If the page at ``phys`` is a page-table page, which trees reach it: one
+    record per root, with the level, VA span, parents, origin, ptlock and
+    evidence; an empty list when it is not a table of any root.
+
+    >>> identify_page_table(0x40246000)[0]["root"], identify_page_table(0x40246000)[0]["origin"]
+    ('efi_mm', 'buddy-no-ctor')
+
+    :param phys: ``phys_addr_t``
+    :raises MMInspectError: for an address outside RAM or past ``max_pfn``
+    """
+    from mminspect.classify import resolve_roots
+    from mminspect.identify import identify
+
+    k = mminspect_kernel(prog)
+    return identify(k, [int(phys)], resolve_roots(k, "all"), page_facts=False)[0].tables
+
+
+@takes_program_or_default
+def diff_page_tables(prog: Program, before: Union[str, Program, "Snapshot"]) -> "Diff":
+    """
+    Compare an earlier state of this kernel (a snapshot file or object from
+    :func:`snapshot_page_tables()`, or another drgn program on a dump of the
+    same boot) with this program: tables freed, allocated and reused, the
+    mapping ranges that changed, and the NR_PAGETABLE change explained.
+
+    >>> d = diff_page_tables("before.npz")
+    >>> len(d.freed), d.nr_pagetable_delta, d.explanation()[-1]
+
+    :return: :class:`mminspect.diff.Diff`
+    :raises MMInspectError: for states of different kernels, regimes or boots
+    """
+    from mminspect.diff import check_same, diff, state_of_kernel, state_of_snapshot
+
+    k = mminspect_kernel(prog)
+    if isinstance(before, str):
+        from mminspect.hotremove import Snapshot
+
+        before = Snapshot.load(before)
+    if isinstance(before, Program):
+        src = mminspect_kernel(before)
+        check_same(src, "before", k, "this program")
+        a = state_of_kernel(src, "before")
+    else:
+        check_same(before, "before", k, "this program")
+        a = state_of_snapshot(before, "before")
+    return diff(a, state_of_kernel(k, "this program"))
 
 
 # -- the drgn command -----------------------------------------------------------

@@ -11,9 +11,9 @@ API for tests::
 
 from .cache import RecipeError, cache_dir
 from .kernels import KernelFiles, KernelSpec, cached_kernel, ensure_kernel, kernel_ids, registry
-from .scenarios import SCENARIOS, Dump, ensure, find, make, supported_scenarios
+from .scenarios import ALL_SCENARIOS, SCENARIOS, Dump, ensure, find, make, supported_scenarios
 
 __all__ = [
     "RecipeError", "cache_dir", "KernelFiles", "KernelSpec", "cached_kernel", "ensure_kernel",
-    "kernel_ids", "registry", "SCENARIOS", "Dump", "ensure", "find", "make", "supported_scenarios",
+    "kernel_ids", "registry", "SCENARIOS", "ALL_SCENARIOS", "Dump", "ensure", "find", "make", "supported_scenarios",
 ]

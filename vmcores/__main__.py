@@ -7,7 +7,8 @@ import sys
 
 from .cache import RecipeError, cache_dir, dir_size, human_size, progress
 from .kernels import cached_kernel, kernel_ids, registry
-from .scenarios import SCENARIOS, find, make
+from .removal import RUNS
+from .scenarios import ALL_SCENARIOS, SCENARIOS, find, make
 
 
 def _cmd_make(args) -> int:
@@ -40,8 +41,10 @@ def _cmd_list(args) -> int:
             continue
         ksize = sum(p.stat().st_size for p in (kf.image, kf.vmlinux, kf.config, *kf.modules.values()))
         print(f"{kid}: {kf.release or '?'}, kernel files {human_size(ksize)}")
-        for sc in SCENARIOS:
+        for sc in ALL_SCENARIOS:
             d = find(kid, sc)
+            if d is None and sc not in SCENARIOS:
+                continue  # removal scenarios: listed when made
             if d is None:
                 print(f"  {sc:10} -")
             else:
@@ -103,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("make", help="make (missing) dumps")
     m.add_argument("--kernel", action="append", metavar="ID",
                    help="kernel id (repeatable; default: every registered kernel that can be obtained)")
-    m.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable; default: all")
+    m.add_argument("--scenario", action="append", choices=ALL_SCENARIOS + tuple(RUNS), metavar="SCENARIO",
+                   help=f"repeatable; default: {', '.join(SCENARIOS)}; also a removal scenario "
+                   f"({', '.join(ALL_SCENARIOS[len(SCENARIOS):])}) or a removal run, all its scenarios "
+                   f"({', '.join(RUNS)})")
     m.add_argument("--cpu", help="QEMU -cpu (default: the kernel's, e.g. cortex-a57)")
     m.add_argument("--force", action="store_true", help="remake dumps that are cached")
     m.add_argument("--no-kdump", action="store_true",
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     l.set_defaults(fn=_cmd_list)
     p = sub.add_parser("path", help="print a dump's directory, or exit 1")
     p.add_argument("kernel")
-    p.add_argument("scenario", choices=SCENARIOS)
+    p.add_argument("scenario", choices=ALL_SCENARIOS, metavar="SCENARIO")
     p.set_defaults(fn=_cmd_path)
     lv = sub.add_parser("live", help="boot a guest and keep it running (QMP socket, gdbstub); "
                         "commands on stdin")

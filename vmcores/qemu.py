@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import select
 import shlex
 import shutil
 import socket
@@ -123,6 +124,22 @@ class QMP:
                 continue
             if "event" in r:
                 self.events.append(r)
+
+    def collect_events(self, done, timeout: float) -> tuple[list[dict], bool]:
+        """Take every event queued or arriving until ``done(events so far)`` is
+        true or ``timeout`` seconds pass -> (the events, whether ``done``)."""
+        got, self.events = self.events, []
+        deadline = time.monotonic() + timeout
+        while not done(got):
+            left = deadline - time.monotonic()
+            # select() first: a socket read that times out mid-line leaves the
+            # socket file unusable ("cannot read from timed out object").
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return got, False
+            r = self._read(30.0)
+            if "event" in r:
+                got.append(r)
+        return got, True
 
     def close(self):
         try:
@@ -410,9 +427,10 @@ class Guest:
                 res[int(n)] = st.strip()
         return res
 
-    def _wait_blocks(self, blocks: list[int], present: bool, timeout: float) -> float:
+    def _wait_blocks(self, blocks: list[int], present: bool, timeout: float, state: str = "online") -> float:
+        """Wait until every block is in ``state`` (``present``) or gone."""
         cond = " ".join(
-            (f'[ "$(cat /sys/devices/system/memory/memory{n}/state 2>/dev/null)" = online ] || ok=0'
+            (f'[ "$(cat /sys/devices/system/memory/memory{n}/state 2>/dev/null)" = {state} ] || ok=0'
              if present else f"[ -e /sys/devices/system/memory/memory{n} ] && ok=0")
             for n in blocks
         )
@@ -423,7 +441,7 @@ class Guest:
         rc = self.run(script, timeout + 30, check=False)[0]
         if rc != 0:
             raise RecipeError(f"memory blocks {blocks[0]}..{blocks[-1]} did not become "
-                              f"{'online' if present else 'absent'} in {timeout:.0f} s")
+                              f"{state if present else 'absent'} in {timeout:.0f} s")
         return time.monotonic() - t0
 
     def _settle(self, timeout: float) -> float:
@@ -441,8 +459,10 @@ class Guest:
             raise RecipeError(f"MemTotal still changing after {timeout:.0f} s")
         return time.monotonic() - t0
 
-    def hotadd(self, size: int = GiB, ident: str = "dimm0", timeout: float = 120.0) -> dict:
-        """Hot-add a pc-dimm of ``size`` bytes and wait until its blocks are online."""
+    def hotadd(self, size: int = GiB, ident: str = "dimm0", timeout: float = 120.0, online: bool = True) -> dict:
+        """Hot-add a pc-dimm of ``size`` bytes and wait until its blocks are
+        online (or, not ``online``, present and offline: the guest's
+        auto_online_blocks set to offline beforehand)."""
         assert self.qmp
         t0 = time.monotonic()
         self.qmp.execute("object-add", **{"qom-type": "memory-backend-ram", "id": f"mem-{ident}", "size": size})
@@ -451,7 +471,8 @@ class Guest:
                    if d.get("data", {}).get("id") == ident)
         bs = self.memory_block_size()
         blocks = list(range(dev["addr"] // bs, (dev["addr"] + dev["size"]) // bs))
-        waited = self._wait_blocks(blocks, True, timeout) + self._settle(timeout)
+        waited = self._wait_blocks(blocks, True, timeout, "online" if online else "offline")
+        waited += self._settle(timeout)
         info = {"id": ident, "memdev": f"mem-{ident}", "addr": dev["addr"], "size": dev["size"],
                 "slot": dev.get("slot"), "node": dev.get("node"), "blocks": blocks,
                 "block_size": bs, "seconds": time.monotonic() - t0, "guest_wait_s": waited}

@@ -12,6 +12,11 @@
 * ``hotremove1``: device_del of ``dimm1`` only: its tables go, the upper
   tables it shares with ``dimm0`` stay.
 
+The removal scenarios (:mod:`vmcores.removal`: ``bootmem-*``, ``unmovable-*``,
+``mom-*``, ``blockmap-*``) run in boots of their own, one per run, each with
+its own kernel command line; they are made only when asked for by name (or by
+their run's name).
+
 The actions always run in this order up to the last scenario wanted (a
 scenario not wanted is acted out, not captured), so a dump does not depend on
 which others were asked for.
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import removal
 from .cache import RecipeError, dir_size, human_size, progress, read_json, vmcores_dir, write_json
 from .kernels import KernelFiles, cached_kernel, ensure_kernel, get_spec
 from .initramfs import EXACT_VMSTAT
@@ -50,6 +56,8 @@ TWO_DIMMS = ("dimm0", "dimm1")
 TWO_DIMM_SIZE = GiB // 2
 REMOVED_OF_TWO = "dimm1"
 META_VERSION = 1
+#: Every scenario: the default run's, then the removal runs' (vmcores.removal).
+ALL_SCENARIOS = SCENARIOS + removal.SCENARIOS
 
 
 @dataclass
@@ -94,8 +102,8 @@ def scenario_dir(kernel_id: str, scenario: str) -> Path:
 def find(kernel_id: str, scenario: str) -> Dump | None:
     """The cached dump, or None if it is missing, incomplete, or was made with a
     vmlinux other than the one now cached for this kernel id."""
-    if scenario not in SCENARIOS:
-        raise RecipeError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if scenario not in ALL_SCENARIOS:
+        raise RecipeError(f"unknown scenario {scenario!r}; known: {', '.join(ALL_SCENARIOS)}")
     d = scenario_dir(kernel_id, scenario)
     meta_path = d / "meta.json"
     if not (meta_path.exists() and (d / "vmcore").exists() and (d / "truth").is_dir()):
@@ -124,7 +132,20 @@ def supported_scenarios(kf: KernelFiles) -> dict[str, str | None]:
         why = "kernel config lacks CONFIG_MEMORY_HOTREMOVE=y"
     elif kf.numa_nodes:
         why = "booted from a device tree for its NUMA nodes: no ACPI, so no pc-dimm hot-plug"
-    return {"boot": None, **{s: why for s in HOTPLUG_SCENARIOS}}
+    out = {"boot": None, **{s: why for s in HOTPLUG_SCENARIOS}}
+    for s, run in removal.RUN_OF.items():
+        out[s] = removal.unsupported(run, kf.config_value, acpi=not kf.numa_nodes)
+    return out
+
+
+def expand_scenarios(names: list[str]) -> list[str]:
+    """Scenario names, with a removal run's name standing for all its scenarios."""
+    out: list[str] = []
+    for n in names:
+        for s in (removal.RUNS[n].scenarios if n in removal.RUNS else (n,)):
+            if s not in out:
+                out.append(s)
+    return out
 
 
 @contextmanager
@@ -164,10 +185,11 @@ def make(kernel_id: str, scenarios: list[str] | None = None, *, cpu: str | None 
     asked for explicitly and are skipped (with a progress line) otherwise."""
     get_spec(kernel_id)
     explicit = scenarios is not None
-    wanted = list(scenarios) if scenarios else list(SCENARIOS)
+    wanted = expand_scenarios(list(scenarios)) if scenarios else list(SCENARIOS)
     for s in wanted:
-        if s not in SCENARIOS:
-            raise RecipeError(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
+        if s not in ALL_SCENARIOS:
+            raise RecipeError(f"unknown scenario {s!r}; known: {', '.join(ALL_SCENARIOS)} "
+                              f"(or a removal run: {', '.join(removal.RUNS)})")
     t_kernel = time.monotonic()
     kf = ensure_kernel(kernel_id)
     kernel_s = time.monotonic() - t_kernel
@@ -185,8 +207,15 @@ def make(kernel_id: str, scenarios: list[str] | None = None, *, cpu: str | None 
                 progress(f"{kernel_id}/{s}: already cached in {scenario_dir(kernel_id, s)}")
             wanted = [s for s in wanted if s not in have]
         if not wanted:
-            return [d for s in (scenarios or SCENARIOS) if (d := find(kernel_id, s))]
-        _run(kf, wanted, cpu=cpu, kernel_s=kernel_s, kdump=kdump)
+            return [d for s in (expand_scenarios(list(scenarios)) if scenarios else SCENARIOS)
+                    if (d := find(kernel_id, s))]
+        default = [s for s in wanted if s in SCENARIOS]
+        if default:
+            _run(kf, default, cpu=cpu, kernel_s=kernel_s, kdump=kdump)
+        for run in removal.RUNS.values():
+            mine = [s for s in wanted if removal.RUN_OF.get(s) is run]
+            if mine:
+                _run_removal(kf, run, mine, cpu=cpu, kernel_s=kernel_s, kdump=kdump)
     return [d for s in wanted if (d := find(kernel_id, s))]
 
 
@@ -232,14 +261,40 @@ def _run(kf: KernelFiles, wanted: list[str], *, cpu: str | None, kernel_s: float
         shutil.rmtree(rundir, ignore_errors=True)
 
 
+def _run_removal(kf: KernelFiles, run: "removal.Run", wanted: list[str], *, cpu: str | None, kernel_s: float,
+                 kdump: bool) -> None:
+    """One boot with the run's command line, acting out its scenarios up to
+    the last wanted (vmcores.removal)."""
+    rundir = vmcores_dir() / kf.kernel_id / f".run-{os.getpid()}-{run.name}"
+    shutil.rmtree(rundir, ignore_errors=True)
+    rundir.mkdir(parents=True)
+    t_run = time.monotonic()
+    try:
+        with Guest(kf, workdir=rundir, cpu=cpu, append=run.append) as g:
+            boot_s = g.boot_seconds
+
+            def point(sc: str, truth: dict, meta: dict) -> None:
+                times = {"boot_s": boot_s, "kernel_s": kernel_s, "run_s": time.monotonic() - t_run}
+                _capture(g, kf, sc, rundir, times, {"hotadd": meta.pop("dimm", None),
+                                                    "hotremove": meta.pop("removed_dimm", None)},
+                         kdump, truth_files=truth, extra=meta)
+
+            removal.act(g, run, wanted, point)
+            progress(f"{kf.kernel_id}: QEMU run {run.name!r} ({g.append}) took {time.monotonic() - t_run:.1f} s")
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
 def capture(g: Guest, kf: KernelFiles, label: str, out: Path, *, times: dict | None = None,
-            dimm: dict | None = None, removed_dimm: dict | None = None, kdump: bool = False) -> dict:
+            dimm: dict | None = None, removed_dimm: dict | None = None, kdump: bool = False,
+            truth_files: dict | None = None, extra: dict | None = None) -> dict:
     """Record the truth in the guest, pause, dump (also in every kdump format
     the QEMU has, if ``kdump``), resume, then fetch the truth: writes
     ``out/{vmcore,vmcore.kdump-*,truth/,meta.json}`` and returns the meta.
     meta's ``memory.dimms`` lists every DIMM plugged at the pause (id, addr,
     size, blocks), ``dimm`` the one just added (hotadd), ``removed_dimm`` the
-    one just removed."""
+    one just removed. ``truth_files`` ({name: JSON}) are written into truth/
+    beside what the guest recorded, ``extra`` is added to meta.json."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     g.run(f"capture-truth {label}", timeout=120)
@@ -253,6 +308,8 @@ def capture(g: Guest, kf: KernelFiles, label: str, out: Path, *, times: dict | N
     if truth.exists():
         shutil.rmtree(truth)
     g.fetch_dir(f"/truth/{label}", truth)
+    for name, obj in (truth_files or {}).items():
+        write_json(truth / name, obj)
     t3 = time.monotonic()
     qmp_mem = {
         "memory_size_summary": g.qmp.execute("query-memory-size-summary"),
@@ -275,6 +332,7 @@ def capture(g: Guest, kf: KernelFiles, label: str, out: Path, *, times: dict | N
             "config_facts": _config_facts(kf),
         },
         "qemu": g.describe(),
+        "kernel_cmdline": g.append,
         "memory": {
             "system_ram": _iomem_ram((truth / "iomem").read_text()) if (truth / "iomem").exists() else None,
             "block_size": int((truth / "memory" / "block_size_bytes").read_text().strip(), 16),
@@ -292,6 +350,7 @@ def capture(g: Guest, kf: KernelFiles, label: str, out: Path, *, times: dict | N
         "format": "ELF (QMP dump-guest-memory paging=false)",
         "compressed": {f"vmcore.{fmt}": f"QMP dump-guest-memory paging=false format={fmt}, same pause"
                        for fmt in dump["sizes"] if fmt != "elf"},
+        **(extra or {}),
     }
     write_json(out / "meta.json", meta)
     return meta
@@ -313,10 +372,11 @@ def _dig_holes(path: Path) -> float | None:
 
 
 def _capture(g: Guest, kf: KernelFiles, sc: str, rundir: Path, times: dict, action: dict,
-             kdump: bool) -> None:
+             kdump: bool, truth_files: dict | None = None, extra: dict | None = None) -> None:
     out = rundir / sc
     meta = capture(g, kf, sc, out, times=times, dimm=action.get("hotadd"),
-                   removed_dimm=action.get("hotremove") or action.get("hotremove1"), kdump=kdump)
+                   removed_dimm=action.get("hotremove") or action.get("hotremove1"), kdump=kdump,
+                   truth_files=truth_files, extra=extra)
     final = scenario_dir(kf.kernel_id, sc)
     if final.exists():
         shutil.rmtree(final)
@@ -359,7 +419,10 @@ def ensure(kernel_id: str, scenario: str) -> Dump:
     support = supported_scenarios(kf)
     if support[scenario]:
         raise RecipeError(f"{kernel_id}: cannot make {scenario}: {support[scenario]}")
-    make(kernel_id, [s for s in SCENARIOS if not support[s]])
+    if scenario in removal.RUN_OF:
+        make(kernel_id, list(removal.RUN_OF[scenario].scenarios))
+    else:
+        make(kernel_id, [s for s in SCENARIOS if not support[s]])
     d = find(kernel_id, scenario)
     if d is None:
         raise RecipeError(f"{kernel_id}/{scenario}: made, but not found in the cache")

@@ -93,6 +93,14 @@ class Classification:
                 continue
             yield self.record(i, strings)
 
+    def string_groups(self) -> np.ndarray:
+        """A group id per table page whose record strings (region, allocator,
+        expected, evidence) and origin, level and ptlock are those of every
+        table in its group, -1 for a table that needs its own: what
+        :meth:`records` builds once per group, for callers that summarise
+        half a million tables without a record each (``mminspect map``)."""
+        return self._groups()
+
     def _groups(self) -> np.ndarray:
         """A group id per table whose strings are shared, -1 for tables that
         need their own (kernel-image symbols, ptl objects, a root table)."""

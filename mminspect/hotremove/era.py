@@ -15,12 +15,14 @@ OSRELEASE, and their evidence says so.
 """
 
 import struct
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 from mminspect.hotremove.policy import Era
 from mminspect.target.base import TargetFault
 
-__all__ = ("detect_era", "function_calls")
+_U64 = (1 << 64) - 1
+
+__all__ = ("detect_era", "function_calls", "function_strings")
 
 _HOTREMOVE_FUNCS = (
     "free_hotplug_pgtable_page",
@@ -74,6 +76,110 @@ def function_calls(kernel, functions: Iterable[str], targets: Iterable[str]) -> 
                 found[fn] = addrs[dest]
                 break
     return found if seen_any else None
+
+
+def _sign_extend(value: int, bits: int) -> int:
+    return value - (1 << bits) if value & (1 << (bits - 1)) else value
+
+
+def function_strings(kernel, function: str, limit: int = 160) -> Optional[List[str]]:
+    """The C strings ``function`` loads the address of (an arm64 ``ADRP``
+    followed by an ``ADD`` immediate on the same register, as the compiler
+    emits for a ``printk`` format), read from the dump. None when the code
+    cannot be read. Inlined helpers show up here with their caller: the
+    leaf-split check, for one, has no symbol of its own."""
+    t = kernel.target
+    symbol_size = getattr(t, "symbol_size", None)
+    start = t.symbol(function)
+    if symbol_size is None or start is None or not symbol_size(function):
+        return None
+    try:
+        code = t.read_virt(start, symbol_size(function))
+    except TargetFault:
+        return None
+    pages: Dict[int, int] = {}
+    out: List[str] = []
+    for i, (insn,) in enumerate(struct.iter_unpack("<I", code[: len(code) // 4 * 4])):
+        pc = start + 4 * i
+        if insn & 0x9F000000 == 0x90000000:  # ADRP Xd, label
+            imm = _sign_extend(((insn >> 5) & 0x7FFFF) << 2 | (insn >> 29) & 3, 21) << 12
+            pages[insn & 31] = ((pc & ~0xFFF) + imm) & _U64
+        elif insn & 0xFF800000 == 0x91000000 and (insn >> 5) & 31 in pages:  # ADD Xd, Xn, #imm
+            addr = pages[(insn >> 5) & 31] + (((insn >> 10) & 0xFFF) << (12 if insn & (1 << 22) else 0))
+            try:
+                raw = t.read_virt(addr, limit)
+            except TargetFault:
+                continue
+            text = raw.split(b"\0", 1)[0]
+            # printk formats start with KERN_SOH and a level ("\0014").
+            text = text[2:] if text[:1] == b"\x01" else text
+            if len(text) >= 4 and all(32 <= c < 127 or c in (9, 10) for c in text):
+                out.append(text.decode())
+    return out
+
+
+def _memory_notifier(kernel) -> Optional[str]:
+    return next((n for n in ("prevent_memory_remove_notifier", "prevent_bootmem_remove_notifier")
+                 if kernel.target.symbol(n) is not None), None)
+
+
+def _detect_removal_path(kernel, era: Era, ev: Dict[str, str]) -> None:
+    """The era facts of the offline/remove path beyond the page tables:
+    arm64's leaf-split refusal, and how memory blocks carry their own memmap."""
+    t = kernel.target
+    fn = _memory_notifier(kernel)
+    strings = function_strings(kernel, fn) if fn else None
+    if strings is not None:
+        found = [x for x in strings if "splits a leaf entry" in x]
+        era.leaf_split_notifier = bool(found)
+        ev["leaf_split_notifier"] = (
+            f"yes: {fn}() prints {found[0].strip()!r} ('arm64/mm: Reject memory removal that splits a "
+            "kernel leaf mapping')" if found else
+            f"no: {fn}() prints no 'splits a leaf entry' message (before 'arm64/mm: Reject memory removal "
+            "that splits a kernel leaf mapping')")
+    elif fn is None and t.has_debug_info:
+        era.leaf_split_notifier = False
+        ev["leaf_split_notifier"] = "no: no arm64 memory-remove notifier at all"
+    else:
+        ev["leaf_split_notifier"] = (f"unknown: cannot read the code of {fn}()" if fn else
+                                     "unknown: no symbols to find arm64's memory notifier")
+
+    if t.offsetof("struct memory_block", "altmap") is not None:
+        era.block_memmap = "altmap"
+        per_block = t.symbol("remove_memory_blocks_and_altmaps") is not None
+        era.altmap_per_block = per_block
+        ev["block_memmap"] = "DWARF: struct memory_block has altmap (struct vmem_altmap *; v6.6+)"
+        ev["altmap_per_block"] = (
+            "symbol remove_memory_blocks_and_altmaps: each block of a hot-add has its own altmap and is "
+            "removed by its own arch_remove_memory() ('mm/memory_hotplug: split memmap_on_memory requests "
+            "across memblocks')" if per_block else
+            "no remove_memory_blocks_and_altmaps symbol: one altmap per hot-add (v6.6..v6.8)")
+    elif t.offsetof("struct memory_block", "nr_vmemmap_pages") is not None:
+        era.block_memmap, era.altmap_per_block = "nr_vmemmap_pages", False
+        ev["block_memmap"] = ("DWARF: struct memory_block has nr_vmemmap_pages (v5.15..v6.5): memmap_on_memory "
+                              "only for a hot-add of exactly one block (mhp_supports_memmap_on_memory())")
+        ev["altmap_per_block"] = "no: a memmap_on_memory hot-add is one block"
+    elif t.has_debug_info and t.offsetof("struct memory_block", "state") is not None:
+        era.block_memmap, era.altmap_per_block = "none", False
+        ev["block_memmap"] = "DWARF: struct memory_block has no memmap of its own (before v5.15)"
+    else:
+        ev["block_memmap"] = "unknown: no DWARF for struct memory_block"
+
+    for name, decode in (("memmap_mode", {0: "0", 1: "1", 2: "force"}), ("memmap_on_memory", {0: "0", 1: "1"})):
+        addr = t.symbol(name)
+        if addr is None:
+            continue
+        size = 4 if name == "memmap_mode" else 1
+        try:
+            value = int.from_bytes(t.read_virt(addr, size), "little")
+        except TargetFault:
+            ev["memmap_on_memory"] = f"unknown: cannot read {name}"
+            break
+        era.memmap_on_memory = decode.get(value, str(value))
+        ev["memmap_on_memory"] = f"{name} = {value}: memory_hotplug.memmap_on_memory={era.memmap_on_memory}"
+        break
+    else:
+        ev["memmap_on_memory"] = "unknown: no memmap_mode/memmap_on_memory symbol"
 
 
 def _static_key_enabled(kernel, name: str) -> Optional[bool]:
@@ -144,4 +250,5 @@ def detect_era(kernel) -> Era:
     else:
         era.bootmem_notifier = ver >= (5, 7)
         ev["bootmem_notifier"] = f"no debug info: inferred from OSRELEASE {ver[0]}.{ver[1]}"
+    _detect_removal_path(kernel, era, ev)
     return era

@@ -29,21 +29,21 @@ from mminspect.hotremove.policy import Era, Policy
 
 __all__ = ("Mainline57", "Mainline616", "Mainline616DtorFix", "RFC2017", "register")
 
-_YES = ("1", "yes", "true", "on")
-
 
 class _Mainline(Policy):
     def remove(self, sim) -> None:
         k = sim.layout
-        for sec_start, sec_end in sim.proposal.sections(sim.section_size):
-            vs = sim.pfn_to_page(sec_start >> sim.page_shift)
-            ve = sim.pfn_to_page(sec_end >> sim.page_shift)
-            unmap_hotplug_range(sim.state, vs, ve, True, "vmemmap_free")
-            free_empty_tables(sim.state, vs, ve, k["vmemmap_start"], k["vmemmap_end"], "vmemmap_free")
-        lv = sim.phys_to_virt(sim.proposal.start)
-        le = sim.phys_to_virt(sim.proposal.end)
-        unmap_hotplug_range(sim.state, lv, le, False, "__remove_pgd_mapping")
-        free_empty_tables(sim.state, lv, le, k["page_offset"], k["page_end"], "__remove_pgd_mapping")
+        # arch_remove_memory() once, or per block with its altmap (v6.9+).
+        for piece in sim.removal_pieces():
+            for sec_start, sec_end in piece.sections(sim.section_size):
+                vs = sim.pfn_to_page(sec_start >> sim.page_shift)
+                ve = sim.pfn_to_page(sec_end >> sim.page_shift)
+                unmap_hotplug_range(sim.state, vs, ve, True, "vmemmap_free")
+                free_empty_tables(sim.state, vs, ve, k["vmemmap_start"], k["vmemmap_end"], "vmemmap_free")
+            lv = sim.phys_to_virt(piece.start)
+            le = sim.phys_to_virt(piece.end)
+            unmap_hotplug_range(sim.state, lv, le, False, "__remove_pgd_mapping")
+            free_empty_tables(sim.state, lv, le, k["page_offset"], k["page_end"], "__remove_pgd_mapping")
 
 
 class Mainline57(_Mainline):
@@ -58,13 +58,14 @@ class Mainline57(_Mainline):
 class Mainline616(_Mainline):
     name = "v6.16"
     summary = "v6.16+: hot-add tables ctor'd, freed without dtor (before the 2026 fix; dtor_fix=yes for after)"
+    option_values = {"dtor_fix": ("no", "yes")}
 
     @classmethod
     def applies_to(cls, era: Era) -> int:
         return 3 if era.init_mm_ctor else 0
 
     def dtor_on_free(self, routine: str, table) -> bool:
-        return self.options.get("dtor_fix", "no").lower() in _YES
+        return self.options.get("dtor_fix", "no") == "yes"
 
 
 class Mainline616DtorFix(Mainline616):

@@ -15,13 +15,17 @@ A policy declares what it needs to know of the kernel it runs against through
 
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Dict, List, Optional, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 from mminspect.errors import MMInspectError
 
 __all__ = ("Era", "Policy", "available_policies", "get_policy", "load_plugin_file", "select_policy")
 
 GROUP = "mminspect.policies"
+
+#: Spellings of yes and no a yes/no option accepts.
+_BOOLEAN = {"yes": "yes", "y": "yes", "true": "yes", "1": "yes", "on": "yes",
+            "no": "no", "n": "no", "false": "no", "0": "no", "off": "no"}
 
 #: Policies registered from plugin files loaded in this process.
 _loaded: Dict[str, Type["Policy"]] = {}
@@ -52,6 +56,21 @@ class Era:
     check_pages: bool = True
     #: arm64 refuses to offline boot memory (prevent_bootmem_remove_notifier, v5.7+).
     bootmem_notifier: bool = True
+    #: arm64's memory notifier also refuses an offline whose linear-map or
+    #: vmemmap edges fall inside a leaf ("arm64/mm: Reject memory removal
+    #: that splits a kernel leaf mapping", 2026). None: not known (a
+    #: snapshot from before this fact was captured, or no code to read).
+    leaf_split_notifier: Optional[bool] = None
+    #: Where a memory block keeps the size of its own memmap
+    #: (memmap_on_memory): "nr_vmemmap_pages" (v5.15..v6.5, one block per
+    #: hot-add), "altmap" (v6.6+: struct vmem_altmap *), "none"; None: unknown.
+    block_memmap: Optional[str] = None
+    #: Each block of a larger hot-add gets its own altmap, and removal runs
+    #: arch_remove_memory() block by block (remove_memory_blocks_and_altmaps()).
+    altmap_per_block: Optional[bool] = None
+    #: The memory_hotplug.memmap_on_memory parameter as the kernel holds it
+    #: ("0", "1", "force"); None: unknown.
+    memmap_on_memory: Optional[str] = None
     evidence: Dict[str, str] = field(default_factory=dict)
 
 
@@ -69,9 +88,36 @@ class Policy:
     #: (the 2017 RFC) rather than free_pages() (mainline).
     frees_reserved_pages = False
 
+    #: The options this policy takes: name -> the values it accepts (the
+    #: first is the default). ``--policy-option`` refuses anything else.
+    option_values: Dict[str, Tuple[str, ...]] = {}
+
     def __init__(self, era: Era, options: Optional[Dict[str, str]] = None) -> None:
         self.era = era
-        self.options = dict(options or {})
+        self.options = self.check_options(options or {})
+
+    @classmethod
+    def check_options(cls, options: Dict[str, str]) -> Dict[str, str]:
+        """``options`` with each value in its canonical spelling (``true``,
+        ``1``, ``on`` are ``yes`` for a yes/no option).
+
+        :raises MMInspectError: for a key the policy does not take or a value
+            it does not accept, listing the valid ones
+        """
+        valid = "; ".join(f"{k}={'|'.join(v)}" for k, v in sorted(cls.option_values.items()))
+        out = {}
+        for key, value in options.items():
+            values = cls.option_values.get(key)
+            if values is None:
+                raise MMInspectError(f"policy {cls.name} has no option {key!r}; "
+                                     + (f"its options: {valid}" if valid else "it takes no options"))
+            v = str(value).strip().lower()
+            if set(values) == {"yes", "no"}:
+                v = _BOOLEAN.get(v, v)
+            if v not in values:
+                raise MMInspectError(f"policy {cls.name}: {key}={value!r} is not one of {', '.join(values)}")
+            out[key] = v
+        return out
 
     @classmethod
     def applies_to(cls, era: Era) -> int:
@@ -113,18 +159,41 @@ def load_plugin_file(path: str) -> List[str]:
     import importlib.util
     import os
 
-    if not os.path.isfile(path):
-        raise MMInspectError(f"{path}: no such plugin file")
+    from mminspect.files import check_input
+
+    check_input(path, "plugin file")
     name = "mminspect_plugin_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise MMInspectError(f"{path}: not a Python file (a plugin is a .py file with register())")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-        result = module.register()
-    except Exception as e:
-        raise MMInspectError(f"{path}: plugin failed to load: {e}") from None
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise MMInspectError(f"{path}: plugin has no register() function")
+        result = register()
+    except MMInspectError:
+        raise
+    except SyntaxError as e:
+        raise MMInspectError(f"{path}: plugin is not valid Python (line {e.lineno}: {e.msg})") from None
+    except (Exception, SystemExit) as e:  # the plugin's own failure, in its words
+        what = str(e).splitlines()[0] if str(e).strip() else "it stopped without saying why"
+        if isinstance(e, SystemExit):
+            what = "it called sys.exit()"
+        raise MMInspectError(f"{path}: plugin failed to load: {what}") from None
+    return _register(path, result)
+
+
+def _register(source: str, result) -> List[str]:
+    """Record the policies a plugin's register() returned, after checking
+    each is a :class:`Policy` subclass with a name."""
     names = []
     for cls in result if isinstance(result, (list, tuple)) else [result]:
+        if not (isinstance(cls, type) and issubclass(cls, Policy)):
+            raise MMInspectError(f"{source}: register() returned {str(cls)[:60]!r}, not a Policy subclass")
+        if not isinstance(cls.name, str) or not cls.name.strip():
+            raise MMInspectError(f"{source}: policy {cls.__name__} has no name")
         _loaded[cls.name] = cls
         names.append(cls.name)
     return names

@@ -25,11 +25,13 @@ ptlock, and the sentence a reviewer would write.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from mminspect.hotremove.altmap import MemmapHome, granularity_check, memmap_homes
 from mminspect.hotremove.engine import Event, TableState
+from mminspect.hotremove.offline import BlockOutcome, eject
 from mminspect.hotremove.policy import Policy
 from mminspect.hotremove.proposal import Proposal, Refusal, check_proposal
 
-__all__ = ("Finding", "Result", "SEVERITIES", "simulate")
+__all__ = ("Finding", "Result", "SEVERITIES", "Unchecked", "simulate")
 
 SEVERITIES = ("info", "warning", "error", "critical")
 _U64 = (1 << 64) - 1
@@ -48,12 +50,31 @@ class Finding:
     messages: tuple = ()
 
 
+@dataclass(frozen=True)
+class Unchecked:
+    """A kernel check this dump cannot decide: never counted as passed."""
+
+    rule: str
+    block: Optional[int]
+    why: str
+
+
 @dataclass
 class Result:
     proposal: Proposal
     policy: str
     refusals: List[Refusal]
     simulated: bool
+    #: Per memory block: the range offlined, the checks, the outcome.
+    blocks: List[BlockOutcome] = field(default_factory=list)
+    #: What the kernel prints during the attempt, in order.
+    kernel_log: List[str] = field(default_factory=list)
+    #: Checks the dump cannot decide, with why.
+    unchecked: List[Unchecked] = field(default_factory=list)
+    #: Per section: where its memmap lives and where removal sends it.
+    memmap: List[MemmapHome] = field(default_factory=list)
+    #: Memmap bytes vmemmap_free() hands back to an altmap (vmem_altmap_free).
+    data_to_altmap: int = 0
     freed: List[Event] = field(default_factory=list)
     kept: List[Event] = field(default_factory=list)
     warnings: List[Event] = field(default_factory=list)
@@ -92,6 +113,29 @@ class _Sim:
         reg = k["regime"]
         self.regime = Regime(self.page_shift, reg["va_bits"], reg["vabits_actual"], reg["pa_bits"])
         self.state = TableState(self.regime, snapshot.root_phys, snapshot.entries)
+        #: The captured tables as the checks before removal see them.
+        self.pristine = TableState(self.regime, snapshot.root_phys, snapshot.entries)
+        self.by_block = {b.id: b for b in snapshot.blocks}
+        self.block_size = k["block_size"]
+
+    def removal_pieces(self):
+        """The ranges ``arch_remove_memory()`` runs on, in order: block by
+        block when every block has its own altmap and the kernel removes them
+        one at a time (remove_memory_blocks_and_altmaps()), else the whole
+        proposal at once."""
+        p = self.proposal
+        ids = range(p.start // self.block_size, p.end // self.block_size)
+        if self.snapshot.era.altmap_per_block and all(self.by_block[i].altmap_pages for i in ids):
+            return [Proposal(i * self.block_size, (i + 1) * self.block_size) for i in ids]
+        return [p]
+
+    def altmap_of(self, vmemmap_va: int):
+        """The block whose altmap receives the memmap page at ``vmemmap_va``
+        (vmemmap_free() with that block's altmap), or None."""
+        pfn = ((vmemmap_va - self.layout["vmemmap_start"]) & _U64) // self.struct_page_size
+        pa = (pfn << self.page_shift) + self.phys_offset
+        b = self.by_block.get(pa // self.block_size)
+        return b if b is not None and b.altmap_pages else None
 
     def pfn_to_page(self, pfn: int) -> int:
         base = self.phys_offset >> self.page_shift
@@ -104,11 +148,25 @@ class _Sim:
 def simulate(snapshot, proposal: Proposal, policy: Policy, force: bool = False) -> Result:
     """Replay ``policy`` for ``proposal`` on ``snapshot``; see the module docstring."""
     refusals = check_proposal(proposal, snapshot, policy)
+    sim = _Sim(snapshot, proposal)
+    ejection = eject(sim, policy.refuses_boot_memory)
+    for b in ejection.blocks:
+        r = b.refusal
+        if r is not None:
+            refusals.append(Refusal(r.rule, r.message, True, b.id, b.offline_range, r.why))
+    unchecked = [Unchecked(c.rule, bid, c.why) for bid, c in ejection.unknown()]
+    if not ejection.refused:
+        # After every block is offline: try_remove_memory()'s own refusal.
+        g = granularity_check(sim)
+        if g is not None:
+            refusals.append(Refusal(g.rule, g.message, True, None, (proposal.start, proposal.end), g.why))
+            ejection.log.append(g.message)
     fatal = [r for r in refusals if r.fatal]
-    result = Result(proposal, policy.describe(), refusals, simulated=not fatal or force)
+    result = Result(proposal, policy.describe(), refusals, simulated=not fatal or force,
+                    blocks=ejection.blocks, kernel_log=ejection.log, unchecked=unchecked,
+                    memmap=memmap_homes(sim))
     if fatal and not force:
         return result
-    sim = _Sim(snapshot, proposal)
     policy.remove(sim)
     kept: Dict[int, Event] = {}
     for ev in sim.state.events:
@@ -120,7 +178,10 @@ def simulate(snapshot, proposal: Proposal, policy: Policy, force: bool = False) 
         elif ev.kind == "warn":
             result.warnings.append(ev)
         elif ev.kind == "free_data":
-            result.data_freed += ev.size
+            if ev.routine == "vmemmap_free" and sim.altmap_of(ev.va) is not None:
+                result.data_to_altmap += ev.size  # free_hotplug_page_range() -> vmem_altmap_free()
+            else:
+                result.data_freed += ev.size
     result.kept = sorted(kept.values(), key=lambda e: (e.level, e.va))
     _judge(snapshot, sim, policy, result)
     return result

@@ -14,22 +14,33 @@ hot-remove).
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mminspect.errors import MMInspectError
+from mminspect.files import atomic_output
 from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
+from mminspect.hotremove.isolation import IsolationScan, scan_block
 from mminspect.hotremove.policy import Era
+from mminspect.hotremove.snapshot_file import read_snapshot_file
 from mminspect.kernel import Kernel
-from mminspect.memory import Block, MemoryMap
+from mminspect.memory import Block, MemoryMap, read_memblock
 from mminspect.sparse import Section
 from mminspect.walk import walk
 
+#: include/linux/memblock.h: enum memblock_flags MEMBLOCK_NOMAP.
+MEMBLOCK_NOMAP = 0x4
+
 __all__ = ("SCHEMA", "Snapshot", "TableFacts", "capture_snapshot", "diff_snapshots")
 
-SCHEMA = "mminspect.snapshot/1"
+SCHEMA = "mminspect.snapshot/2"
+#: Older schemas that still load. /1 lacks the removal path's era facts
+#: (leaf_split_notifier, block_memmap, altmap_per_block, memmap_on_memory) and
+#: the blocks' altmap_free: they load as None/0, so the checks that need them
+#: say "unknown" instead of passing.
+COMPATIBLE = ("mminspect.snapshot/1", SCHEMA)
 
 
 @dataclass
@@ -70,9 +81,29 @@ class Snapshot:
     sections: List[Section]
     blocks: List[Block]
     nr_pagetable: Optional[int] = None
+    #: Isolation scans of memory blocks' struct pages, by block id (saved for
+    #: the hot-added blocks; made on demand while the kernel is at hand).
+    scans: Dict[int, IsolationScan] = field(default_factory=dict)
+    #: The kernel captured from (None for a loaded snapshot).
+    source: Optional[Kernel] = field(default=None, repr=False)
+
+    def isolation_scan(self, block: Block, lo_pfn: int, hi_pfn: int) -> Optional[IsolationScan]:
+        """What ``has_unmovable_pages()`` meets in ``[lo_pfn, hi_pfn)`` of
+        ``block`` (see :mod:`~mminspect.hotremove.isolation`), or None when
+        the struct pages are neither saved nor readable."""
+        got = self.scans.get(block.id)
+        if got is None and self.source is not None:
+            got = scan_block(self.source, lo_pfn, hi_pfn, block.zone == "Movable")
+            if got is not None:
+                self.scans[block.id] = got
+        return got
 
     # -- persistence ----------------------------------------------------------
-    def save(self, path: str) -> None:
+    def save(self, path: str, force: bool = True, inputs: Sequence[str] = ()) -> None:
+        """Write the snapshot to ``path``, whole or not at all
+        (:func:`mminspect.files.atomic_output`): never over one of
+        ``inputs`` nor anything but a regular file, and over an existing
+        file only with ``force``."""
         header = {
             "schema": SCHEMA,
             "kernel": self.kernel,
@@ -82,11 +113,23 @@ class Snapshot:
             "sections": [s.as_dict() for s in self.sections],
             "blocks": [b.as_dict() for b in self.blocks],
             "nr_pagetable": self.nr_pagetable,
+            "isolation": {str(bid): scan.as_dict() for bid, scan in self._saved_scans().items()},
         }
         store = self.entries if isinstance(self.entries, EntryStore) else EntryStore.of(dict(self.entries))
-        with open(path, "wb") as f:
+        with atomic_output(path, inputs, force) as f:
             np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                                 **store.arrays())
+
+    def _saved_scans(self) -> Dict[int, IsolationScan]:
+        """The scans a saved snapshot carries: those made, plus every online
+        hot-added block's (small; boot memory is refused before its pages
+        matter, and scanning it all would cost a whole memmap read)."""
+        page_shift = self.kernel["regime"]["page_size"].bit_length() - 1
+        for b in self.blocks:
+            if not b.early and b.state == "online":
+                lo = (b.start >> page_shift) + b.altmap_free
+                self.isolation_scan(b, lo, (b.start + b.size) >> page_shift)
+        return dict(self.scans)
 
     def _table_dict(self, t: TableFacts) -> Dict[str, object]:
         d = asdict(t)
@@ -96,27 +139,32 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str) -> "Snapshot":
-        try:
-            with np.load(path) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                entries = EntryStore.from_arrays(z)
-        except (OSError, ValueError, KeyError) as e:
-            raise MMInspectError(f"{path}: not an mminspect snapshot ({e})") from None
-        if header.get("schema") != SCHEMA:
-            raise MMInspectError(f"{path}: snapshot schema {header.get('schema')!r}, expected {SCHEMA}")
+        """Read a snapshot saved by :meth:`save`, every size and field
+        checked before use (:mod:`mminspect.hotremove.snapshot_file`).
+
+        :raises MMInspectError: in one line, for a file that is not one
+        """
+        header, arrays = read_snapshot_file(path)
+        entries = EntryStore.from_arrays(arrays)
+        era = Era(**header["era"])
+        if header["schema"] != SCHEMA:
+            for name in ("leaf_split_notifier", "block_memmap", "altmap_per_block", "memmap_on_memory"):
+                era.evidence.setdefault(name, f"unknown: not captured in a {header['schema']} snapshot")
         tables = {}
         for t in header["tables"]:
             t["parents"] = [tuple(x) for x in t["parents"]]
             tables[t["phys"]] = TableFacts(**t)
         return cls(
             kernel=header["kernel"],
-            era=Era(**header["era"]),
+            era=era,
             root_phys=header["root_phys"],
             tables=tables,
             entries=entries,
             sections=[Section(**s) for s in header["sections"]],
-            blocks=[Block(**b) for b in header["blocks"]],
-            nr_pagetable=header["nr_pagetable"],
+            # /1 blocks lack altmap_free: the memmap pages are what offlining skips.
+            blocks=[Block(**{"altmap_free": b.get("altmap_pages", 0), **b}) for b in header["blocks"]],
+            nr_pagetable=header.get("nr_pagetable"),
+            scans={int(k): IsolationScan.from_dict(v) for k, v in header.get("isolation", {}).items()},
         )
 
 
@@ -258,6 +306,12 @@ def capture_snapshot(kernel: Kernel, init_walk=None) -> Snapshot:
         memory = MemoryMap.read(kernel)
     sections, blocks = memory.sections, memory.blocks
     era = detect_era(kernel)
+    # System RAM as offline_pages()' hole check sees it (walk_system_ram_range():
+    # arm64 registers each memblock.memory region not MEMBLOCK_NOMAP as "System
+    # RAM"; hot-added memory joins memblock with ARCH_KEEP_MEMBLOCK).
+    regions = read_memblock(kernel, "memory")
+    system_ram = (None if regions is None else
+                  [[int(b), int(n)] for b, n, f in regions.tolist() if not f & MEMBLOCK_NOMAP])
     return Snapshot(
         kernel={
             **kernel.describe(),
@@ -265,6 +319,7 @@ def capture_snapshot(kernel: Kernel, init_walk=None) -> Snapshot:
             "struct_page_size": kernel.struct_page_size,
             "section_size": sections[0].size if sections else 0,
             "block_size": blocks[0].size if blocks else 0,
+            "system_ram": system_ram,
         },
         era=era,
         root_phys=w.root.phys,
@@ -273,6 +328,7 @@ def capture_snapshot(kernel: Kernel, init_walk=None) -> Snapshot:
         sections=sections,
         blocks=blocks,
         nr_pagetable=None,
+        source=kernel,
     )
 
 

@@ -26,6 +26,7 @@ from mminspect.kernel.kasan import Kasan, detect_kasan
 from mminspect.kernel.layout import SZ_1G, Layout, Region, detect_layout, va_bits_min
 from mminspect.kernel.roots import Root, find_root, user_root
 from mminspect.target.base import Target
+from mminspect.vmcoreinfo import check_vmcoreinfo
 
 __all__ = ("Kasan", "Kernel", "Layout", "LinearMap", "Region", "Root", "Vmemmap")
 
@@ -42,6 +43,7 @@ class Kernel:
     def __init__(self, target: Target) -> None:
         self.target = target
         info = target.vmcoreinfo()
+        check_vmcoreinfo(info, target.name)  # every number against the others, before any is used
         self.vmcoreinfo = info
         try:
             page_size = int(info["PAGESIZE"])

@@ -74,6 +74,7 @@ def find_root(kernel: "Kernel", spec: str, start: Optional[int] = None, end: Opt
             phys = int(spec[4:], 16)
         except ValueError:
             raise MMInspectError(f"bad root {spec!r}: expected pgd:PHYS in hex") from None
+        _check_pgd(kernel, spec, phys)
         return _clip(user_root(kernel, spec, phys), start, end)
     if spec == "efi_mm":
         pgd = _mm_pgd_of_symbol(kernel, "efi_mm")
@@ -83,6 +84,25 @@ def find_root(kernel: "Kernel", spec: str, start: Optional[int] = None, end: Opt
     else:
         raise MMInspectError(f"unknown root {spec!r}: use init_mm, efi_mm, vmemmap, a pid or pgd:PHYS")
     return _clip(user_root(kernel, spec, kernel.virt_to_phys(pgd)), start, end)
+
+
+def _check_pgd(kernel: "Kernel", spec: str, phys: int) -> None:
+    """A user-given pgd is a physical address the regime allows, aligned
+    as the kernel allocates a pgd (PGD_SIZE from pgd_cache when that is
+    below a page: arch/arm64/mm/pgd.c; a page otherwise), and in the
+    dump's memory."""
+    r = kernel.regime
+    size = min(r.root_entries() * 8, r.page_size)
+    if not 0 <= phys < 1 << r.pa_bits:
+        raise MMInspectError(f"bad root {spec!r}: not a physical address below 2^{r.pa_bits}")
+    if phys % size:
+        raise MMInspectError(f"bad root {spec!r}: a pgd is aligned to its {size} bytes; "
+                             f"{phys:#x} is {phys % size} bytes into one")
+    try:
+        kernel.target.read_phys(phys, 8)
+    except TargetFault:
+        raise MMInspectError(f"bad root {spec!r}: {phys:#x} is not in the dump's memory "
+                             "(not RAM, or left out of the dump)") from None
 
 
 def user_root(kernel: "Kernel", name: str, phys: int) -> Root:

@@ -45,6 +45,10 @@ class Block:
     #: memmap_on_memory: the block's first pages hold its own memmap (altmap).
     altmap_start: int = 0
     altmap_pages: int = 0
+    #: The pages memory_block_offline() skips: the block's own memmap
+    #: (v5.15..v6.5 ``mem->nr_vmemmap_pages``; v6.6+ ``mem->altmap->free``).
+    #: Offlining covers ``[start + altmap_free pages, end)``.
+    altmap_free: int = 0
 
     def as_dict(self) -> Dict[str, object]:
         return dict(self.__dict__)
@@ -170,20 +174,21 @@ def drgn_blocks(target, bsize: int, sections: List[Section], section_bits: int,
             bid = start // bsize
             zone = mem.zone.name.string_().decode() if mem.zone else None
             state = decode_memory_block_state(mem).removeprefix("MEM_").lower()
-            alt_start, alt_pages = 0, 0
+            alt_start, alt_pages, alt_free = 0, 0, 0
             try:
-                alt_pages = mem.nr_vmemmap_pages.value_()  # v5.15 .. v6.4
+                alt_pages = alt_free = mem.nr_vmemmap_pages.value_()  # v5.15 .. v6.5
                 alt_start = start >> shift
             except AttributeError:
                 try:
-                    alt = mem.altmap  # v6.5+: struct vmem_altmap *
+                    alt = mem.altmap  # v6.6+: struct vmem_altmap *
                     if alt:
                         alt_start = alt.base_pfn.value_()
                         alt_pages = alt.reserve.value_() + alt.alloc.value_()
+                        alt_free = alt.free.value_()
                 except AttributeError:
                     pass
             out.append(Block(bid, start, bsize, state, zone, mem.nid.value_(), early_by_block.get(bid, False),
-                             alt_start, alt_pages))
+                             alt_start, alt_pages, alt_free))
     except Exception:  # unusual layouts: fall back to sections
         return None
     return sorted(out, key=lambda b: b.start)

@@ -34,16 +34,38 @@ def simulate_text(result: Result, snapshot, out: IO[str], tables: bool = False,
     out.write(f"kernel        {k.get('osrelease')}\n")
     out.write(f"policy        {result.policy}\n")
     out.write(f"proposal      {result.proposal}\n")
+    fatal = [r for r in result.refusals if r.fatal]
     for r in result.refusals:
-        tag = "refused" if r.fatal else "note"
-        out.write(f"{tag:<14}{r.message}\n")
+        if r.fatal:
+            where = f"memory{r.block} " if r.block is not None else ""
+            rng = f"[{r.range[0]:#x}-{r.range[1] - 1:#x}] " if r.range else ""
+            out.write(f"{'refused':<14}{where}{rng}{r.rule}: {r.message}\n")
+        else:
+            out.write(f"{'note':<14}{r.message}\n")
+    grouped: Dict[tuple, list] = {}
+    for u in result.unchecked:
+        grouped.setdefault((u.rule, u.why), []).append(u.block)
+    for (rule, why), ids in grouped.items():
+        named = [i for i in ids if i is not None]
+        where = ("memory" + (f"{named[0]}" if len(named) == 1 else f"{named[0]}..{named[-1]}") + ": ") if named else ""
+        out.write(f"{'unchecked':<14}{rule}: {where}{why}\n")
+    if fatal:
+        failed = next((b for b in result.blocks if b.outcome == "refused"), None)
+        what = (f"memory{failed.id} fails to offline: the ACPI eject ends busy and nothing is removed"
+                if failed is not None else "try_remove_memory() refuses: nothing is removed")
+        out.write(f"{'verdict':<14}refused ({fatal[0].rule}): {what}\n")
+    _blocks_text(result, out)
     if not result.simulated:
-        out.write("result        not simulated: the kernel refuses this removal (--force simulates anyway)\n")
+        out.write("result        not simulated: the kernel refuses this removal (--force: what would happen "
+                  "without the check)\n")
         return
+    if fatal:
+        out.write("\nwith --force, as if the refusing check were absent:\n")
     levels = Counter(snapshot.tables[e.phys].level_name for e in result.freed if e.phys in snapshot.tables)
     lv = ", ".join(f"{n} {name}" for name, n in sorted(levels.items()))
+    alt = f", {result.data_to_altmap >> 20} MiB back to altmaps (vmem_altmap_free)" if result.data_to_altmap else ""
     out.write(f"freed         {len(result.freed)} table pages ({lv or 'none'}), "
-              f"{result.data_freed >> 20} MiB of mapped memmap\n")
+              f"{result.data_freed >> 20} MiB of mapped memmap{alt}\n")
     empty_kept = [e for e in result.kept if "floor" in e.detail]
     out.write(f"kept          {len(result.kept)} touched tables stay ({len(empty_kept)} empty, outside [floor, ceiling))\n")
     out.write(f"NR_PAGETABLE  {result.delta_nr_pagetable:+d} counter, {result.delta_typed_pages:+d} typed pages, "
@@ -52,6 +74,8 @@ def simulate_text(result: Result, snapshot, out: IO[str], tables: bool = False,
     above = [f for f in result.findings if SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on)]
     verdict = ("balanced: every freed table meets the dtor its ctor calls for"
                if not result.findings else f"{len(result.findings)} finding(s), worst {worst}")
+    if result.unchecked:
+        verdict += f" (unchecked: {', '.join(sorted({u.rule for u in result.unchecked}))})"
     out.write(f"verdict       {verdict}\n")
     out.write("\nera facts (from the dump):\n")
     for name, why in era.evidence.items():
@@ -88,6 +112,30 @@ def simulate_text(result: Result, snapshot, out: IO[str], tables: bool = False,
     out.write(f"\n{len(above)} finding(s) at or above '{fail_on}'\n")
 
 
+def _blocks_text(result: Result, out: IO[str]) -> None:
+    """Per block: what offlining gets, where the memmap lives, the outcome;
+    then what the kernel prints."""
+    if not result.blocks:
+        return
+    out.write(f"\n{'BLOCK':<10}  {'OFFLINED RANGE':<27}  {'OWN MEMMAP':<10}  {'STATE':<8}  OUTCOME\n")
+    for b in result.blocks:
+        lo, hi = b.offline_range
+        own = f"{b.memmap_pages} pages" if b.memmap_pages else "-"
+        out.write(f"memory{b.id:<4}  [{lo:#012x}-{hi - 1:#012x}]  {own:<10}  {b.state:<8}  {b.outcome}\n")
+        for w in b.warnings:
+            out.write(f"            may not offline: {w}\n")
+    homes = Counter((h.lives.split(" at ")[0], h.goes) for h in result.memmap)
+    if homes:
+        out.write("\nmemmap (struct pages) of the removed sections:\n")
+        for (lives, goes), n in sorted(homes.items()):
+            out.write(f"  {n:>4} section(s): in {lives}; at removal: {goes}\n")
+    if result.kernel_log:
+        out.write("\nthe kernel would print:\n")
+        for line in result.kernel_log:
+            out.write(f"  {line}\n")
+    out.write("\n")
+
+
 def simulate_dict(result: Result, snapshot) -> Dict[str, Any]:
     """The JSON form (schema ``mminspect.simulate/1``)."""
     def table(e):
@@ -104,13 +152,26 @@ def simulate_dict(result: Result, snapshot) -> Dict[str, Any]:
         "era": {**{k: v for k, v in snapshot.era.__dict__.items() if k != "evidence"},
                 "evidence": snapshot.era.evidence},
         "proposal": {"start": result.proposal.start, "end": result.proposal.end},
-        "refusals": [{"rule": r.rule, "message": r.message, "fatal": r.fatal} for r in result.refusals],
+        "refusals": [{"rule": r.rule, "message": r.message, "fatal": r.fatal, "block": r.block,
+                      "range": list(r.range) if r.range else None, "evidence": r.evidence}
+                     for r in result.refusals],
+        "unchecked": [{"rule": u.rule, "block": u.block, "why": u.why} for u in result.unchecked],
+        "blocks": [{"block": b.id, "start": b.start, "end": b.end, "state": b.state, "zone": b.zone,
+                    "offline_range": list(b.offline_range), "memmap_pages": b.memmap_pages,
+                    "outcome": b.outcome, "warnings": b.warnings,
+                    "checks": [{"rule": c.rule, "result": c.result, "message": c.message or None, "why": c.why}
+                               for c in b.checks]}
+                   for b in result.blocks],
+        "kernel_log": result.kernel_log,
+        "memmap": [{"section": h.section, "block": h.block, "vmemmap": h.vmemmap, "phys": h.phys,
+                    "lives": h.lives, "goes": h.goes} for h in result.memmap],
         "simulated": result.simulated,
         "freed": [table(e) for e in result.freed],
         "kept": [table(e) for e in result.kept],
         "warnings": [{"routine": w.routine, "va": w.va, "phys": w.phys, "detail": w.detail}
                      for w in result.warnings],
         "data_freed": result.data_freed,
+        "data_to_altmap": result.data_to_altmap,
         "delta_nr_pagetable": result.delta_nr_pagetable,
         "delta_typed_pages": result.delta_typed_pages,
         "drift": result.drift,

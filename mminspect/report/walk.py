@@ -9,7 +9,7 @@ commands and the gdb commands all print through these functions.
 """
 
 import json
-from typing import IO, Any, Dict, Iterator
+from typing import Any, Dict, IO, Iterator, Optional
 
 from mminspect.report.common import size_text
 from mminspect.report.ptdump import check_wx
@@ -134,3 +134,20 @@ def walk_json(w: Walk, out: IO[str], tables: bool = False) -> None:
         ),
     )
     out.write("\n}\n")
+
+
+def problems_line(w) -> Optional[str]:
+    """One line for stderr when the walk could not see part of the tree
+    (loops, tables outside RAM or missing from the dump), or None. Every
+    output format leaves those parts out (ptdump prints them as unmapped,
+    as the kernel's would), so this line and the walk's exit status 1 are
+    what tell a script the answer is incomplete."""
+    if not w.problems:
+        return None
+    kinds: Dict[str, int] = {}
+    for p in w.problems:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    first = w.problems[0]
+    what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    return (f"mminspect: warning: {len(w.problems)} part(s) of the tree could not be seen ({what}; first: "
+            f"{first}); the output leaves them out")

@@ -11,7 +11,7 @@ bundle opens with no vmlinux, and is small enough for a mailing list.
 
 import json
 import struct
-from typing import Dict, Iterable, Optional, Tuple
+from typing import BinaryIO, Dict, Iterable, Optional, Tuple
 
 from mminspect.errors import MMInspectError
 from mminspect.mm.blocks import Block
@@ -33,15 +33,16 @@ def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
 
 
 def write_bundle(
-    path: str,
+    f: BinaryIO,
     vmcoreinfo: Dict[str, str],
     answers: Dict[str, object],
     pages: Iterable[Tuple[int, bytes]],
     phys_to_virt,
 ) -> int:
     """
-    Write a bundle: ``pages`` are (physical address, bytes) runs in address
-    order. Returns the file size.
+    Write a bundle to the binary file ``f`` (see
+    :func:`mminspect.files.atomic_output`): ``pages`` are (physical
+    address, bytes) runs in address order. Returns the file size.
     """
     info = "".join(f"{k}={v}\n" for k, v in vmcoreinfo.items()).encode()
     notes = _note(b"VMCOREINFO", 0, info) + _note(
@@ -76,12 +77,11 @@ def write_bundle(
         0,
         0,
     )
-    with open(path, "wb") as f:
-        f.write(ehdr + b"".join(phdrs) + notes)
-        f.write(b"\0" * (data_off - f.tell()))
-        for _, buf in runs:
-            f.write(buf)
-        return f.tell()
+    head = ehdr + b"".join(phdrs) + notes
+    f.write(head + b"\0" * (data_off - len(head)))
+    for _, buf in runs:
+        f.write(buf)
+    return cur
 
 
 def read_bundle_note(path: str) -> Optional[dict]:
@@ -114,6 +114,7 @@ class BundleTarget(DrgnTarget):
         except Exception as e:
             raise MMInspectError(f"{path}: damaged bundle ({str(e).splitlines()[0]})") from None
         target = cls(prog, f"bundle {path}", note)
+        target.opened_files = (path,)
         target.vmcoreinfo()
         return target
 

@@ -13,11 +13,12 @@ one clear line instead of a traceback.
 
 import logging
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import drgn
 
 from mminspect.errors import MMInspectError
+from mminspect.files import check_input
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
 from mminspect.target.corefile import CoreFile
 from mminspect.target.elf import check_core_file
@@ -42,6 +43,9 @@ class DrgnTarget:
         #: The dump file's physical memory, for bulk scans that read it in
         #: several threads (None unless an uncompressed ELF vmcore was opened).
         self.core_file: Optional[CoreFile] = None
+        #: The files this target was opened from (the dump, vmlinuxes named
+        #: with -s), which no output may overwrite: see :attr:`files`.
+        self.opened_files: Tuple[str, ...] = ()
 
     # -- opening ------------------------------------------------------------
     @classmethod
@@ -67,8 +71,9 @@ class DrgnTarget:
             prog = _core_program(core)
             name = f"vmcore {core}"
         elif qemu is not None:
-            if not os.path.exists(qemu):
-                raise MMInspectError(f"{qemu}: no such QMP socket")
+            from mminspect.qmp import probe
+
+            probe(qemu)  # a socket that speaks QMP and answers in time, or one line
             prog = drgn.Program()
             try:
                 prog.set_qemu_qmp(qemu)
@@ -85,12 +90,12 @@ class DrgnTarget:
         else:
             raise MMInspectError("no target: give -c VMCORE, -k, or --qemu SOCKET")
         target = cls(prog, name)
+        target.opened_files = tuple(p for p in (core, *symbols) if p)
         if core is not None:
             target.core_file = CoreFile.open(core)
         if symbols:
             for path in symbols:
-                if not os.path.exists(path):
-                    raise MMInspectError(f"{path}: no such file")
+                check_input(path, "vmlinux")
             try:
                 prog.load_debug_info(list(symbols))
             except drgn.MissingDebugInfoError as e:
@@ -111,6 +116,18 @@ class DrgnTarget:
                 log.setLevel(level)
         target.vmcoreinfo()  # fail now, not halfway through a walk
         return target
+
+    @property
+    def files(self) -> Tuple[str, ...]:
+        """Every file this target reads: the ones it was opened from and the
+        debug files drgn found by itself (its standard search)."""
+        found = list(self.opened_files)
+        try:
+            for m in self.prog.modules():
+                found += [p for p in (m.loaded_file_path, m.debug_file_path) if p]
+        except Exception:  # drgn without module objects, or none created
+            pass
+        return tuple(dict.fromkeys(found))
 
     # -- memory -------------------------------------------------------------
     def read_phys(self, address: int, size: int) -> bytes:

@@ -1,10 +1,12 @@
 """Just enough ELF64 reading to check a core file before drgn opens it."""
 
 import os
+import stat
 import struct
 from typing import Iterator, List, Optional, Tuple
 
 from mminspect.errors import MMInspectError
+from mminspect.files import check_input
 
 __all__ = ("PT_LOAD", "PT_NOTE", "check_core_file", "core_notes", "core_phdrs", "truncation")
 
@@ -32,7 +34,7 @@ def core_phdrs(path: str) -> Optional[List[Phdr]]:
                     return None
                 (phnum,) = struct.unpack("<I", sh_info)
             f.seek(phoff)
-            raw = f.read(56 * phnum)
+            raw = f.read(min(56 * phnum, max(0, os.fstat(f.fileno()).st_size - phoff)))
     except OSError:
         return None
     out = []
@@ -70,12 +72,35 @@ def truncation(path: str, size: int) -> Optional[Tuple[int, int]]:
     return (expected, size) if size < expected else None
 
 
+def _check_headers(path: str) -> None:
+    """Refuse an ELF64 core whose program headers cannot be right: entries
+    not 56 bytes, or a PT_LOAD that wraps past 2^64 or stores more than it maps."""
+    try:
+        with open(path, "rb") as f:
+            ehdr = f.read(64)
+    except OSError as e:
+        raise MMInspectError(f"{path}: cannot read ({e.strerror})") from None
+    if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2:
+        return  # not ELF64: kdump, a bundle's reader or drgn says what it is
+    (phentsize,) = struct.unpack_from("<H", ehdr, 54)
+    if phentsize != 56:
+        raise MMInspectError(f"{path}: ELF header e_phentsize={phentsize}, not the 56 of ELF64; the file is damaged")
+    for ptype, off, _, paddr, filesz, memsz in core_phdrs(path) or ():
+        if ptype != PT_LOAD:
+            continue
+        if filesz > memsz:
+            raise MMInspectError(f"{path}: a PT_LOAD stores {filesz} bytes but maps {memsz}; the file is damaged")
+        if paddr != (1 << 64) - 1 and paddr + memsz > 1 << 64:
+            raise MMInspectError(f"{path}: a PT_LOAD at physical {paddr:#x} of {memsz:#x} bytes wraps past 2^64; "
+                                 "the file is damaged")
+
+
 def check_core_file(path: str) -> None:
     """Refuse, in one line, a path that cannot be a whole vmcore."""
-    if not os.path.exists(path):
-        raise MMInspectError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise MMInspectError(f"{path}: is a directory, not a vmcore")
-    short = truncation(path, os.path.getsize(path))
+    st = check_input(path, "vmcore")
+    if not stat.S_ISREG(st.st_mode):
+        return  # /proc/kcore, /proc/vmcore: the kernel's, with no file size
+    _check_headers(path)
+    short = truncation(path, st.st_size)
     if short:
         raise MMInspectError(f"{path}: truncated vmcore ({short[1]} of {short[0]} bytes); copy it again in full")

@@ -47,6 +47,8 @@ UTS_LEN = 65
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 #: blocks kept inflated: a table walk touches a few, a memmap scan streams
 CACHED_BLOCKS = 64
+#: VMCOREINFO is one page at most (VMCOREINFO_BYTES); anything near a MiB is not one.
+MAX_VMCOREINFO = 1 << 20
 
 
 class _Flattened:
@@ -66,6 +68,9 @@ class _Flattened:
             offset, size = struct.unpack(">qq", head)
             if offset < 0:
                 break
+            if size < 0:
+                raise MMInspectError(f"{path}: flattened kdump record at byte {pos} has size {size}; "
+                                     "the file is damaged")
             if pos + 16 + size > end:
                 raise MMInspectError(f"{path}: truncated vmcore (a record needs bytes up to "
                                      f"{pos + 16 + size}, the file has {end}); copy it again in full")
@@ -77,6 +82,7 @@ class _Flattened:
         self.size = max((o + s for o, s, _ in records), default=0)
 
     def pread(self, size: int, offset: int) -> bytes:
+        size = _bounded(size, offset, self.size)
         out = bytearray()
         while len(out) < size:
             at = offset + len(out)
@@ -94,7 +100,16 @@ class _Plain:
         self.size = os.fstat(fd).st_size
 
     def pread(self, size: int, offset: int) -> bytes:
-        return os.pread(self.fd, size, offset)
+        return os.pread(self.fd, _bounded(size, offset, self.size), offset)
+
+
+def _bounded(size: int, offset: int, file_size: int) -> int:
+    """What a read of ``size`` bytes at ``offset`` can return from a file of
+    ``file_size`` bytes: memory follows the file's real size, never a size
+    read from its header. A negative offset reads nothing."""
+    if offset < 0 or size <= 0:
+        return 0
+    return max(0, min(size, file_size - offset))
 
 
 class KdumpFile:
@@ -135,14 +150,25 @@ class KdumpFile:
         self.sysname, self.machine = uts[0], uts[4]
         (self.block_size, sub_hdr_size, bitmap_blocks, max_mapnr) = struct.unpack_from("<iiII", dh, 428)
         bs = self.block_size
-        if bs < 4096 or bs & (bs - 1):
-            raise MMInspectError(f"{path}: kdump header has block size {bs}; not a vmcore mminspect can read")
+        if bs < 4096 or bs > 65536 or bs & (bs - 1):
+            raise MMInspectError(f"{path}: kdump header block_size={bs}, not a power of two from 4096 to 65536 "
+                                 "(an arm64 page or QEMU's 64 KiB block); the file is damaged")
+        size = self._io.size
+        if sub_hdr_size < 1 or (1 + sub_hdr_size) * bs > size:
+            raise MMInspectError(f"{path}: kdump header sub_hdr_size={sub_hdr_size} blocks does not fit in the "
+                                 f"{size}-byte file; the file is damaged or truncated")
+        if bitmap_blocks < 2 or bitmap_blocks % 2 or (1 + sub_hdr_size + bitmap_blocks) * bs > size:
+            raise MMInspectError(f"{path}: kdump header bitmap_blocks={bitmap_blocks} does not fit in the "
+                                 f"{size}-byte file (or is not two equal halves); the file is damaged or truncated")
         sub = self._io.pread(104, bs)
         if len(sub) < 104:
             raise MMInspectError(f"{path}: truncated vmcore (no kdump sub-header); copy it again in full")
         vmci_off, vmci_size = struct.unpack_from("<qQ", sub, 32)
         if self.header_version >= 6:
             max_mapnr = struct.unpack_from("<Q", sub, 96)[0] or max_mapnr
+        if vmci_off < 0 or vmci_size > MAX_VMCOREINFO:
+            raise MMInspectError(f"{path}: kdump sub-header gives VMCOREINFO offset={vmci_off} size={vmci_size}; "
+                                 "the file is damaged")
         self.vmcoreinfo = self._io.pread(vmci_size, vmci_off) if vmci_size else b""
         if len(self.vmcoreinfo) < vmci_size:
             raise MMInspectError(f"{path}: truncated vmcore (VMCOREINFO cut off); copy it again in full")
@@ -151,6 +177,9 @@ class KdumpFile:
         bitmap = self._io.pread(half, (1 + sub_hdr_size) * bs + half)
         if len(bitmap) < half:
             raise MMInspectError(f"{path}: truncated vmcore (page bitmap cut off); copy it again in full")
+        if max_mapnr > half * 8:
+            raise MMInspectError(f"{path}: kdump header max_mapnr={max_mapnr} blocks, but its bitmap holds "
+                                 f"{half * 8}; the file is damaged")
         self._bits = np.frombuffer(bitmap, dtype=np.uint8)[: (max_mapnr + 7) // 8]
         self.max_pfn = max_mapnr
         self._desc_off = (1 + sub_hdr_size + bitmap_blocks) * bs
@@ -216,7 +245,11 @@ class KdumpFile:
         byte = pfn >> 3
         below = int(self._bits[byte]) & ((1 << (pfn & 7)) - 1)
         desc = descs[int(rank[byte]) + bin(below).count("1")]
-        data = self._io.pread(int(desc["size"]), int(desc["offset"]))
+        offset, size = int(desc["offset"]), int(desc["size"])
+        if offset < 0 or size > 2 * self.block_size or offset + size > self._io.size:
+            raise MMInspectError(f"{self.path}: page descriptor of block {pfn:#x} (offset={offset}, size={size}) "
+                                 f"lies outside the {self._io.size}-byte file; the file is damaged")
+        data = self._io.pread(size, offset)
         if desc["flags"] & 0x1:
             try:
                 data = zlib.decompress(data)

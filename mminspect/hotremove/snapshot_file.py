@@ -1,0 +1,227 @@
+"""
+Reading a snapshot file without trusting it
+-------------------------------------------
+
+A snapshot (``.npz``: a zip of ``.npy`` arrays, one of them the JSON header)
+may come from anyone: a bug report, a colleague, a damaged disk. Before any
+of it is used, :func:`read_snapshot_file` checks
+
+- the file is a regular file and a zip whose members are the ones a snapshot
+  has, each inflating to at most :data:`MAX_RATIO` times its compressed size
+  and :data:`MAX_MEMBER` bytes (a "zip bomb" header that inflates to 1.5 GB
+  is refused before one byte is inflated);
+- every array's ``.npy`` header (shape and dtype) agrees with its member's
+  size, plain numbers only (no pickled objects);
+- the JSON header has the snapshot schema: every key the simulation reads,
+  of the right type, in a legal range (:func:`check_header`), and the entry
+  arrays agree with each other (lengths, at most one table's entries each).
+
+Each failure is one line naming the file and what is wrong.
+"""
+
+import json
+import zipfile
+from dataclasses import MISSING, fields
+from typing import Dict, Tuple
+
+import numpy as np
+
+from mminspect.errors import MMInspectError
+from mminspect.files import check_input
+from mminspect.vmcoreinfo import SECTION_SIZE_BITS_RANGE, check_page_size
+
+__all__ = ("MAX_MEMBER", "MAX_RATIO", "check_header", "read_snapshot_file")
+
+#: Arrays a snapshot holds besides ``header`` (see EntryStore.arrays()).
+ARRAYS = ("phys", "lengths", "entries", "uphys", "ufirst", "ustep", "ulen")
+#: Largest inflated member (the entries of a few million full tables).
+MAX_MEMBER = 4 << 30
+#: Largest inflated/compressed ratio, above what page tables reach (an
+#: all-zero table deflates about 250 to 1; deflate's limit is about 1030).
+MAX_RATIO = 400
+#: Members smaller than this are not held to the ratio (headers of tiny files).
+RATIO_FLOOR = 1 << 20
+#: Largest JSON header, inflated.
+MAX_HEADER = 1 << 30
+
+
+def _bad(path: str, why: str) -> MMInspectError:
+    return MMInspectError(f"{path}: not a usable mminspect snapshot ({why})")
+
+
+def read_snapshot_file(path: str) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """The checked JSON header and arrays of the snapshot at ``path``.
+
+    :raises MMInspectError: in one line, for anything that is not a whole,
+        well-formed snapshot
+    """
+    check_input(path, "snapshot")
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = {i.filename: i for i in z.infolist()}
+            names = {n.removesuffix(".npy") for n in infos}
+            missing = [n for n in ("header", *ARRAYS) if n not in names]
+            if missing:
+                raise _bad(path, f"no {', '.join(missing)} array")
+            for name, info in infos.items():
+                limit = MAX_HEADER if name == "header.npy" else MAX_MEMBER
+                ratio_cap = max(RATIO_FLOOR, info.compress_size * MAX_RATIO)
+                if info.file_size > limit or info.file_size > ratio_cap:
+                    raise _bad(path, f"member {name} would inflate to {info.file_size} bytes from "
+                                     f"{info.compress_size}; refusing it")
+            arrays = {n: _read_array(z, infos[n + ".npy"], path) for n in ("header", *ARRAYS)}
+    except zipfile.BadZipFile as e:
+        raise _bad(path, f"not a zip archive: {e}") from None
+    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as e:
+        raise _bad(path, f"damaged: {e}") from None
+    try:
+        header = json.loads(arrays.pop("header").tobytes().decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _bad(path, f"its header is not JSON: {e}") from None
+    check_header(header, path)
+    _check_arrays(arrays, header, path)
+    return header, arrays
+
+
+def _read_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> np.ndarray:
+    """One ``.npy`` member, its header checked against its size first."""
+    with z.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"npy version {version}")
+        except ValueError as e:
+            raise _bad(path, f"member {info.filename}: {e}") from None
+        if dtype.hasobject or dtype.kind not in "uib" or len(shape) != 1:
+            raise _bad(path, f"member {info.filename} holds {dtype} {shape}, not plain integers")
+        want = shape[0] * dtype.itemsize
+        if want > info.file_size:
+            raise _bad(path, f"member {info.filename} claims {shape[0]} items, more than its "
+                             f"{info.file_size} bytes hold")
+        raw = f.read(want)
+    if len(raw) != want:
+        raise _bad(path, f"member {info.filename} is cut short")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+# -- the header's schema -------------------------------------------------------
+
+_INT = (int,)
+
+
+def _need(d: object, key: str, types, path: str, where: str):
+    if not isinstance(d, dict) or key not in d:
+        raise _bad(path, f"{where} has no {key!r}")
+    v = d[key]
+    if not isinstance(v, types) or isinstance(v, bool) and bool not in types:
+        raise _bad(path, f"{where}.{key} is {type(v).__name__} {str(v)[:40]!r}")
+    return v
+
+
+def _dataclass_rows(rows: object, cls, path: str, where: str) -> None:
+    """Each row a dict with exactly the dataclass's fields (those without
+    defaults required), so ``cls(**row)`` cannot fail."""
+    if not isinstance(rows, list):
+        raise _bad(path, f"{where} is not a list")
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise _bad(path, f"{where}[{i}] is not an object")
+        extra, lacking = set(row) - names, required - set(row)
+        if extra or lacking:
+            what = f"unknown {sorted(extra)[0]!r}" if extra else f"no {sorted(lacking)[0]!r}"
+            raise _bad(path, f"{where}[{i}] has {what}")
+        for key in ("phys", "start", "size", "level", "nr", "id", "va"):
+            if key in row and (not isinstance(row[key], int) or isinstance(row[key], bool) or row[key] < -8
+                               or row[key] >= 1 << 64):
+                raise _bad(path, f"{where}[{i}].{key} is {str(row[key])[:40]!r}")
+
+
+def check_header(h: object, path: str) -> None:
+    """The header holds every key :class:`Snapshot` and the simulation read,
+    typed and in range (see the module docstring)."""
+    from mminspect.hotremove.policy import Era
+    from mminspect.hotremove.snapshot import COMPATIBLE, TableFacts
+    from mminspect.memory import Block
+    from mminspect.sparse import Section
+
+    if not isinstance(h, dict):
+        raise _bad(path, "its header is not a JSON object")
+    if h.get("schema") not in COMPATIBLE:
+        raise MMInspectError(f"{path}: snapshot schema {str(h.get('schema'))[:40]!r}, expected one of "
+                             f"{', '.join(COMPATIBLE)}")
+    k = _need(h, "kernel", (dict,), path, "header")
+    reg = _need(k, "regime", (dict,), path, "kernel")
+    page_size = _need(reg, "page_size", _INT, path, "kernel.regime")
+    try:
+        check_page_size(page_size)
+    except MMInspectError as e:
+        raise _bad(path, f"kernel.regime.{e}") from None
+    for key in ("va_bits", "vabits_actual", "pa_bits"):
+        v = _need(reg, key, _INT, path, "kernel.regime")
+        if not 36 <= v <= 52:
+            raise _bad(path, f"kernel.regime.{key} is {v}, outside arm64's 36..52")
+    # A kernel's sections are 2^27..2^30 bytes (SECTION_SIZE_BITS_RANGE);
+    # hand-built snapshots go down to one PMD block (2 MiB). What matters
+    # here is that a removal is replayed in a bounded number of sections.
+    lo, hi = 21, SECTION_SIZE_BITS_RANGE[1]
+    section = _need(k, "section_size", _INT, path, "kernel")
+    if section & (section - 1) or not (1 << lo) <= section <= (1 << hi):
+        raise _bad(path, f"kernel.section_size is {section}, not 2^{lo}..2^{hi}")
+    block = _need(k, "block_size", _INT, path, "kernel")
+    if block < section or block % section:
+        raise _bad(path, f"kernel.block_size is {block}, not a multiple of the section size {section}")
+    struct_page = _need(k, "struct_page_size", _INT, path, "kernel")
+    if not 32 <= struct_page <= 256 or struct_page % 8:
+        raise _bad(path, f"kernel.struct_page_size is {struct_page}")
+    _need(k, "phys_offset", _INT, path, "kernel")
+    layout = _need(k, "layout", (dict,), path, "kernel")
+    for key in ("page_offset", "page_end", "vmemmap_start", "vmemmap_end"):
+        v = _need(layout, key, _INT, path, "kernel.layout")
+        if not 0 <= v < 1 << 64:
+            raise _bad(path, f"kernel.layout.{key} is {v}")
+    era = _need(h, "era", (dict,), path, "header")
+    unknown = set(era) - {f.name for f in fields(Era)}
+    if unknown:
+        raise _bad(path, f"era has unknown {sorted(unknown)[0]!r}")
+    root = _need(h, "root_phys", _INT, path, "header")
+    if not 0 <= root < 1 << 64:
+        raise _bad(path, f"root_phys is {root}")
+    _dataclass_rows(h.get("tables"), TableFacts, path, "tables")
+    _dataclass_rows(h.get("sections"), Section, path, "sections")
+    _dataclass_rows(h.get("blocks"), Block, path, "blocks")
+    for i, t in enumerate(h["tables"]):
+        if not isinstance(t["parents"], list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) for x in p) for p in t["parents"]):
+            raise _bad(path, f"tables[{i}].parents is not a list of [phys, index]")
+    for i, s in enumerate(h["sections"]):
+        if s["size"] != section:
+            raise _bad(path, f"sections[{i}].size is {s['size']}, not the section size {section}")
+    if len(h["blocks"]) > (1 << 52) // block:
+        raise _bad(path, f"{len(h['blocks'])} memory blocks of {block} bytes: more than 4 PiB")
+    if h.get("nr_pagetable") is not None and not isinstance(h["nr_pagetable"], int):
+        raise _bad(path, f"nr_pagetable is {str(h['nr_pagetable'])[:40]!r}")
+
+
+def _check_arrays(a: Dict[str, np.ndarray], h: dict, path: str) -> None:
+    """The entry arrays agree with each other and with one table's size."""
+    per_table = h["kernel"]["regime"]["page_size"] // 8
+    n = len(a["phys"])
+    if len(a["lengths"]) != n:
+        raise _bad(path, f"{n} dense tables but {len(a['lengths'])} lengths")
+    lengths = a["lengths"].astype(np.int64)
+    if n and (lengths.min() < 0 or lengths.max() > per_table):
+        raise _bad(path, f"a dense table of {int(lengths.max())} entries (a table has at most {per_table})")
+    if int(lengths.sum()) != len(a["entries"]):
+        raise _bad(path, f"dense tables of {int(lengths.sum())} entries in all, {len(a['entries'])} stored")
+    m = len(a["uphys"])
+    if not len(a["ufirst"]) == len(a["ustep"]) == len(a["ulen"]) == m:
+        raise _bad(path, "uniform tables' arrays differ in length")
+    ulen = a["ulen"].astype(np.int64)
+    if m and (ulen.min() < 0 or ulen.max() > per_table):
+        raise _bad(path, f"a uniform table of {int(ulen.max())} entries (a table has at most {per_table})")

@@ -1,0 +1,222 @@
+"""
+identify: what a physical page is, and who maps it
+--------------------------------------------------
+
+:func:`identify` answers, for many physical addresses in one pass:
+
+- whether the page is a **page-table page** of some root (init_mm and its
+  vmemmap, efi_mm, the KPTI trampoline, every task's mm, the lazily borrowed
+  ones): at which level and VA span, from how many entries, and, through the
+  classifier, its origin, ptlock and evidence;
+- **every VA that maps it** in every root: a reverse map built once over all
+  roots (:class:`ReverseMap`: the leaf runs of every walk as sorted arrays by
+  physical start, each query range found with ``np.searchsorted``), not a
+  walk or a scan per address or per root;
+- what its **struct page** says (:func:`mminspect.pageinfo.page_info`).
+
+Each root is walked once, however many addresses are asked about.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mminspect.errors import MMInspectError
+from mminspect.kernel import Kernel, Root
+from mminspect.walk import CLS_LEAF, Walk, walk
+
+__all__ = ("JSON_SCHEMA", "Identity", "ReverseMap", "identify", "parse_address")
+
+JSON_SCHEMA = "mminspect.identify/1"
+_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class MappedAt:
+    """One VA range of one root that maps the page."""
+
+    root: str
+    va: int  #: VA of the page (for a repeated run: the run's first VA)
+    size: int  #: bytes of VA (a repeated run maps the page again and again)
+    level: str
+    kind: str
+    attrs: str
+    repeated: bool
+
+    def as_dict(self) -> Dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Identity:
+    """What :func:`identify` found about one physical address."""
+
+    phys: int
+    pfn: int
+    tables: List[Dict[str, object]] = field(default_factory=list)  #: one per root that reaches it
+    mapped_at: List[MappedAt] = field(default_factory=list)
+    page: Optional[object] = None  #: pageinfo.PageInfo
+
+    @property
+    def is_page_table(self) -> bool:
+        return bool(self.tables)
+
+    def as_dict(self) -> Dict[str, object]:
+        return {"phys": self.phys, "pfn": self.pfn, "page_table": self.is_page_table, "tables": self.tables,
+                "mapped_at": [m.as_dict() for m in self.mapped_at],
+                "page": self.page.as_dict() if self.page is not None else None}
+
+
+class ReverseMap:
+    """
+    The leaf runs of many walks, sorted by physical start: which VAs of
+    which roots map a physical address. Built once from the walks' run
+    arrays (no Python object per run); :meth:`lookup` answers a whole batch
+    of addresses with two ``searchsorted`` calls per run array.
+
+    >>> rm = ReverseMap(k, [walk(k, k.root("init_mm")), walk(k, k.root("efi_mm"))])
+    >>> rm.lookup(np.array([0x40246000], dtype=np.uint64))
+    """
+
+    def __init__(self, kernel: Kernel, walks: Sequence[Walk]) -> None:
+        r = kernel.regime
+        self.kernel = kernel
+        self.roots = [w.root.name for w in walks]
+        cols = {k: [] for k in ("pa", "end", "va", "size", "level", "attr", "inherit", "rep", "root")}
+        for i, w in enumerate(walks):
+            leaf = w.runs[w.runs["cls"] == CLS_LEAF]
+            pa = leaf["pa"]
+            page = np.array([1 << r.shift(int(L)) for L in leaf["level"].tolist()], dtype=np.uint64) \
+                if leaf["rep"].any() else None
+            end = np.where(leaf["rep"] != 0, pa + page, pa + leaf["size"]) if page is not None else pa + leaf["size"]
+            for name, col in (("pa", pa), ("end", end), ("va", leaf["va"]), ("size", leaf["size"]),
+                              ("level", leaf["level"]), ("attr", leaf["attr"]), ("inherit", leaf["inherit"]),
+                              ("rep", leaf["rep"])):
+                cols[name].append(col)
+            cols["root"].append(np.full(len(leaf), i, dtype=np.int32))
+        cat = {k: (np.concatenate(v) if v else np.empty(0)) for k, v in cols.items()}
+        order = np.argsort(cat["pa"], kind="stable")
+        self.runs = {k: v[order] for k, v in cat.items()}
+
+    def __len__(self) -> int:
+        return len(self.runs["pa"])
+
+    def lookup(self, pas: np.ndarray):
+        """``(query index, run index)`` pairs: every run that maps each of
+        ``pas`` (any order). Runs whose physical range holds no query cost
+        two binary searches each."""
+        pas = np.asarray(pas, dtype=np.uint64)
+        qorder = np.argsort(pas, kind="stable")
+        qs = pas[qorder]
+        lo = np.searchsorted(qs, self.runs["pa"], side="left")
+        hi = np.searchsorted(qs, self.runs["end"], side="left")
+        cnt = (hi - lo).astype(np.int64)
+        hit = np.nonzero(cnt > 0)[0]
+        if not len(hit):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        c = cnt[hit]
+        run_idx = np.repeat(hit, c)
+        starts = np.repeat(lo[hit], c)
+        offs = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
+        return qorder[starts + offs], run_idx
+
+
+def parse_address(text: str, page_shift: int) -> int:
+    """``PHYS`` (hex, 0x optional) or ``pfn:N`` (N decimal or 0x hex)."""
+    t = text.strip()
+    try:
+        if t.lower().startswith("pfn:"):
+            return int(t[4:], 0) << page_shift
+        return int(t, 16)
+    except ValueError:
+        raise MMInspectError(f"bad address {text!r}: expected PHYS (hex) or pfn:N") from None
+
+
+def _check_ram(kernel: Kernel, pas: Sequence[int]) -> None:
+    from mminspect.classify import classifier_for
+    from mminspect.pageinfo import max_pfn
+
+    shift = kernel.regime.page_shift
+    mp = max_pfn(kernel)
+    mem = classifier_for(kernel).memory
+    for pa in pas:
+        if mp is not None and pa >> shift >= mp:
+            raise MMInspectError(f"pfn {pa >> shift:#x} (physical {pa:#x}) is past max_pfn {mp:#x}")
+        if mem is not None and mem.sections and not any(s.start <= pa < s.start + s.size for s in mem.sections):
+            raise MMInspectError(f"physical {pa:#x} is outside RAM (in no present memory section)")
+
+
+def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]] = None,
+             walks: Optional[Sequence[Walk]] = None, page_facts: bool = True) -> List[Identity]:
+    """
+    Identify every physical address of ``pas`` (see the module docstring),
+    walking each root once (``roots``: default every root
+    :func:`~mminspect.classify.resolve_roots` ``"all"`` gives; ``walks``:
+    walks the caller already has).
+
+    >>> [i.is_page_table for i in identify(k, [0x40246000, 0x80001000])]
+    [True, False]
+
+    :raises MMInspectError: for an address outside RAM or past ``max_pfn``
+    """
+    from mminspect.classify import classify_walk, resolve_roots
+
+    r = kernel.regime
+    shift = r.page_shift
+    pas = [int(p) for p in pas]
+    _check_ram(kernel, pas)
+    if walks is None:
+        roots = roots if roots is not None else resolve_roots(kernel, "all")
+        walks = [walk(kernel, root) for root in roots]
+    q = np.array(pas, dtype=np.uint64)
+    qpage = q >> np.uint64(shift)
+    out = [Identity(pa, pa >> shift) for pa in pas]
+    # Page-table pages: a table page (or sub-page pgd object) in the queried page.
+    for w in walks:
+        tpage = w.table_phys >> np.uint64(shift)
+        order = np.argsort(tpage, kind="stable")
+        st = tpage[order]
+        lo = np.searchsorted(st, qpage, side="left")
+        hi = np.searchsorted(st, qpage, side="right")
+        hits = np.nonzero(hi > lo)[0]
+        if not len(hits):
+            continue
+        sel = np.unique(np.concatenate([order[lo[i]:hi[i]] for i in hits.tolist()]))
+        cls = classify_walk(kernel, w, select=sel)
+        recs = {rec.phys: rec for rec in cls.records()}
+        for i in hits.tolist():
+            for j in order[lo[i]:hi[i]].tolist():
+                rec = recs[int(w.table_phys[j])]
+                parents = w.parents_of(rec.phys)
+                out[i].tables.append({
+                    "root": w.root.name, "phys": rec.phys, "level": rec.level_name, "va": rec.va,
+                    "span": rec.span, "valid": int(w.table_valid[j]), "entries": int(w.table_entries[j]),
+                    "parents": [{"phys": p.phys, "index": p.index} for p in parents],
+                    "region": rec.region, "origin": rec.origin, "allocator": rec.allocator,
+                    "expected": list(rec.expected), "ptlock": rec.ptlock, "evidence": list(rec.evidence),
+                })
+    # Every VA that maps it.
+    rm = ReverseMap(kernel, walks)
+    qi, ri = rm.lookup(q)
+    R = rm.runs
+    from mminspect.walk import Mapping
+
+    for a, b in sorted(zip(qi.tolist(), ri.tolist())):
+        L = int(R["level"][b])
+        m = Mapping(int(R["va"][b]), int(R["size"][b]), int(R["pa"][b]), L, r.level_name(L), int(R["attr"][b]),
+                    int(R["inherit"][b]), bool(R["rep"][b]))
+        page_base = pas[a] & ~((1 << shift) - 1)
+        if m.repeat:
+            va, size = m.va, m.size
+        else:
+            va = (m.va + (page_base - m.pa)) & _U64 if page_base >= m.pa else m.va
+            size = min(1 << shift, m.size)
+        out[a].mapped_at.append(MappedAt(rm.roots[int(R["root"][b])], va, size, m.level_name, m.kind, m.attrs,
+                                         m.repeat))
+    if page_facts:
+        from mminspect.pageinfo import page_info
+
+        for ident, info in zip(out, page_info(kernel, [p >> shift for p in pas])):
+            ident.page = info
+    return out

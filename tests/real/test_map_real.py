@@ -1,0 +1,118 @@
+"""``mminspect map`` on the recipe's real dumps, read back in headless Chromium.
+
+For each kernel that hot-added memory: the map of its hot-add dump with the
+hot-added blocks proposed for removal (and, with two DIMMs, dimm1 alone)
+must draw every classified table page once with its origin, and overlay
+exactly the table pages the real kernel freed (tables of the hot-add dump
+gone from, or reused in, the hot-remove dump), with the kept tables the
+simulation names; boot memory proposed for removal is drawn refused with
+the kernel's message. Each page is opened from disk with no console error,
+and a screenshot is saved ($MMINSPECT_SCREENSHOTS keeps a copy).
+"""
+
+import functools
+import json
+from collections import Counter
+
+import pytest
+
+import mminspect
+import vmcores
+from mminspect.classify import classify_roots, resolve_roots
+from mminspect.hotremove import Proposal, capture_snapshot, diff_snapshots, select_policy, simulate
+from tests.browser.mapcheck import (Chromium, expected_tables, find_chromium, legend, marks, open_map, overlay,
+                                    run_map, save_shot, view, zoom_to)
+
+pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no chromium (apt-get install chromium)")
+
+CASES = [(k, before, after) for k in vmcores.kernel_ids()
+         for before, after in (("hotadd", "hotremove"), ("hotadd2", "hotremove1"))]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with Chromium() as b:
+        yield b
+
+
+@functools.cache
+def _dumps(kernel_id, before, after):
+    from tests.real.conftest import get_dump
+
+    got = {sc: get_dump(kernel_id, sc) for sc in (before, after)}
+    for d in got.values():
+        if isinstance(d, str):
+            return d
+    return got[before], got[after]
+
+
+def _removed_blocks(dump_before, dump_after):
+    """The blocks the real removal took away: those of the DIMM the guest
+    unplugged (the recipe's meta), else every hot-added block."""
+    removed = (dump_after.meta.get("memory") or {}).get("removed_dimm")
+    if removed and removed.get("blocks"):
+        return removed["blocks"]
+    mem = dump_before.meta["memory"]
+    return [b for d in mem.get("dimms") or [mem["dimm"]] for b in d["blocks"]]
+
+
+@pytest.mark.parametrize("kernel_id, before, after", CASES, ids=[f"{k}-{b}" for k, b, _ in CASES])
+def test_map_overlays_the_real_removal(browser, tmp_path, kernel_id, before, after):
+    got = _dumps(kernel_id, before, after)
+    if isinstance(got, str):
+        pytest.skip(got)
+    d0, d1 = got
+    blocks = _removed_blocks(d0, d1)
+    out = tmp_path / f"{kernel_id}-{before}.html"
+    run_map("-c", str(d0.vmcore), "-s", str(d0.vmlinux), "--block", f"{min(blocks)}..{max(blocks)}", "-o", str(out))
+
+    k0 = mminspect.open(prog=d0.program())
+    roots = resolve_roots(k0, "init_mm")
+    try:
+        roots += resolve_roots(k0, "efi_mm")
+    except mminspect.MMInspectError:
+        pass
+    want = expected_tables(classify_roots(k0, roots))
+    snap0 = capture_snapshot(k0)
+    snap1 = capture_snapshot(mminspect.open(prog=d1.program()))
+    real_freed = set(diff_snapshots(snap0, snap1)["freed"])
+    bsize = snap0.kernel["block_size"]
+    result = simulate(snap0, Proposal.from_blocks(blocks, bsize), select_policy(snap0.era))
+
+    page = open_map(browser, out)
+    assert legend(page) == {o: Counter(want.values()).get(o, 0) for o in legend(page)}
+    if view(page)[0] == "marks":
+        assert marks(page) == want
+    freed, kept = overlay(page)
+    assert freed == real_freed, (len(freed), len(real_freed))
+    assert kept == {e.phys for e in result.kept}
+    save_shot(page, tmp_path / f"map-{kernel_id}-{before}.png")
+    if real_freed:  # zoomed into the freed tables: each one a mark with the overlay's cross
+        lo, hi = zoom_to(page, min(real_freed), clicks=1)
+        assert marks(page) == {p: o for p, o in want.items() if lo <= p < hi}
+        assert overlay(page)[0] == {p for p in real_freed if lo <= p < hi}
+        save_shot(page, tmp_path / f"map-{kernel_id}-{before}-zoom.png", full_page=False)
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("kernel_id", [k for k in vmcores.kernel_ids()])
+def test_boot_memory_removal_is_drawn_refused(browser, tmp_path, kernel_id):
+    got = _dumps(kernel_id, "hotadd", "hotremove")
+    if isinstance(got, str):
+        pytest.skip(got)
+    d0, _ = got
+    out = tmp_path / "refused.json"
+    k0 = mminspect.open(prog=d0.program())
+    boot = next(b for b in capture_snapshot(k0).blocks if b.early and b.start)
+    p = run_map("-c", str(d0.vmcore), "-s", str(d0.vmlinux), "--block", str(boot.id), "--format", "json",
+                "-o", str(out))
+    assert "refused" in p.stdout
+    prop = json.loads(out.read_text())["proposal"]
+    assert not prop["simulated"]
+    assert any(r["rule"] == "boot-memory" and "offlining attempted" in r["message"] for r in prop["refusals"])
+    html = tmp_path / "refused.html"
+    run_map("-c", str(d0.vmcore), "-s", str(d0.vmlinux), "--block", str(boot.id), "-o", str(html))
+    page = open_map(browser, html)
+    assert page.evaluate("document.querySelectorAll('#map-svg .ov-refused').length") >= 1
+    assert "offlining attempted" in page.evaluate("document.getElementById('proposal-body').textContent")
+    assert page.errors == []
