@@ -63,6 +63,8 @@ class Audit:
     memcg: Dict[int, int]  #: memcg_data (flags cleared) -> typed pages charged to it
     page_shift: int = 12
     stats: Dict[str, float] = field(default_factory=dict)
+    #: on a running kernel, what changed between two reads (mminspect.live.settle_audit)
+    changed_while_read: List[str] = field(default_factory=list)
 
     @property
     def typed_count(self) -> int:
@@ -125,6 +127,7 @@ class Audit:
             "writable_roots": self.writable_roots,
             "memcg": {hex(k): v for k, v in self.memcg.items()},
             "stats": self.stats,
+            "changed_while_read": self.changed_while_read,
         }
 
 
