@@ -43,9 +43,10 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from mminspect.arch.insn import function_calls, function_strings
 from mminspect.kernel import Kernel
 from mminspect.mm.struct_page import PageLayout
-from mminspect.target.base import symbol_size
+from mminspect.target.base import TargetFault, symbol_size
 
 __all__ = ("EraFacts", "Features", "era_facts", "from_osrelease")
 
@@ -122,8 +123,6 @@ def _page_type(f: EraFacts) -> Fact:
 
 def _ctor_by_code(f: EraFacts, fn: str, since: Tuple[int, int], what: str) -> Fact:
     """A ctor seen by the accounting call it makes in ``fn``'s code, else by OSRELEASE."""
-    from mminspect.hotremove.era import function_calls  # arch/insn.py after the era merge
-
     calls = function_calls(f.kernel, [fn], ACCOUNTING)
     later, osrelease = from_osrelease(f.kernel, since)
     vtxt = osrelease.split()[1]
@@ -242,6 +241,154 @@ def _alloc_split(f: EraFacts) -> Fact:
 @detector("debug_spinlock")
 def _debug_spinlock(f: EraFacts) -> Fact:
     return f.layout.debug_spinlock, f.layout.evidence.get("debug_spinlock", "")
+
+
+# -- the removal path --------------------------------------------------------------
+
+#: The hot-remove table-freeing functions, and the calls that show a pgtable
+#: dtor in them (Alistair Popple's "arm64: mm: call pagetable dtor when freeing
+#: hot-removed page tables", 2026, Fixes: 5e8eb9aeeda3).
+HOTREMOVE_FUNCS = ("free_hotplug_pgtable_page", "free_empty_pte_table", "free_empty_pmd_table",
+                   "free_empty_pud_table", "free_empty_p4d_table", "free_empty_tables", "__remove_pgd_mapping",
+                   "vmemmap_free", "arch_remove_memory")
+DTOR_CALLS = ("__lruvec_stat_mod_folio", "lruvec_stat_mod_folio", "__mod_lruvec_page_state", "mod_node_page_state",
+              "__mod_node_page_state", "pagetable_dtor", "pagetable_dtor_free")
+
+
+@detector("dtor_fix")
+def _dtor_fix(f: EraFacts) -> Fact:
+    calls = function_calls(f.kernel, HOTREMOVE_FUNCS, DTOR_CALLS)
+    if calls:
+        fn, target = next(iter(calls.items()))
+        return True, f"yes: {fn}() calls {target}() (a pgtable dtor on hot-removed tables)"
+    if calls is not None:
+        return False, "no: the hot-remove table-freeing code makes no NR_PAGETABLE accounting call"
+    return None, "unknown: cannot read the hot-remove code (no symbols)"
+
+
+@detector("ptlock_free_null_safe")
+def _ptlock_free_null_safe(f: EraFacts) -> Fact:
+    later, osrelease = from_osrelease(f.kernel, (6, 14))
+    return later, f"inline code, not visible: inferred from {osrelease} (v6.14)"
+
+
+@detector("free_clears_type")
+def _free_clears_type(f: EraFacts) -> Fact:
+    # 2dfcd1608f3a9 ("mm/page_alloc: let page freeing clear any set page type"), v6.17
+    later, osrelease = from_osrelease(f.kernel, (6, 17))
+    return later, f"inline code, not visible: inferred from {osrelease} (2dfcd1608f3a9, v6.17)"
+
+
+@detector("debug_vm")
+def _debug_vm(f: EraFacts) -> Fact:
+    t = f.target
+    if t.symbol("dump_vma") is not None:
+        return True, "symbol dump_vma (built only with CONFIG_DEBUG_VM)"
+    return False, "no dump_vma symbol: CONFIG_DEBUG_VM off" if t.has_debug_info else "unknown: no symbols"
+
+
+def _static_key_enabled(f: EraFacts, name: str) -> Optional[bool]:
+    addr = f.target.symbol(name)
+    if addr is None:
+        return None
+    try:
+        # struct static_key { atomic_t enabled; ... } at offset 0
+        return int.from_bytes(f.target.read_virt(addr, 4), "little", signed=True) > 0
+    except TargetFault:
+        return None
+
+
+@detector("check_pages")
+def _check_pages(f: EraFacts) -> Fact:
+    # the check_pages_enabled static key (v6.10); before, the free-time checks always ran
+    enabled = _static_key_enabled(f, "check_pages_enabled")
+    if enabled is None:
+        return True, "no check_pages_enabled key: free-time checks always run (before v6.10)"
+    return enabled or f.value("debug_vm"), f"static key check_pages_enabled is {'on' if enabled else 'off'}"
+
+
+@detector("bootmem_notifier")
+def _bootmem_notifier(f: EraFacts) -> Fact:
+    # bbd6ec605c0f ("arm64/mm: Enable memory hot remove"), v5.7: boot memory is refused
+    t = f.target
+    notifier = next((n for n in ("prevent_bootmem_remove_nb", "prevent_memory_remove_nb")
+                     if t.symbol(n) is not None), None)
+    if notifier:
+        return True, f"symbol {notifier} (v5.7+)"
+    if t.has_debug_info:
+        return False, "no boot-memory remove notifier: pre-v5.7 arm64"
+    later, osrelease = from_osrelease(f.kernel, (5, 7))
+    return later, f"no debug info: inferred from {osrelease}"
+
+
+@detector("leaf_split_notifier")
+def _leaf_split_notifier(f: EraFacts) -> Fact:
+    # "arm64/mm: Reject memory removal that splits a kernel leaf mapping" (2026)
+    t = f.target
+    fn = next((n for n in ("prevent_memory_remove_notifier", "prevent_bootmem_remove_notifier")
+               if t.symbol(n) is not None), None)
+    strings = function_strings(f.kernel, fn) if fn else None
+    if strings is not None:
+        found = [x for x in strings if "splits a leaf entry" in x]
+        return bool(found), (
+            f"yes: {fn}() prints {found[0].strip()!r} ('arm64/mm: Reject memory removal that splits a "
+            "kernel leaf mapping')" if found else
+            f"no: {fn}() prints no 'splits a leaf entry' message (before 'arm64/mm: Reject memory removal "
+            "that splits a kernel leaf mapping')")
+    if fn is None and t.has_debug_info:
+        return False, "no: no arm64 memory-remove notifier at all"
+    return None, (f"unknown: cannot read the code of {fn}()" if fn else
+                  "unknown: no symbols to find arm64's memory notifier")
+
+
+@detector("block_memmap")
+def _block_memmap(f: EraFacts) -> Fact:
+    # where a memory block keeps its own memmap (memmap_on_memory): v5.15's
+    # nr_vmemmap_pages, v6.6's struct vmem_altmap *
+    t = f.target
+    if t.offsetof("struct memory_block", "altmap") is not None:
+        return "altmap", "DWARF: struct memory_block has altmap (struct vmem_altmap *; v6.6+)"
+    if t.offsetof("struct memory_block", "nr_vmemmap_pages") is not None:
+        return "nr_vmemmap_pages", ("DWARF: struct memory_block has nr_vmemmap_pages (v5.15..v6.5): "
+                                    "memmap_on_memory only for a hot-add of exactly one block "
+                                    "(mhp_supports_memmap_on_memory())")
+    if t.has_debug_info and t.offsetof("struct memory_block", "state") is not None:
+        return "none", "DWARF: struct memory_block has no memmap of its own (before v5.15)"
+    return None, "unknown: no DWARF for struct memory_block"
+
+
+@detector("altmap_per_block")
+def _altmap_per_block(f: EraFacts) -> Fact:
+    """(value, evidence); no evidence (None) where the block has no memmap
+    of its own or it is unknown."""
+    kind = f.value("block_memmap")
+    if kind == "altmap":
+        per_block = f.target.symbol("remove_memory_blocks_and_altmaps") is not None
+        return per_block, (
+            "symbol remove_memory_blocks_and_altmaps: each block of a hot-add has its own altmap and is "
+            "removed by its own arch_remove_memory() ('mm/memory_hotplug: split memmap_on_memory requests "
+            "across memblocks')" if per_block else
+            "no remove_memory_blocks_and_altmaps symbol: one altmap per hot-add (v6.6..v6.8)")
+    if kind == "nr_vmemmap_pages":
+        return False, "no: a memmap_on_memory hot-add is one block"
+    return (False if kind == "none" else None), None
+
+
+@detector("memmap_on_memory")
+def _memmap_on_memory(f: EraFacts) -> Fact:
+    t = f.target
+    for name, decode in (("memmap_mode", {0: "0", 1: "1", 2: "force"}), ("memmap_on_memory", {0: "0", 1: "1"})):
+        addr = t.symbol(name)
+        if addr is None:
+            continue
+        size = 4 if name == "memmap_mode" else 1
+        try:
+            value = int.from_bytes(t.read_virt(addr, size), "little")
+        except TargetFault:
+            return None, f"unknown: cannot read {name}"
+        mode = decode.get(value, str(value))
+        return mode, f"{name} = {value}: memory_hotplug.memmap_on_memory={mode}"
+    return None, "unknown: no memmap_mode/memmap_on_memory symbol"
 
 
 @dataclass
