@@ -183,7 +183,9 @@ def all_roots(kernel: Kernel, spec: str = "all") -> List[Root]:
         roots.append(kernel.root("efi_mm"))
     except MMInspectError:
         pass
-    tr = tramp_root(kernel)
+    # tramp_root() relocates the symbol through the classifier (memory map,
+    # era facts ...): only worth building for a kernel that has the symbol.
+    tr = tramp_root(kernel) if kernel.target.symbol("tramp_pg_dir") is not None else None
     if tr is not None:
         roots.append(tr)
     try:
