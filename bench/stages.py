@@ -24,12 +24,15 @@ Stages:
 ``audit``       (d) the NR_PAGETABLE audit
 ``remove-1G``   (e) simulate-remove of the top 1 GiB of RAM (hot-added)
 ``remove-64G``  (e) simulate-remove of the top 64 GiB (all hot-added)
-``walk-roots``  (f) every root walked once (init_mm, efi_mm): the baseline
+``read-memmap-cold``, ``audit-cold``: the memmap read and the audit with the
+                dump evicted from the page cache before each run
+                (:mod:`bench.cold`)
+``walk-roots``  (g) every root walked once (init_mm, efi_mm): the baseline
                 of identify
-``identify-10k`` (f) identify 10,000 physical addresses (half table pages,
+``identify-10k`` (g) identify 10,000 physical addresses (half table pages,
                 half random RAM) against every root, struct pages included
-``walk-two``    (g) every root of two states walked: the baseline of diff
-``diff``        (g) diff of the kernel against a second state of it, the
+``walk-two``    (h) every root of two states walked: the baseline of diff
+``diff``        (h) diff of the kernel against a second state of it, the
                 hot-added range's linear map removed (its PUD entries
                 cleared in a sparse copy of the dump, made once, untimed)
 ==============  ==========================================================
@@ -388,6 +391,16 @@ STAGES = {
 }
 
 
+def _cold_stages() -> None:
+    from bench.cold import stage_audit_cold, stage_read_memmap_cold
+
+    STAGES["read-memmap-cold"] = stage_read_memmap_cold
+    STAGES["audit-cold"] = stage_audit_cold
+
+
+_cold_stages()
+
+
 def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0) -> Dict:
     import mminspect
 
@@ -401,7 +414,7 @@ def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0
     out["open_seconds"] = time.perf_counter() - t0
     out["rss_after_open_kib"] = vm_status("VmRSS")
     try:
-        run, check = STAGES[stage](kernel, meta, tables)
+        run, check, *before = STAGES[stage](kernel, meta, tables)
     except NotAvailable as e:
         out.update(status="n/a", reason=str(e))
         return out
@@ -413,6 +426,8 @@ def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0
     for i in range(max(1, repeat)):
         result = None
         gc.collect()
+        for prepare in before:  # untimed: e.g. evict the dump from the page cache
+            prepare()
         c0, w0 = time.process_time(), time.perf_counter()
         result = run()
         wall = time.perf_counter() - w0

@@ -109,10 +109,13 @@ def test_boot_memory_removal_is_drawn_refused(browser, tmp_path, kernel_id):
     assert "refused" in p.stdout
     prop = json.loads(out.read_text())["proposal"]
     assert not prop["simulated"]
-    assert any(r["rule"] == "boot-memory" and "offlining attempted" in r["message"] for r in prop["refusals"])
+    result = simulate(capture_snapshot(k0), Proposal(boot.start, boot.start + boot.size),
+                      select_policy(capture_snapshot(k0).era))
+    want = [(r.rule, r.message) for r in result.refusals if r.fatal]
+    assert want and [(r["rule"], r["message"]) for r in prop["refusals"] if r["fatal"]] == want
     html = tmp_path / "refused.html"
     run_map("-c", str(d0.vmcore), "-s", str(d0.vmlinux), "--block", str(boot.id), "-o", str(html))
     page = open_map(browser, html)
     assert page.evaluate("document.querySelectorAll('#map-svg .ov-refused').length") >= 1
-    assert "offlining attempted" in page.evaluate("document.getElementById('proposal-body').textContent")
+    assert want[0][1] in page.evaluate("document.getElementById('proposal-body').textContent")
     assert page.errors == []

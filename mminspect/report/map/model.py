@@ -266,17 +266,17 @@ def _proposal_dict(result, snapshot, page_size: int) -> Dict[str, Any]:
         t = snapshot.tables.get(e.phys)
         levels[t.level_name if t else "?"] += 1
 
+    bsize = snapshot.kernel.get("block_size") or 0
+
     def where(ref) -> Dict[str, Any]:
-        # Refusals that name their memory (start/end or a block id) are drawn
-        # there; the others cover the whole proposal.
-        d = {"rule": ref.rule, "message": ref.message, "fatal": bool(ref.fatal)}
-        start, end = getattr(ref, "start", None), getattr(ref, "end", None)
-        block = getattr(ref, "block", None)
-        bsize = snapshot.kernel.get("block_size") or 0
-        if start is None and block is not None and bsize:
-            start, end = block * bsize, (block + 1) * bsize
-        d["start"] = result.proposal.start if start is None else int(start)
-        d["end"] = result.proposal.end if end is None else int(end)
+        # A refusal that names its memory (the range the kernel checked, or
+        # its block) is drawn there; the others cover the whole proposal.
+        d = {"rule": ref.rule, "message": ref.message, "fatal": bool(ref.fatal),
+             "block": getattr(ref, "block", None), "evidence": getattr(ref, "evidence", "") or ""}
+        rng = getattr(ref, "range", None)
+        if rng is None and d["block"] is not None and bsize:
+            rng = (d["block"] * bsize, (d["block"] + 1) * bsize)
+        d["start"], d["end"] = (int(rng[0]), int(rng[1])) if rng else (result.proposal.start, result.proposal.end)
         return d
 
     def kept(e) -> Dict[str, Any]:
@@ -303,6 +303,10 @@ def _proposal_dict(result, snapshot, page_size: int) -> Dict[str, Any]:
                       "messages": [m for m in f.messages if m]} for f in result.findings],
         "warnings": [{"routine": w.routine, "phys": w.phys, "va": _va(w.va), "detail": w.detail}
                      for w in result.warnings],
+        "blocks": [{"id": b.id, "start": b.start, "end": b.end, "outcome": b.outcome}
+                   for b in getattr(result, "blocks", ())],
+        "kernel_log": list(getattr(result, "kernel_log", ())),
+        "unchecked": [{"rule": u.rule, "block": u.block, "why": u.why} for u in getattr(result, "unchecked", ())],
     }
 
 
