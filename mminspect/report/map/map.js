@@ -507,7 +507,8 @@
       h += "<p>The kernel would print:</p><pre class=\"kernel-log\">" + P.kernel_log.map(esc).join("\n") + "</pre>";
     if (P.unchecked && P.unchecked.length)
       h += "<p>Not decided from this dump (never counted as passed): " + P.unchecked.map(function (u) {
-        return esc(u.rule + (u.block !== null && u.block !== undefined ? " (memory" + u.block + ")" : "") + ": " + u.why); }).join("; ") + "</p>";
+        var b = u.blocks.length ? " (memory" + u.blocks[0] + (u.blocks.length > 1 ? " and " + num(u.blocks.length - 1) + " more blocks" : "") + ")" : "";
+        return esc(u.rule + b + ": " + u.why); }).join("; ") + "</p>";
     if (!P.simulated) h += "<p>Not simulated: the kernel refuses this removal before any page table is touched.</p>";
     else {
       var lv = Object.keys(P.freed.levels).map(function (k) { return P.freed.levels[k] + " " + k; }).join(", ");

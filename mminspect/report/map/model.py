@@ -303,11 +303,33 @@ def _proposal_dict(result, snapshot, page_size: int) -> Dict[str, Any]:
                       "messages": [m for m in f.messages if m]} for f in result.findings],
         "warnings": [{"routine": w.routine, "phys": w.phys, "va": _va(w.va), "detail": w.detail}
                      for w in result.warnings],
-        "blocks": [{"id": b.id, "start": b.start, "end": b.end, "outcome": b.outcome}
-                   for b in getattr(result, "blocks", ())],
+        "blocks": _outcome_runs(getattr(result, "blocks", ())),
         "kernel_log": list(getattr(result, "kernel_log", ())),
-        "unchecked": [{"rule": u.rule, "block": u.block, "why": u.why} for u in getattr(result, "unchecked", ())],
+        "unchecked": _unchecked(getattr(result, "unchecked", ())),
     }
+
+
+def _outcome_runs(blocks) -> List[Dict[str, Any]]:
+    """Per-block outcomes of the offline step, as runs of consecutive blocks
+    with one outcome (``first``, ``last`` block ids, ``start``, ``end``)."""
+    out: List[Dict[str, Any]] = []
+    for b in blocks:
+        if out and out[-1]["last"] + 1 == b.id and out[-1]["end"] == b.start and out[-1]["outcome"] == b.outcome:
+            out[-1].update(last=b.id, end=b.end)
+        else:
+            out.append({"first": b.id, "last": b.id, "start": b.start, "end": b.end, "outcome": b.outcome})
+    return out
+
+
+def _unchecked(items) -> List[Dict[str, Any]]:
+    """Checks the dump cannot decide, one entry per (rule, why) with the
+    blocks it concerns (a 64 GiB removal repeats one sentence 512 times)."""
+    out: Dict[Tuple[str, str], List[int]] = {}
+    for u in items:
+        out.setdefault((u.rule, u.why), [])
+        if u.block is not None:
+            out[(u.rule, u.why)].append(u.block)
+    return [{"rule": r, "why": w, "blocks": b} for (r, w), b in out.items()]
 
 
 def map_dict(kernel: Kernel, walks: Sequence[Walk], classes: Sequence[Classification],
