@@ -119,3 +119,35 @@ def test_boot_memory_removal_is_drawn_refused(browser, tmp_path, kernel_id):
     assert page.evaluate("document.querySelectorAll('#map-svg .ov-refused').length") >= 1
     assert want[0][1] in page.evaluate("document.getElementById('proposal-body').textContent")
     assert page.errors == []
+
+
+@pytest.mark.parametrize("kernel_id", [k for k in vmcores.kernel_ids()])
+def test_rows_name_each_blocks_zone_and_node(browser, tmp_path, kernel_id):
+    """Each memory block's row names its zone and NUMA node as the kernel's
+    memory_blocks xarray gives them (two nodes on the -numa kernel)."""
+    from tests.real.conftest import get_dump
+
+    d = get_dump(kernel_id, "boot")
+    if isinstance(d, str):
+        pytest.skip(d)
+    from drgn.helpers.linux.mm import for_each_memory_block
+
+    prog = d.program()
+    want = {}
+    for mem in for_each_memory_block(prog):
+        bid = mem.dev.id.value_()
+        want[f"memory{bid}"] = ((mem.zone.name.string_().decode() if mem.zone else None), mem.nid.value_())
+    out = tmp_path / "boot.html"
+    run_map("-c", str(d.vmcore), "-s", str(d.vmlinux), "-o", str(out))
+    page = open_map(browser, out)
+    labels = json.loads(page.evaluate("JSON.stringify(Array.from(document.querySelectorAll('#map-svg .row-label'))"
+                                      ".map(t => t.textContent))"))
+    got = {}
+    for text in labels:
+        words = text.split()
+        if words[0].startswith("memory") and "-" not in words[0]:
+            got[words[0]] = (words[1] if len(words) > 2 else None, int(words[-1][1:]))
+    assert got == want
+    if kernel_id.endswith("-numa"):
+        assert {n for _, n in want.values()} == {0, 1}
+    assert page.errors == []
