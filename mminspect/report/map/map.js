@@ -127,11 +127,11 @@
   }
 
   // -- memory layout -----------------------------------------------------------------
+  var blockStarts = new Float64Array(blocks.map(function (b) { return b.start; }));
   function blockAt(pa) {
-    var k = lowerBound(blocks.map(function (b) { return b.start; }), pa + 1) - 1;
+    var k = lowerBound(blockStarts, pa + 1) - 1;
     return (k >= 0 && pa < blocks[k].start + blocks[k].size) ? blocks[k] : null;
   }
-  var blockStarts = new Float64Array(blocks.map(function (b) { return b.start; }));
   function blocksIn(lo, hi) {
     var out = [], k = Math.max(0, lowerBound(blockStarts, lo + 1) - 1);
     for (; k < blocks.length && blocks[k].start < hi; k++) if (blocks[k].start + blocks[k].size > lo) out.push(blocks[k]);
@@ -422,10 +422,7 @@
 
   function zoomInto(r) {
     if (r.hole) return;
-    var lo = r.lo, hi = r.hi;
-    var unit = childUnit(r);
-    if (unit >= hi - lo && hi - lo <= UNIT) unit = Math.max(PAGE, PAGE * COLS);
-    stack.push({ lo: lo, hi: hi, unit: unit });
+    stack.push({ lo: r.lo, hi: r.hi, unit: childUnit(r) });
     draw();
     var first = wrap.querySelector(".row[tabindex]");
     if (first && document.activeElement && document.activeElement.classList && document.activeElement.classList.contains("row")) first.focus();
@@ -542,7 +539,6 @@
 
   // -- VA overview ---------------------------------------------------------------------------------
   var GRAN_FILL = { "page": "#0072B2", "contiguous": "#56B4E9", "block": "#009E73", "repeated": "#999999" };
-  var GRAN_PAT = { "page": "", "contiguous": "", "block": "", "repeated": "" };
   function vaOverview() {
     var h = "";
     D.roots.forEach(function (root) {
