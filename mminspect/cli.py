@@ -12,7 +12,6 @@ import functools
 import io
 import json
 import os
-import platform
 import signal
 import sys
 from typing import Callable, Optional, Sequence, Tuple
@@ -21,7 +20,7 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
-from mminspect.files import Interrupted, check_output, signals_raise, target_files
+from mminspect.files import Interrupted, check_input, check_output, signals_raise, target_files
 
 _U64 = (1 << 64) - 1
 
@@ -99,11 +98,12 @@ def open_kernel(core: Optional[str], symbols: Sequence[str], live: bool, qemu: O
     """Open the target the options name and return a Kernel."""
     from mminspect.kernel import Kernel
     from mminspect.target import open_target
+    from mminspect.target.kcore import kcore_problem
 
     if bound_kernel() is not None:  # the drgn program or gdb connection of a session
         return bound_kernel()
     if not (core or live or qemu):
-        if platform.machine() == "aarch64" and os.access("/proc/kcore", os.R_OK):
+        if kcore_problem() is None:  # an arm64 machine whose kernel lets us read it
             live = True
             click.echo("mminspect: no target given; using the running kernel", err=True)
         else:
@@ -140,6 +140,18 @@ def parse_range(text: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
     if not 0 <= start < end <= (1 << 64):
         raise MMInspectError(f"bad range {text!r}: START must be below END")
     return start, end & _U64
+
+
+def _incomplete(out, walks) -> None:
+    """Exit 1 with one line on stderr, after the output, when a walk could
+    not see part of its tree (see :func:`mminspect.report.walk.problems_line`)."""
+    from mminspect.report.walk import problems_line
+
+    warning = problems_line(walks)
+    if warning:
+        out.flush()
+        click.echo(warning, err=True)
+        sys.exit(1)
 
 
 def _progress(enabled: bool):
@@ -191,7 +203,10 @@ class _Main(click.Group):
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mminspect")
-def main() -> None:
+@click.option("-k", "--kernel", "live", is_flag=True,
+              help="the running kernel via /proc/kcore for the subcommand, as drgn -k (mminspect -k walk)")
+@click.pass_context
+def main(ctx: click.Context, live: bool) -> None:
     """Inspect arm64 kernel page tables on vmcores and live kernels.
 
     \b
@@ -205,7 +220,10 @@ def main() -> None:
       mminspect simulate-remove --block 16 --block 17 # is every dtor balanced by a ctor?
       mminspect capture -c vmcore -s vmlinux -o evidence.core
       mminspect map --block 16..23 -o map.html       # a picture, with a removal overlaid
+      mminspect -k audit                              # the running kernel (root, arm64)
     """
+    if live:  # -k before the subcommand means its own -k
+        ctx.default_map = {name: {"live": True} for name in ctx.command.commands}
 
 
 @main.command()
@@ -233,7 +251,7 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
                  one line on stderr, the output leaves it out); 2 bad input.
     """
     from mminspect.report.ptdump import ptdump_lines
-    from mminspect.report.walk import problems_line, walk_json, walk_text
+    from mminspect.report.walk import walk_json, walk_text
     from mminspect.walk import walk as do_walk
 
     start, end = parse_range(range_)
@@ -248,11 +266,7 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
             out.write(line + "\n")
     else:
         walk_text(w, out, tables=tables)
-    warning = problems_line(w)
-    if warning:
-        out.flush()
-        click.echo(warning, err=True)
-        sys.exit(1)
+    _incomplete(out, [w])
 
 
 @main.command()
@@ -452,17 +466,26 @@ def classify(core, symbols, live, qemu, mm, summary, fmt, progress) -> None:
     and the evidence from its struct page. Origins this kernel's allocation
     sites would not produce are listed as findings. --format json has the
     schema mminspect.classify/1.
+
+    \b
+    Exit status: 0 done; 1 a walk could not see part of its tree (one
+                 line on stderr, as for walk); 2 bad input.
     """
-    from mminspect.classify import classify_roots, resolve_roots
+    from mminspect.classify import classifier_for, classify_walk, resolve_roots
     from mminspect.report.classify import classify_json, classify_text
+    from mminspect.walk import walk as do_walk
 
     k = open_kernel(core, symbols, live, qemu)
-    classes = classify_roots(k, resolve_roots(k, mm), _progress(progress))
+    # classify_roots(), keeping the walks to say when one was incomplete
+    walks = [do_walk(k, root, _progress(progress)) for root in resolve_roots(k, mm)]
+    c = classifier_for(k)
+    classes = [classify_walk(k, w, c) for w in walks]
     out = click.get_text_stream("stdout")
     if fmt == "json":
         classify_json(classes, out, summary=summary)
     else:
         classify_text(classes, out, summary=summary)
+    _incomplete(out, walks)
 
 
 @main.command()
@@ -483,8 +506,10 @@ def audit(core, symbols, live, qemu, fmt) -> None:
     from mminspect.classify import audit as do_audit
     from mminspect.report.classify import audit_json, audit_text
 
+    from mminspect.live import settle_audit
+
     k = open_kernel(core, symbols, live, qemu)
-    result = do_audit(k)
+    result = settle_audit(k, do_audit(k))
     out = click.get_text_stream("stdout")
     if fmt == "json":
         audit_json(result, out)
@@ -695,9 +720,8 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
     type, refcount, mapping, memcg, slab cache). --format json has the
     schema mminspect.identify/1.
     """
-    from mminspect.classify import resolve_roots
+    from mminspect.identify import all_roots, check_addresses, parse_address
     from mminspect.identify import identify as do_identify
-    from mminspect.identify import parse_address
     from mminspect.report.identify import identify_json, identify_text
 
     texts = list(addresses)
@@ -705,15 +729,15 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
         if from_file == "-":
             texts += [line for line in sys.stdin.read().split() if line]
         else:
-            if not os.path.isfile(from_file):
-                raise MMInspectError(f"{from_file}: no such file")
+            check_input(from_file, "list of addresses")
             with open(from_file) as f:
                 texts += [w for line in f for w in line.split("#", 1)[0].split()]
     if not texts:
         raise MMInspectError("give addresses (PHYS or pfn:N) or --from FILE")
     k = open_kernel(core, symbols, live, qemu)
     pas = [parse_address(t, k.regime.page_shift) for t in texts]
-    roots = resolve_roots(k, mm)
+    check_addresses(k, pas)
+    roots = all_roots(k, mm)
     results = do_identify(k, pas, roots)
     out = click.get_text_stream("stdout")
     if fmt == "json":
@@ -727,8 +751,7 @@ def _diff_source(path: str, symbols):
     from mminspect.kernel import Kernel
     from mminspect.target import open_target
 
-    if not os.path.exists(path):
-        raise MMInspectError(f"{path}: no such file")
+    check_input(path, "dump or snapshot")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"PK\x03\x04":  # numpy's .npz is a zip file
@@ -766,25 +789,28 @@ def diff(core, symbols, live, qemu, state_a, state_b, expect, fmt) -> None:
     --format json has the schema mminspect.diff/1.
     """
     from mminspect.diff import diff as do_diff
-    from mminspect.diff import expect_simulation
+    from mminspect.diff import expect_simulation, load_simulation
     from mminspect.report.diff import diff_json, diff_text
 
     if expect and not os.path.isfile(expect):
         raise MMInspectError(f"{expect}: no such file")
+    sim = load_simulation(expect) if expect else None
     from mminspect.diff import check_same
 
     src_a = _diff_source(state_a, symbols)
     if state_b:
         src_b, name_b = _diff_source(state_b, symbols), state_b
     else:
-        if not (core or live or qemu) and bound_kernel() is None:
+        session = bound_kernel()
+        if session is None and not (core or live or qemu):
             raise MMInspectError("give B, or the target to compare A with (-c VMCORE, -k, --qemu)")
-        src_b, name_b = open_kernel(core, symbols, live, qemu), core or "target"
+        src_b = session or open_kernel(core, symbols, live, qemu)
+        name_b = "this kernel" if session is not None else (core or ("running kernel" if live else qemu))
     # Refuse different kernels, regimes or boots before walking anything.
     check_same(src_a, state_a, src_b, name_b)
     d = do_diff(_diff_state(src_a, state_a), _diff_state(src_b, name_b))
-    if expect:
-        expect_simulation(d, expect)
+    if sim is not None:
+        expect_simulation(d, sim)
     out = click.get_text_stream("stdout")
     if fmt == "json":
         diff_json(d, out)

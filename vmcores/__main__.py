@@ -61,6 +61,19 @@ def _cmd_path(args) -> int:
     return 0
 
 
+def _cmd_userspace(args) -> int:
+    from . import userspace  # noqa: PLC0415
+
+    path = userspace.ensure_rootfs(force=args.force)
+    info = userspace.userspace_info()
+    sz = info["sizes"]
+    print(path)
+    print(f"{len(info['packages'])} packages ({', '.join(userspace.PACKAGES)} and their Depends), "
+          f"{sz['files']} files: {human_size(sz['unpacked'])} unpacked, {human_size(sz['cpio_gz'])} gzip'ed, "
+          f"{human_size(sz['left_out_bytes'])} left out; .debs {human_size(sz['debs'])}")
+    return 0
+
+
 LIVE_HELP = """commands: sh <shell command> | hotadd | hotremove | dump <dir> | pause | cont | quit"""
 
 
@@ -69,7 +82,8 @@ def _cmd_live(args) -> int:
 
     from .live import live_guest  # noqa: PLC0415
 
-    with live_guest(args.kernel, cpu=args.cpu) as lg:
+    with live_guest(args.kernel, cpu=args.cpu, userspace=args.userspace,
+                    memory="2G" if args.userspace else "1G") as lg:
         print(f"qmp={lg.qmp_socket} gdb=127.0.0.1:{lg.gdb_port} pid={lg.pid} vmlinux={lg.kernel.vmlinux}")
         print(f"  drgn --qemu {lg.qmp_socket} -s {lg.kernel.vmlinux}")
         print(f"  gdb-multiarch {lg.kernel.vmlinux} -ex 'target remote 127.0.0.1:{lg.gdb_port}'")
@@ -125,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                         "commands on stdin")
     lv.add_argument("--kernel", default="debian-6.1-cloud-arm64")
     lv.add_argument("--cpu")
+    lv.add_argument("--userspace", action="store_true",
+                    help="boot the Debian arm64 userspace with mminspect (vmcores.userspace) instead of busybox")
     lv.set_defaults(fn=_cmd_live)
+    u = sub.add_parser("userspace", help="build (or show) the cached arm64 Debian userspace that runs mminspect")
+    u.add_argument("--force", action="store_true", help="resolve, download and unpack again")
+    u.set_defaults(fn=_cmd_userspace)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

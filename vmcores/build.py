@@ -88,11 +88,11 @@ HERE = Path(__file__).resolve().parent
 
 if __package__:
     from .cache import RecipeError
-    from .kernels import KernelFiles
+    from .model import KernelFiles
 else:  # run as a script: python vmcores/build.py
     sys.path.insert(0, str(HERE.parent))
     from vmcores.cache import RecipeError
-    from vmcores.kernels import KernelFiles
+    from vmcores.model import KernelFiles
 CONFIG_DIR = HERE / "configs"
 ARTIFACT_DIR = HERE / "kernels"
 
@@ -126,7 +126,7 @@ class BuildSpec:
     cpu: str  # a QEMU -cpu that supports the granule (and VA size) of the kernel
 
 
-# KernelFiles (the shape handed to the recipe) is defined in vmcores.kernels.
+# KernelFiles (the shape handed to the recipe) is defined in vmcores.model.
 SPECS: dict[str, BuildSpec] = {
     s.kernel_id: s
     for s in (

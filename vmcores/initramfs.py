@@ -1,7 +1,8 @@
 """A tiny busybox initramfs with a command agent on the serial console.
 
 Contents: /bin/busybox (from Debian's busybox-static:arm64, fetched with
-``apt-get download`` and cached), the kernel's modules that must be loaded
+``apt-get download`` and cached; the package has it at bin/busybox or, usr-merged,
+usr/bin/busybox), the kernel's modules that must be loaded
 (qemu_fw_cfg, so that ``-device vmcoreinfo`` gets the guest's VMCOREINFO), /init,
 /bin/agent and /bin/capture-truth. The cpio (newc) archive is written in Python,
 so no cpio binary is needed.
@@ -28,10 +29,12 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .cache import RecipeError, cache_dir, progress, sha256_file, write_json
-from .kernels import KernelFiles
+from .debs import extract_members
+from .model import KernelFiles
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /truth /sbin /usr/bin /usr/sbin /mnt
@@ -44,6 +47,7 @@ mount -t tmpfs tmpfs /tmp
 for m in $(cat /lib/modules/load-order 2>/dev/null); do
     insmod /lib/modules/$m.ko || echo "@@INIT insmod $m failed"
 done
+[ -x /etc/rc.local ] && /etc/rc.local  # a richer initramfs's own steps (vmcores.userspace)
 echo "@@INIT done $(cat /proc/uptime)"
 exec /bin/busybox sh /bin/agent
 """
@@ -150,6 +154,25 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, int, int]]) -> bytes:
     return out.getvalue()
 
 
+#: Where busybox-static puts the binary: bin/busybox up to Debian 12, and
+#: usr/bin/busybox in usr-merged suites (sid). Regular files only: a suite may
+#: ship one path as a symlink to the other.
+BUSYBOX_MEMBER = re.compile(r"^(usr/)?bin/busybox$")
+
+
+def busybox_from_deb(deb: Path, out: Path) -> Path:
+    """Copy the busybox binary out of a busybox-static .deb to ``out``,
+    wherever the package puts it (see BUSYBOX_MEMBER)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".busybox-", dir=out.parent))
+    try:
+        got = extract_members(deb, {"busybox": BUSYBOX_MEMBER}, tmp)["busybox"]
+        got.chmod(0o755)
+        got.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def busybox_path() -> Path:
     """An aarch64 static busybox, from Debian's busybox-static:arm64 (cached)."""
     d = cache_dir() / "busybox"
@@ -171,10 +194,7 @@ def busybox_path() -> Path:
             f"apt-get update): {e.stderr.strip().splitlines()[-1] if e.stderr.strip() else e.returncode}"
         ) from None
     deb = sorted(d.glob("busybox-static_*_arm64.deb"))[-1]
-    x = d / "x"
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(x)], check=True)
-    shutil.copy2(x / "bin" / "busybox", bb)
-    shutil.rmtree(x)
+    busybox_from_deb(deb, bb)
     m = re.match(r"busybox-static_(.*)_arm64\.deb", deb.name)
     write_json(d / "busybox.json", {"deb": deb.name, "version": m.group(1).replace("%3a", ":") if m else None,
                                     "sha256": sha256_file(bb)})
@@ -182,28 +202,41 @@ def busybox_path() -> Path:
     return bb
 
 
-def build_initramfs(kernel: KernelFiles, out: Path) -> Path:
-    """Write a gzip'ed newc initramfs for this kernel to ``out``."""
+Entry = tuple[str, int, bytes, int, int]  # (name, mode, data, rdevmajor, rdevminor) of _cpio_newc
+
+
+def agent_entries(kernel: KernelFiles, prefix: str = "") -> list[Entry]:
+    """The agent's files: device nodes, busybox, /init, the agent, the truth
+    script and the kernel's modules with their load order; ``prefix`` ("usr/")
+    puts bin/ and lib/ under /usr, for a merged-/usr root whose /bin and /lib
+    are symlinks (vmcores.userspace)."""
     bb = busybox_path().read_bytes()
-    d755, f755, f644 = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755, stat.S_IFREG | 0o644
-    entries: list[tuple[str, int, bytes, int, int]] = [
-        (name, d755, b"", 0, 0)
-        for name in ("bin", "dev", "proc", "sys", "tmp", "truth", "lib", "lib/modules", "etc")
-    ]
-    entries += [
+    f755, f644 = stat.S_IFREG | 0o755, stat.S_IFREG | 0o644
+    entries: list[Entry] = [
         ("dev/console", stat.S_IFCHR | 0o600, b"", 5, 1),
         ("dev/null", stat.S_IFCHR | 0o666, b"", 1, 3),
-        ("bin/busybox", f755, bb, 0, 0),
-        ("bin/sh", stat.S_IFLNK | 0o777, b"busybox", 0, 0),
+        (f"{prefix}bin/busybox", f755, bb, 0, 0),
+        (f"{prefix}bin/sh", stat.S_IFLNK | 0o777, b"busybox", 0, 0),
         ("init", f755, INIT.encode(), 0, 0),
-        ("bin/agent", f755, AGENT.encode(), 0, 0),
-        ("bin/capture-truth", f755, CAPTURE.encode(), 0, 0),
+        (f"{prefix}bin/agent", f755, AGENT.encode(), 0, 0),
+        (f"{prefix}bin/capture-truth", f755, CAPTURE.encode(), 0, 0),
     ]
     order = []
     for name, path in kernel.modules.items():
-        entries.append((f"lib/modules/{name}.ko", f644, Path(path).read_bytes(), 0, 0))
+        entries.append((f"{prefix}lib/modules/{name}.ko", f644, Path(path).read_bytes(), 0, 0))
         order.append(name)
-    entries.append(("lib/modules/load-order", f644, ("\n".join(order) + "\n").encode(), 0, 0))
+    entries.append((f"{prefix}lib/modules/load-order", f644, ("\n".join(order) + "\n").encode(), 0, 0))
+    return entries
+
+
+def build_initramfs(kernel: KernelFiles, out: Path) -> Path:
+    """Write a gzip'ed newc initramfs for this kernel to ``out``."""
+    d755 = stat.S_IFDIR | 0o755
+    entries: list[Entry] = [
+        (name, d755, b"", 0, 0)
+        for name in ("bin", "dev", "proc", "sys", "tmp", "truth", "lib", "lib/modules", "etc")
+    ]
+    entries += agent_entries(kernel)
     data = gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
     out.write_bytes(data)
     return out

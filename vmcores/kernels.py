@@ -10,7 +10,9 @@ Two kinds of kernel:
   module, imported lazily so this one works without it).
 
 Every kernel is handed out as a :class:`KernelFiles`, the one shape both kinds
-share (``vmcores.build`` imports it from here).
+share; it and :class:`KernelSpec` live in :mod:`vmcores.model`, which
+``vmcores.build`` imports (so build does not import this module, which
+imports build lazily).
 """
 
 from __future__ import annotations
@@ -20,61 +22,15 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import RecipeError, cache_dir, kernels_dir, progress, read_json, sha256_file, write_json
+from .debs import extract_members
+from .model import CPU_MAX, DEFAULT_CPU, KernelFiles, KernelSpec
 
-DEFAULT_CPU = "cortex-a57"
-# FEAT_LPA2 (52-bit VA with 4K/16K pages) and a 16K granule need "max";
-# pauth-impdef makes TCG's pointer authentication cheaper (boot 12 s -> 9 s).
-CPU_MAX = "max,pauth-impdef=on"
-
-
-@dataclass
-class KernelFiles:
-    """The files needed to boot a kernel and to read its dumps."""
-
-    kernel_id: str
-    image: Path  # arm64 Image (EFI stub) or gzip'ed vmlinuz; QEMU -kernel takes both
-    vmlinux: Path  # with DWARF
-    modules: dict[str, Path]  # module name -> .ko path (empty when built in)
-    config: Path  # the full .config
-    cpu: str = DEFAULT_CPU
-    append: str = ""  # extra kernel command-line words for this kernel
-    #: NUMA nodes the guest gets (0: one). With nodes it boots from a device tree
-    #: without UEFI: EDK2 reports its flash as RAM that no ACPI SRAT node covers,
-    #: and the kernel then fakes one node.
-    numa_nodes: int = 0
-    release: str | None = None  # uname -r, when known
-    info: dict = field(default_factory=dict)  # packages, versions, checksums
-
-    def config_value(self, name: str) -> str | None:
-        """``CONFIG_<name>``'s value from the config ("y", "m", "48", ...), or None."""
-        key = name if name.startswith("CONFIG_") else "CONFIG_" + name
-        for line in self.config.read_text(errors="replace").splitlines():
-            if line.startswith(key + "="):
-                return line.split("=", 1)[1].strip('"')
-        return None
-
-
-@dataclass(frozen=True)
-class KernelSpec:
-    kernel_id: str
-    kind: str  # "debian" or "built"
-    description: str
-    cpu: str = DEFAULT_CPU
-    # Debian only:
-    flavour: str | None = None  # "arm64", "cloud-arm64", "arm64-16k"
-    layout: str = "bookworm"  # "bookworm": linux-image-*-unsigned; "sid": linux-binary-*
-    series: str = "6.1"  # upstream series, the first part of the package ABI name
-    append: str = ""
-    numa_nodes: int = 0  # see KernelFiles.numa_nodes
-    # Modules to put into the initramfs (name -> loaded in this order).
-    modules: tuple[str, ...] = ("qemu_fw_cfg",)
-
+__all__ = ["CPU_MAX", "DEFAULT_CPU", "KernelFiles", "KernelSpec", "cached_kernel", "ensure_kernel", "get_spec",
+           "kernel_ids", "registry"]
 
 # The Debian kernels. The ABI number (6.1.0-NN) is whatever the registry has
 # newest when the kernel is first fetched; the cache then keeps it (see
@@ -394,36 +350,6 @@ def _apt_download(pkgs: list[str], dest: Path, opts: list[str] = ()) -> dict[str
     return found
 
 
-def _extract(deb: Path, wanted: dict[str, re.Pattern], dest: Path) -> dict[str, Path]:
-    """Extract the members of a .deb whose paths match; stop reading as soon as
-    every pattern has matched once (the -dbg packages are GBs uncompressed).
-    Symlinks are skipped. -> {key: extracted path}."""
-    got: dict[str, Path] = {}
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                name = member.name.lstrip("./")
-                for key, rx in wanted.items():
-                    if key not in got and rx.search(name):
-                        out = dest / Path(name).name
-                        src = tf.extractfile(member)
-                        with open(out, "wb") as f:
-                            shutil.copyfileobj(src, f, 1 << 20)
-                        got[key] = out
-                if len(got) == len(wanted):
-                    break
-    finally:
-        proc.kill()
-        proc.wait()
-    missing = set(wanted) - set(got)
-    if missing:
-        raise RecipeError(f"{deb.name}: no member matching {', '.join(wanted[k].pattern for k in missing)}")
-    return got
-
-
 def _fetch_debian(spec: KernelSpec) -> KernelFiles:
     if not shutil.which("dpkg-deb"):
         raise RecipeError("dpkg-deb not found (this recipe needs a Debian host)")
@@ -456,7 +382,7 @@ def _fetch_debian(spec: KernelSpec) -> KernelFiles:
     mods_wanted = {f"mod:{m}": re.compile(rf"/{re.escape(m)}\.ko(\.xz)?$") for m in spec.modules}
     if spec.layout == "bookworm":
         progress(f"extracting {debs[pk['image']].name}")
-        files |= _extract(
+        files |= extract_members(
             debs[pk["image"]],
             {
                 "image": re.compile(rf"^boot/vmlinuz-{rel}$"),
@@ -467,13 +393,13 @@ def _fetch_debian(spec: KernelSpec) -> KernelFiles:
         )
     else:
         progress(f"extracting {debs[pk['image']].name}")
-        files |= _extract(debs[pk["image"]], {"image": re.compile(rf"modules/{rel}/vmlinuz$")}, d)
+        files |= extract_members(debs[pk["image"]], {"image": re.compile(rf"modules/{rel}/vmlinuz$")}, d)
         progress(f"extracting {debs[pk['base']].name}")
-        files |= _extract(debs[pk["base"]], {"config": re.compile(rf"modules/{rel}/config$")}, d)
+        files |= extract_members(debs[pk["base"]], {"config": re.compile(rf"modules/{rel}/config$")}, d)
         progress(f"extracting {debs[pk['modules']].name}")
-        files |= _extract(debs[pk["modules"]], mods_wanted, d)
+        files |= extract_members(debs[pk["modules"]], mods_wanted, d)
     progress(f"extracting vmlinux from {debs[pk['dbg']].name} (large)")
-    files |= _extract(debs[pk["dbg"]], {"vmlinux": re.compile(rf"^usr/lib/debug/(boot/vmlinux-{rel}|lib/modules/{rel}/vmlinux)$")}, d)
+    files |= extract_members(debs[pk["dbg"]], {"vmlinux": re.compile(rf"^usr/lib/debug/(boot/vmlinux-{rel}|lib/modules/{rel}/vmlinux)$")}, d)
     modules = {}
     for key, path in list(files.items()):
         if key.startswith("mod:"):

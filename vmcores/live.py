@@ -92,13 +92,22 @@ def live_guest(
     gdb: bool = True,
     append: str = "",
     workdir: Path | None = None,
+    userspace: bool = False,
+    boot_timeout: float = 180.0,
 ) -> Iterator[LiveGuest]:
     """Boot a guest (about 3 to 6 s under TCG once the kernel is cached) and
-    yield a :class:`LiveGuest`; QEMU is ended on exit."""
+    yield a :class:`LiveGuest`; QEMU is ended on exit. With ``userspace``, the
+    guest runs :mod:`vmcores.userspace`'s Debian arm64 Python with mminspect
+    installed and the kernel's vmlinux under /usr/lib/debug."""
     kf = kernel or ensure_kernel(kernel_id)
     port = free_tcp_port() if gdb else None
+    more = {}
+    if userspace:
+        from . import userspace as us  # noqa: PLC0415
+
+        more = {"initramfs": us.build_userspace_initramfs, "extra_args": us.guest_args(kf)}
     g = Guest(kf, workdir=workdir, cpu=cpu, memory=memory, smp=smp, gdb_port=port, extra_qmp=True,
-              append=append)
+              append=append, boot_timeout=boot_timeout, **more)
     with g:
         assert g.extra_qmp_path is not None
         yield LiveGuest(kf, g, g.extra_qmp_path, port, g.workdir)

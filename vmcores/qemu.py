@@ -168,12 +168,18 @@ class Guest:
         extra_qmp: bool = False,
         append: str = "",
         boot_timeout: float = 180.0,
+        initramfs=build_initramfs,
+        extra_args: Sequence[str] = (),
     ):
         self.kernel = kernel
         self.cpu = cpu or kernel.cpu
         self.memory, self.slots, self.maxmem, self.smp = memory, slots, maxmem, smp
         self.gdb_port = gdb_port
         self.boot_timeout = boot_timeout
+        #: (KernelFiles, out path) -> the initramfs written there: the busybox
+        #: agent by default, vmcores.userspace's Python userspace for in-guest runs.
+        self.initramfs = initramfs
+        self.extra_args = list(extra_args)  # more QEMU arguments (a disk, ...)
         self.append = " ".join(x for x in (APPEND, kernel.append, append) if x)
         # Unix socket paths must be short: keep them in a private /tmp dir.
         self.sockdir = Path(tempfile.mkdtemp(prefix="mmi-qemu-"))
@@ -199,7 +205,7 @@ class Guest:
         code, vars_ = find_firmware()
         my_vars = self.workdir / "AAVMF_VARS.fd"
         shutil.copyfile(vars_, my_vars)
-        initrd = build_initramfs(self.kernel, self.workdir / "initramfs.cpio.gz")
+        initrd = self.initramfs(self.kernel, self.workdir / "initramfs.cpio.gz")
         cmd = [
             qemu_binary(),
             "-M", "virt", "-accel", "tcg,thread=multi", "-cpu", self.cpu, "-smp", str(self.smp),
@@ -212,6 +218,7 @@ class Guest:
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-no-reboot",
         ]
+        cmd += self.extra_args
         if self.kernel.numa_nodes:
             cmd = self._numa(cmd, self.kernel.numa_nodes)
         if self.extra_qmp_path is not None:

@@ -24,10 +24,15 @@ Runs (kernel command line added to the recipe's usual one):
   a08a2ae34613 "mm,memory_hotplug: allocate memmap from the added memory
   range"); later kernels per block of a larger range (v6.6, 6b8f0798b85a
   "mm/memory_hotplug: split memmap_on_memory requests across memblocks").
-* ``blockmap`` (``rodata=off``): the linear map of hot-added memory in block
-  (and contiguous) mappings, as ``arch_add_memory()`` maps it when
-  ``force_pte_mapping()`` is false (rodata not full, KFENCE initialised early,
-  no realm). A 1 GiB DIMM at a 1 GiB boundary is one PUD leaf: offlining one
+* ``blockmap`` (``rodata=off kfence.sample_interval=100``): the linear map of
+  hot-added memory in block (and contiguous) mappings, as ``arch_add_memory()``
+  maps it when ``force_pte_mapping()`` is false (7.2: no BBML2, so rodata not
+  full, KFENCE's pool set up at boot, no realm). ``rodata=off`` alone is not
+  enough on Debian's sid kernels: they build KFENCE with
+  CONFIG_KFENCE_SAMPLE_INTERVAL=0, so ``kfence_early_init`` is false,
+  ``arm64_kfence_can_set_direct_map()`` true and the linear map stays page
+  by page (seen: a block of such a guest offlined without a word); a non-zero
+  ``kfence.sample_interval`` makes the pool early (arm64_kfence_map_pool()). A 1 GiB DIMM at a 1 GiB boundary is one PUD leaf: offlining one
   of its blocks through sysfs, then ejecting the DIMM, each cut the leaf, which
   a kernel with the 2025 check refuses ("[%lx %lx] splits a leaf entry in
   linear map", "arm64/mm: Reject memory removal that splits a kernel leaf
@@ -402,7 +407,7 @@ RUNS: dict[str, Run] = {r.name: r for r in (
         ("MEMORY_HOTREMOVE", "ACPI_HOTPLUG_MEMORY"), _act_unmovable),
     Run("mom", "memory_hotplug.memmap_on_memory=1", ("mom-hotadd1", "mom-eject1", "mom-hotadd8", "mom-eject8"),
         ("MEMORY_HOTREMOVE", "ACPI_HOTPLUG_MEMORY", "MHP_MEMMAP_ON_MEMORY"), _act_mom),
-    Run("blockmap", "rodata=off",
+    Run("blockmap", "rodata=off kfence.sample_interval=100",
         ("blockmap-hotadd", "blockmap-offline", "blockmap-eject", "blockmap-hotadd1", "blockmap-eject1"),
         ("MEMORY_HOTREMOVE", "ACPI_HOTPLUG_MEMORY"), _act_blockmap),
 )}

@@ -409,6 +409,33 @@ def env_make_kernels() -> set[str]:
     return {x.strip() for x in v.split(",") if x.strip()}
 
 
+def env_make_removal() -> set[tuple[str, str]]:
+    """(kernel id, removal run) pairs whose dumps a test session may make, from
+    MMINSPECT_MAKE_REMOVAL: unset/"0": none; "all": every removal run of every
+    kernel MMINSPECT_MAKE_VMCORES names; otherwise a comma-separated list of
+    ``KERNEL:RUN`` (a removal run is a boot of its own, 20 to 90 s each, so
+    they are not made with the default scenarios)."""
+    v = os.environ.get("MMINSPECT_MAKE_REMOVAL", "").strip()
+    if not v or v == "0":
+        return set()
+    if v == "all":
+        return {(k, r) for k in env_make_kernels() for r in removal.RUNS}
+    out = set()
+    for item in (x.strip() for x in v.split(",") if x.strip()):
+        k, _, r = item.rpartition(":")
+        out.add((k, r))
+    return out
+
+
+def may_make(kernel_id: str, scenario: str) -> bool:
+    """Whether a test session may make this dump (MMINSPECT_MAKE_VMCORES for
+    the default scenarios, MMINSPECT_MAKE_REMOVAL for the removal runs')."""
+    run = removal.RUN_OF.get(scenario)
+    if run is None:
+        return kernel_id in env_make_kernels()
+    return (kernel_id, run.name) in env_make_removal()
+
+
 def ensure(kernel_id: str, scenario: str) -> Dump:
     """The cached dump, made (with every other missing scenario of the kernel, in
     the same QEMU run) if it is not there."""

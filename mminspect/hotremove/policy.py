@@ -144,7 +144,8 @@ def available_policies() -> Dict[str, Type[Policy]]:
         try:
             result = ep.load()()
         except Exception as e:  # a broken third-party plugin must not break the tool
-            raise MMInspectError(f"policy plugin {ep.name!r} failed to load: {e}") from None
+            why = str(e).splitlines()[0] if str(e).strip() else "it stopped without saying why"
+            raise MMInspectError(f"installed policy plugin {ep.name!r} ({ep.value}) failed to load: {why}") from None
         for cls in result if isinstance(result, (list, tuple)) else [result]:
             found[cls.name] = cls
     found.update(_loaded)

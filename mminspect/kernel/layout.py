@@ -13,10 +13,11 @@ bitmasks the classifier keeps per table (:func:`region_bit`,
 Two layouts exist: the one since v5.4, commit 14c127c957c1 ("arm64: mm: Flip
 kernel VA space"), with the linear map at the bottom of the TTBR1 range, and
 the one before it, with the linear map in the upper half (the 2017 hot-remove
-RFC ran on that one). Since v6.9, commit 32697ff38287 ("arm64: vmemmap:
-Avoid base2 order of struct page size to dimension region"), the vmemmap
-ends 1 GiB below the top with PCI I/O and the fixmap above it
-(:attr:`Layout.top_vmemmap`).
+RFC ran on that one). Since v6.9, Ard Biesheuvel's series "arm64:
+Reorganize kernel VA space" (<20231213084024.2367360-9-ardb@google.com>:
+"arm64: mm: Move PCI I/O emulation region above the vmemmap region", "arm64:
+mm: Move fixmap region above vmemmap region"), the vmemmap ends 1 GiB below
+the top with PCI I/O and the fixmap above it (:attr:`Layout.top_vmemmap`).
 """
 
 from dataclasses import dataclass

@@ -249,6 +249,15 @@ class StructPages:
                 local.buf = np.empty(per * W, dtype="<u8")
                 local.scratch = np.empty(per, dtype=np.uint32), np.empty(per, dtype=bool)
             nbytes = (e - s) * size
+            for _, n, pa in pieces:
+                core.prefetch(pa, n)  # read ahead in large requests, before the first touch
+            try:
+                return _read_chunk(s, e, pieces, nbytes)
+            finally:
+                for _, n, pa in pieces:
+                    core.release(pa, n)  # drop behind, on scans larger than the page cache should hold
+
+        def _read_chunk(s: int, e: int, pieces, nbytes: int):
             m = core.mapped(pieces[0][2], nbytes) if len(pieces) == 1 else None
             if m is not None:
                 # Mapped: the page cache is read in place, not copied out first.
@@ -274,6 +283,7 @@ class StructPages:
             self.bytes_read += (e - s) * size
             return got
 
+        core.start_scan(sum(e - s for s, e in chunks) * size)
         # Up to two chunks per thread in flight: the threads never wait for
         # the caller, and the results held stay small.
         with ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="memmap-scan") as pool:

@@ -168,6 +168,10 @@ def audit_text(a: Audit, out: IO[str]) -> None:
         out.write(line + "\n")
     for root, why in a.root_errors.items():
         out.write(f"  not walked: {root}: {why}\n")
+    if a.changed_while_read:
+        out.write(f"\nchanged while read (running kernel, read again): {len(a.changed_while_read)}\n")
+        for line in a.changed_while_read:
+            out.write(f"  {line}\n")
     if len(a.unreachable_facts):
         out.write(f"\n{'PHYS':<14}  {'PAGE_TYPE':<10}  {'REFCOUNT':>8}  {'PTL':<18}  LRU/RCU WORDS\n")
         for f, hint in zip(a.unreachable_facts, a.unreachable_hints):

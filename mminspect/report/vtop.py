@@ -56,6 +56,8 @@ def page_lines(p) -> list:
         extra.append(f"memcg {p.memcg:#x}")
     if p.compound_head is not None:
         extra.append(f"tail of compound page pfn {p.compound_head:#x}")
+    if p.page_owner == "off":
+        extra.append("page_owner off (boot with page_owner=on to record owners)")
     if extra:
         out.append("  ".join(extra))
     out += p.notes

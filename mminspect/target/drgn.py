@@ -22,6 +22,7 @@ from mminspect.files import check_input
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
 from mminspect.target.corefile import CoreFile
 from mminspect.target.elf import check_core_file
+from mminspect.target.kcore import check_kcore
 from mminspect.target.kdump import KdumpFile, own_reader_needed
 
 __all__ = ("DrgnTarget",)
@@ -81,6 +82,7 @@ class DrgnTarget:
                 raise MMInspectError(f"{qemu}: cannot attach to QEMU ({_one_line(e)})") from None
             name = f"QEMU guest {qemu}"
         elif kernel:
+            check_kcore()  # not arm64, no /proc/kcore, lockdown, not root: one line each
             prog = drgn.Program()
             try:
                 prog.set_kernel()
@@ -223,4 +225,4 @@ def _core_program(core: str) -> drgn.Program:
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return text[0] if text else "no reason given"

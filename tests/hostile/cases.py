@@ -134,6 +134,17 @@ def elf_cases(inputs) -> List[Case]:
     case("truncated-audit", truncate=size // 2, args=("audit",))
     case("truncated-classify", truncate=size - 4096, args=("classify",))
     case("phnum-huge-classify", [(56, "<H", 60000)], args=("classify",))
+    # The bundled sample is a bundle: its MMINSPECT note, damaged.
+    sample = inputs["sample.core"]
+    head = open(sample, "rb").read(1 << 16)
+    note = head.find(b'{"constant": ')
+    for name, find, put, cmd in (("bundle-note-not-json", b'{"constant": ', b'X"constant": ', "walk"),
+                                 ("bundle-schema-other", b'"mminspect.bundle/1"', b'"mminspect.bundle/7"', "walk"),
+                                 ("bundle-answer-text", b'"PG_reserved": 12', b'"PG_reserved":"1"', "classify"),
+                                 ("bundle-note-cut", b'"roots": [', b'"roots": \0', "walk")):
+        at = head.find(find, max(note, 0))
+        if at >= 0:
+            out.append(Case("elf", name, [cmd, "-c", "d.core"], patched(sample, "d.core", [(at, put)])))
     return out
 
 
@@ -301,6 +312,11 @@ def files_cases(inputs) -> List[Case]:
                         _special(kind, "x")))
         out.append(Case("files", f"plugin-{kind}", ["simulate-remove", "--plugin", "x", "--list-policies"],
                         _special(kind, "x")))
+    for kind in ("fifo", "dir", "zero"):
+        out.append(Case("files", f"diff-{kind}", ["diff", "x", "sample.core"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
+        out.append(Case("files", f"identify-from-{kind}", ["identify", "-c", "sample.core", "--from", "x"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
     out.append(Case("files", "core-missing", ["walk", "-c", "nothing"], lambda d: None))
     out.append(Case("files", "core-under-a-file", ["walk", "-c", "good.core/x"], copy(inputs, "good.core")))
     return out
@@ -481,6 +497,13 @@ def output_cases(inputs) -> List[Case]:
                         both(copy(inputs, "sample.core"), lambda d: open(os.path.join(d, "mine"), "w").write("x"))))
         out.append(Case("output", f"{cmd}-missing-dir", [cmd, "-c", "sample.core", "-o", "no/such/dir/x"],
                         copy(inputs, "sample.core")))
+    for label, path, force in (("same", "sample.core", ()), ("hardlink-force", "hard.core", ("--force",)),
+                               ("symlink-force", "link.core", ("--force",)), ("dotdot-force", "a/../sample.core",
+                                                                              ("--force",))):
+        out.append(Case("output", f"map-{label}", ["map", "-c", "sample.core", "-o", path, *force], aliases))
+    for kind in ("null", "dir", "fifo"):
+        out.append(Case("output", f"map-onto-{kind}-force", ["map", "-c", "sample.core", "-o", "x", "--force"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
     out.append(Case("output", "capture-users-own-tmp", ["capture", "-c", "sample.core", "-o", "ev.core"],
                     both(copy(inputs, "sample.core"), lambda d: open(os.path.join(d, "ev.core.tmp"), "w").write("mine")),
                     expect=(0,), may_create=("ev.core",)))
@@ -492,7 +515,7 @@ def output_cases(inputs) -> List[Case]:
 
 def interrupt_cases(inputs) -> List[Case]:
     out = []
-    for cmd, name in (("capture", "ev.core"), ("snapshot", "s.npz")):
+    for cmd, name in (("capture", "ev.core"), ("snapshot", "s.npz"), ("map", "m.html")):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             for when in ("write", 0.02, 0.2, 0.6):
                 out.append(Case("interrupt", f"{cmd}-{sig.name}-{when}", [cmd, "-c", "sample.core", "-o", name],
@@ -510,6 +533,11 @@ def tables_cases(inputs) -> List[Case]:
             out.append(Case("tables", f"walk-{fmt}-{kind}",
                             ["walk", "-c", "odd.core", "--format", fmt, "--range", f"{lo:x}-{hi:x}"],
                             copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
+    for fmt in ("table", "json"):
+        out.append(Case("tables", f"classify-{fmt}", ["classify", "-c", "odd.core", "--format", fmt],
+                        copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
+    out.append(Case("tables", "classify-summary", ["classify", "-c", "odd.core", "--summary"],
+                    copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
     out.append(Case("tables", "walk-clean-ptdump", ["walk", "-c", "good.core", "--format", "ptdump"],
                     copy(inputs, "good.core"), expect=(0,), stdout_ok=True))
     return out

@@ -9,6 +9,10 @@ way, set ``MMINSPECT_MAKE_VMCORES``:
 * ``all``: every registered kernel (slow: includes the 800 MB generic -dbg and
   source-built kernels);
 * a comma-separated list of kernel ids.
+
+The removal runs' dumps (``vmcores.removal``: bootmem-*, unmovable-*, mom-*,
+blockmap-*) are made only as ``MMINSPECT_MAKE_REMOVAL`` says: ``KERNEL:RUN``
+pairs, comma-separated, or ``all`` (every run of every kernel above).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ if str(ROOT) not in sys.path:
 import vmcores  # noqa: E402
 from vmcores import RecipeError  # noqa: E402
 
-from vmcores.scenarios import env_make_kernels as make_kernels  # noqa: E402
+from vmcores.scenarios import may_make  # noqa: E402
+from vmcores.removal import RUN_OF  # noqa: E402
 
 
 @functools.cache
@@ -44,7 +49,11 @@ def get_dump(kernel_id: str, scenario: str) -> vmcores.Dump | str:
         why = vmcores.supported_scenarios(kf)[scenario]
         if why:
             return f"{kernel_id} cannot make {scenario}: {why}"
-    if kernel_id not in make_kernels():
+    if not may_make(kernel_id, scenario):
+        if scenario in RUN_OF:
+            return (f"no cached vmcore {kernel_id}/{scenario} (make it with: python -m vmcores make "
+                    f"--kernel {kernel_id} --scenario {RUN_OF[scenario].name}, or set MMINSPECT_MAKE_REMOVAL="
+                    f"{kernel_id}:{RUN_OF[scenario].name})")
         return (f"no cached vmcore {kernel_id}/{scenario} (make it with: python -m vmcores make "
                 f"--kernel {kernel_id}, or set MMINSPECT_MAKE_VMCORES)")
     try:

@@ -36,8 +36,6 @@ PREDICTED = re.compile(
 
 REMOVAL_SCENARIOS = [s for s in vmcores.ALL_SCENARIOS if s not in vmcores.SCENARIOS]
 CASES = [(k, s) for k in vmcores.kernel_ids() for s in REMOVAL_SCENARIOS]
-
-
 def _record(dump):
     path = dump.dir / "truth" / "removal.json"
     return json.loads(path.read_text()) if path.exists() else None

@@ -42,9 +42,9 @@ __all__ = ("MAP_SCHEMA", "build_map", "map_dict", "va_overview")
 
 MAP_SCHEMA = "mminspect.map/1"
 
-#: VA regions of the TTBR1 half, most specific first: a VA belongs to the
-#: first region that holds it (the kernel image and the fixmap sit inside
-#: the vmalloc range on arm64; see arch/arm64/include/asm/memory.h).
+#: VA regions of the TTBR1 half (:meth:`Kernel.regions`), most specific
+#: first: a VA belongs to the first region that holds it (the kernel image
+#: sits inside the vmalloc range on arm64; see arch/arm64/include/asm/memory.h).
 _REGION_ORDER = ("kimage", "fixmap", "PCI I/O", "KASAN shadow", "vmemmap", "modules", "linear map", "vmalloc")
 
 
@@ -59,10 +59,7 @@ def _regions_of(kernel: Kernel, kind: str) -> List[Tuple[str, int, int]]:
         return [("EFI runtime", 0, 1 << kernel.regime.vabits_actual)]
     if kind == K_USER:
         return [("user", 0, 1 << kernel.regime.vabits_actual)]
-    c = classifier_for(kernel)
-    names = {1 << i: n for i, n in enumerate(("linear map", "modules", "vmalloc", "vmemmap", "PCI I/O", "fixmap",
-                                              "kimage", "other", "KASAN shadow"))}
-    spans = {names[bit]: (lo, hi) for bit, lo, hi in c.regions if hi > lo}
+    spans = {reg.name: (reg.start, reg.end) for reg in kernel.regions() if reg.end > reg.start}
     cuts = sorted({x for lo, hi in spans.values() for x in (lo, hi)})
     out: List[Tuple[str, int, int]] = []
     for lo, hi in zip(cuts, cuts[1:]):

@@ -1,0 +1,308 @@
+"""mminspect -k inside a real arm64 userspace, against what the running kernel
+reports about itself.
+
+The guest runs vmcores.userspace's Debian sid arm64 userspace (python3,
+python3-drgn, numpy, click, tabulate; mminspect from its wheel; the kernel's
+vmlinux at /usr/lib/debug) on the newest sid kernel, under QEMU with UEFI,
+KASLR and ACPI memory hot-plug. Every command runs inside the guest, as root,
+through the serial-console agent, as an engineer logged into an arm64 server
+would type it. The references:
+
+* QEMU's view of the same memory (drgn's QMP target from the host): efi_mm
+  and the kernel image do not change, so the in-guest walk over /proc/kcore
+  must equal it byte for byte; init_mm may differ only where the kernel
+  changes it while it runs (vmalloc, KFENCE);
+* the guest's own reports: /proc/kallsyms (KASLR), nr_page_table_pages after
+  vm.stat_refresh, memory block states, dmesg;
+* the real removal of a hot-added DIMM (QMP device_del), against the
+  prediction made inside the guest before it.
+
+Command times under TCG are recorded (``record_property``) and printed.
+Skips, with the reason, when QEMU or the kernel is missing (the kernel is
+fetched when MMINSPECT_MAKE_VMCORES lists it, as CI does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from mminspect.cli import main as cli_main
+
+KERNEL_ID = os.environ.get("MMINSPECT_INGUEST_KERNEL", "debian-sid-cloud-arm64")
+TIMEOUT = 1800  # one command under TCG on a loaded 2-CPU host
+TIMES: dict = {}
+
+
+class InGuest:
+    def __init__(self, lg):
+        self.lg = lg
+        self.vmlinux = str(lg.kernel.vmlinux)
+        self.socket = str(lg.qmp_socket)
+
+    def run(self, script: str, label: str | None = None, timeout: float = TIMEOUT):
+        """(status, stdout, stderr) of a shell script run in the guest as root."""
+        t = time.monotonic()
+        rc, out, err = self.lg.run(script, timeout=timeout, check=False)
+        if label:
+            TIMES[label] = round(time.monotonic() - t, 1)
+        return rc, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def ok(self, script: str, label: str | None = None) -> str:
+        rc, out, err = self.run(script, label)
+        assert rc == 0, f"{script}: exit {rc}\n{err[-2000:]}"
+        assert "Traceback" not in err, err
+        return out
+
+    def host(self, *args: str) -> str:
+        """The shell CLI on the host, reading the same guest through QMP."""
+        argv = [args[0], "--qemu", self.socket, "-s", self.vmlinux, *args[1:]]
+        r = CliRunner().invoke(cli_main, argv)
+        assert r.exit_code in (0, 1), r.output
+        return r.stdout
+
+    def vmstat_refreshed(self) -> int:
+        """nr_page_table_pages after vm.stat_refresh, read with shell builtins
+        in the agent's own process (no process is born to read it)."""
+        out = self.lg.guest.run("echo 1 > /proc/sys/vm/stat_refresh\n"
+                                "while read -r k v; do [ $k = nr_page_table_pages ] && echo $v; done < /proc/vmstat",
+                                in_agent=True)[1].decode()
+        return int(out.split()[0])
+
+
+@pytest.fixture(scope="module")
+def guest():
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("qemu-system-aarch64 is not installed")
+    import vmcores
+    from vmcores.live import live_guest
+    from vmcores.scenarios import env_make_kernels
+
+    kf = vmcores.cached_kernel(KERNEL_ID)
+    if kf is None:
+        if KERNEL_ID not in env_make_kernels():
+            pytest.skip(f"kernel {KERNEL_ID} is not cached (python -m vmcores make --kernel {KERNEL_ID}, "
+                        f"or MMINSPECT_MAKE_VMCORES={KERNEL_ID})")
+        try:
+            kf = vmcores.ensure_kernel(KERNEL_ID)
+        except vmcores.RecipeError as e:
+            pytest.skip(f"cannot fetch {KERNEL_ID}: {e}")
+    t = time.monotonic()
+    ctx = live_guest(KERNEL_ID, kernel=kf, userspace=True, memory="2G", gdb=False, boot_timeout=900)
+    try:
+        lg = ctx.__enter__()
+    except vmcores.RecipeError as e:
+        pytest.skip(f"cannot boot {KERNEL_ID} with the userspace: {e}")
+    TIMES["boot (initramfs built, guest up)"] = round(time.monotonic() - t, 1)
+    try:
+        yield InGuest(lg)
+    finally:
+        ctx.__exit__(None, None, None)
+        print("\nin-guest command times (s): " + json.dumps(TIMES))
+
+
+def _sections(ptdump: str) -> dict:
+    """ptdump text -> {marker: [lines]} (the lines after each ---[ marker ]---)."""
+    out: dict = {}
+    cur = "start"
+    for line in ptdump.splitlines():
+        m = re.fullmatch(r"---\[ (.*) \]---", line)
+        if m:
+            cur = m.group(1)
+            out.setdefault(cur, [])
+        else:
+            out.setdefault(cur, []).append(line)
+    return out
+
+
+# -- walk --------------------------------------------------------------------------------
+
+
+def test_walk_efi_mm_equals_qemus_view(guest, record_property):
+    """efi_mm does not change after boot: read through /proc/kcore inside the
+    guest it must equal QEMU's physical view of the same guest."""
+    inside = guest.ok("mminspect -k walk --mm efi_mm", "walk --mm efi_mm (first run: byte-compiles)")
+    assert inside == guest.host("walk", "--mm", "efi_mm")
+    assert re.search(r"^table pages\s+[1-9]", inside, re.M), inside
+    inside_json = json.loads(guest.ok("mminspect -k walk --mm efi_mm --format json", "walk --mm efi_mm --format json"))
+    host_json = json.loads(guest.host("walk", "--mm", "efi_mm", "--format", "json"))
+    # KASLR: the offset mminspect found inside equals the host's, and is the
+    # one the guest's kallsyms shows for _text.
+    assert inside_json["kernel"]["kaslr_offset"] == host_json["kernel"]["kaslr_offset"] != 0
+    text = int(guest.ok("grep -w _text /proc/kallsyms").split()[0], 16)
+    from drgn import Program
+
+    p = Program()
+    p.set_qemu_qmp(guest.socket)
+    p.load_debug_info([guest.vmlinux])
+    assert p.symbol("_text").address == text
+    record_property("kaslr_offset", hex(inside_json["kernel"]["kaslr_offset"]))
+
+
+def test_walk_init_mm_ptdump_equals_qemus_view(guest):
+    """init_mm inside vs outside: every region the running kernel does not
+    change on its own is the same, line for line."""
+    inside = guest.ok("mminspect -k walk --format ptdump", "walk --format ptdump")
+    with guest.lg.paused():
+        outside = guest.host("walk", "--format", "ptdump")
+    a, b = _sections(inside), _sections(outside)
+    assert list(a) == list(b)  # the same markers in the same order
+    assert len(a) > 8
+    # vmalloc (task stacks, the walker's own process) and the KFENCE pool in
+    # the linear map change while the guest runs: compared below by count only.
+    moving = {"vmalloc() area", "Linear Mapping start"}
+    for name in a:
+        if name not in moving:
+            assert a[name] == b[name], name
+    # the linear map: the same ranges up to KFENCE's page-granular pool
+    diff = [l for l in set(a["Linear Mapping start"]) ^ set(b["Linear Mapping start"])]
+    assert len(diff) <= 2 * 64, diff[:10]
+
+
+# -- classify, audit -------------------------------------------------------------------
+
+
+def test_classify_efi_mm_equals_qemus_view(guest):
+    inside = guest.ok("mminspect -k classify --mm efi_mm", "classify --mm efi_mm")
+    assert inside == guest.host("classify", "--mm", "efi_mm")
+    summary = guest.ok("mminspect -k classify --summary", "classify --summary (init_mm)")
+    assert "no findings" in summary, summary
+
+
+def test_audit_on_the_running_kernel(guest, record_property):
+    """The audit's exact counter against the guest's own nr_page_table_pages
+    after vm.stat_refresh, read right before and right after it; nothing the
+    kernel changed while it read is reported as a finding."""
+    before = guest.vmstat_refreshed()
+    out = guest.ok("mminspect -k audit --format json > /tmp/audit.json & p=$!; wait $p; echo $p",
+                   "audit --format json")
+    after = guest.vmstat_refreshed()
+    pid = int(out.split()[0])
+    a = json.loads(guest.ok("cat /tmp/audit.json"))
+    own = a["roots"].get(f"pid {pid}")
+    assert own, f"the audit's own process (pid {pid}) among its roots: {sorted(a['roots'])}"
+    record_property("nr_page_table_pages", {"before": before, "audit": a["counter"], "after": after,
+                                            "typed": a["typed_pages"], "own_tables": own})
+    # At the counter's read the guest had what it has without the audit,
+    # plus the audit's own tables (at most all of them typed), give or take
+    # what changed between the reads before and after.
+    slack = abs(after - before)
+    assert before - slack <= a["counter"] <= before + own + slack, (before, a["counter"], after, own)
+    # Every page typed, checked again: on 7.2 every kernel table is ctor'd.
+    assert a["expected_ctor_missing"] == [], a["expected_ctor_missing"]
+    for u in a["unreachable_typed"]:
+        assert "RCU" in u["hint"] or "pending" in u["hint"], u
+
+
+# -- the errors ----------------------------------------------------------------------
+
+
+def test_not_root(guest):
+    rc, out, err = guest.run("su user -c 'mminspect -k walk'", "su user -c 'mminspect -k walk'")
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "mminspect: error: /proc/kcore: permission denied: reading the running kernel needs root "
+        "(run: sudo mminspect ... -k)"], err
+
+
+def test_no_proc(guest):
+    rc, out, err = guest.run("umount /proc; mminspect -k walk; rc=$?; mount -t proc proc /proc; exit $rc",
+                             "mminspect -k walk without /proc")
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "mminspect: error: /proc/kcore: /proc is not mounted: mount it (mount -t proc proc /proc) and run again"], err
+
+
+# -- snapshot, capture, drgn -----------------------------------------------------------
+
+
+def test_capture_inside_reads_like_the_guest(guest, tmp_path):
+    """A bundle captured inside the guest, copied out, gives on the host the
+    walk the guest printed."""
+    out = guest.ok("mminspect -k capture -o /tmp/ev.core", "capture -o FILE")
+    assert re.match(r"/tmp/ev\.core: \d+ bytes, \d+ pages, roots init_mm, efi_mm", out), out
+    guest.lg.guest.fetch_dir("/tmp", tmp_path / "tmp")
+    inside = guest.ok("mminspect -k walk --mm efi_mm")
+    r = CliRunner().invoke(cli_main, ["walk", "-c", str(tmp_path / "tmp" / "ev.core"), "--mm", "efi_mm"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == inside
+
+
+def test_drgn_k_session(guest):
+    """drgn -k with %mminspect (the drgn.plugins entry point of the wheel) and
+    the helpers, in the guest."""
+    script = ("from drgn.commands import run_command\n"
+              "run_command(prog, 'mminspect walk --mm efi_mm')\n"
+              "from mminspect.drgn_plugin import *\n"
+              "print(next(for_each_page_table('efi_mm')))\n"
+              "print(ptdump_check_wx())\n")
+    rc, out, err = guest.run(f"drgn -k -q -e {_sh_quote(script)}", "drgn -k -e (%mminspect walk, helpers)")
+    assert rc == 0, err
+    cli = guest.host("walk", "--mm", "efi_mm")
+    assert out.startswith(cli), out[:2000]
+    rest = out[len(cli):].splitlines()
+    assert re.fullmatch(r"TablePage\(PGD phys=0x[0-9a-f]+ va=0x0\+0x[0-9a-f]+ valid=\d+/\d+ parents=1\)", rest[0]), rest
+    assert rest[1] == "Checked W+X mappings: passed, no W+X pages found"
+
+
+def _sh_quote(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+# -- a live removal, end to end --------------------------------------------------------
+
+
+def test_live_removal_predicted_inside_the_guest(guest, tmp_path, record_property):
+    """Hot-add a DIMM, predict its removal from inside the guest, remove it
+    through QEMU, and compare: the tables freed (snapshots before and after,
+    taken inside), NR_PAGETABLE and dmesg."""
+    from mminspect.hotremove import diff_snapshots
+    from mminspect.hotremove.snapshot import Snapshot
+
+    lg = guest.lg
+    dimm = lg.hotadd(ident="dimm0")
+    blocks = f"{dimm['blocks'][0]}..{dimm['blocks'][-1]}"
+    states = guest.ok("for b in " + " ".join(str(b) for b in dimm["blocks"])
+                      + "; do cat /sys/devices/system/memory/memory$b/state; done").split()
+    assert states == ["online"] * len(dimm["blocks"])
+    guest.ok("mminspect -k snapshot -o /tmp/before.snap", "snapshot -o FILE")
+    rc, pred_out, err = guest.run(f"mminspect simulate-remove --snapshot /tmp/before.snap --block {blocks} "
+                                  "--format json", "simulate-remove --snapshot FILE --block N..M")
+    assert rc in (0, 1), err
+    predicted = json.loads(pred_out)
+    assert predicted["simulated"] and not predicted["refusals"], predicted["refusals"]
+    # The same prediction straight from the running kernel.
+    rc, live_out, err = guest.run(f"mminspect -k simulate-remove --block {blocks} --format json",
+                                  "simulate-remove -k --block N..M")
+    assert rc in (0, 1), err
+    assert {t["phys"] for t in json.loads(live_out)["freed"]} == {t["phys"] for t in predicted["freed"]}
+    # Boot memory: the kernel refuses to offline it, and so does the prediction.
+    rc, refused, err = guest.run("mminspect simulate-remove --snapshot /tmp/before.snap --block 8")
+    assert rc == 3 and "Boot memory" in refused, refused + err
+    nr_before = guest.vmstat_refreshed()
+    dmesg_before = guest.ok("dmesg").splitlines()
+    lg.hotremove(ident="dimm0")
+    nr_after = guest.vmstat_refreshed()
+    dmesg_new = guest.ok("dmesg").splitlines()[len(dmesg_before):]
+    for b in dimm["blocks"]:
+        rc, _, _ = guest.run(f"[ -e /sys/devices/system/memory/memory{b} ]")
+        assert rc != 0, f"memory block {b} still there"
+    guest.ok("mminspect -k snapshot -o /tmp/after.snap", "snapshot -o FILE (after)")
+    guest.lg.guest.fetch_dir("/tmp", tmp_path / "snaps")
+    real = diff_snapshots(Snapshot.load(str(tmp_path / "snaps" / "before.snap")),
+                          Snapshot.load(str(tmp_path / "snaps" / "after.snap")))
+    freed_pred = {t["phys"] for t in predicted["freed"]}
+    assert freed_pred, "a 1 GiB DIMM on a page-granular linear map frees tables"
+    assert freed_pred == set(real["freed"]), (sorted(freed_pred ^ set(real["freed"]))[:10])
+    # NR_PAGETABLE: the kernel's change is the predicted one, give or take the
+    # tables of the processes that ran between the two reads (none now).
+    record_property("nr_page_table_pages", {"before": nr_before, "after": nr_after,
+                                            "predicted_delta": predicted["delta_nr_pagetable"]})
+    assert nr_after - nr_before == predicted["delta_nr_pagetable"], (nr_before, nr_after, predicted["delta_nr_pagetable"])
+    warned = any(re.search(r"WARNING:|BUG:|Bad page state", l) for l in dmesg_new)
+    assert warned == any(f["severity"] in ("error", "critical") for f in predicted["findings"]), dmesg_new
