@@ -19,7 +19,7 @@
   };
   var PATTERN_TEXT = {
     "memblock": "solid", "buddy-ctor": "dots", "buddy-no-ctor": "diagonal stripes", "slab": "cross-hatch",
-    "kernel-image": "solid black", "altmap": "horizontal stripes", "unknown": "vertical stripes"
+    "kernel-image": "black, white dots", "altmap": "horizontal stripes", "unknown": "vertical stripes"
   };
   var PAGE = D.memory.page_size, BLOCK = D.memory.block_size || 0;
 
@@ -114,8 +114,10 @@
           case "buddy-ctor": el("rect", { width: 4, height: 4, fill: c, opacity: 0.35 }, p); el("circle", { cx: 2, cy: 2, r: 1.3, fill: c }, p); break;
           case "buddy-no-ctor": el("rect", { width: 4, height: 4, fill: "#fff" }, p); el("path", { d: "M-1 1L1 -1M0 4L4 0M3 5L5 3", stroke: c, "stroke-width": 1.4 }, p); break;
           case "slab": el("path", { d: "M0 0L4 4M4 0L0 4", stroke: c, "stroke-width": 1 }, p); break;
-          case "altmap": el("path", { d: "M0 1H4M0 3H4", stroke: c, "stroke-width": 1 }, p); break;
-          case "unknown": el("path", { d: "M1 0V4M3 0V4", stroke: c, "stroke-width": 1 }, p); break;
+          case "kernel-image": el("rect", { width: 4, height: 4, fill: c }, p); el("rect", { x: 1.5, y: 1.5, width: 1, height: 1, fill: "#fff" }, p); break;
+          // light colours: dark lines on a tint, so that grey-scale keeps the orientation
+          case "altmap": el("rect", { width: 4, height: 4, fill: c, opacity: 0.5 }, p); el("path", { d: "M0 2H4", stroke: "#222", "stroke-width": 1.5 }, p); break;
+          case "unknown": el("rect", { width: 4, height: 4, fill: c, opacity: 0.5 }, p); el("path", { d: "M2 0V4", stroke: "#222", "stroke-width": 1.5 }, p); break;
           default: el("rect", { width: 4, height: 4, fill: c }, p);
         }
       });
