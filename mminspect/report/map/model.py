@@ -13,7 +13,7 @@ dict, the same one ``--format json`` prints and the HTML page embeds:
   roots is one page with both roots), as runs of physically consecutive pages
   that share a class; a class is (origin, level, ptlock, ctor'd, roots,
   region, evidence) with the evidence text ``mminspect classify`` prints, so
-  half a million tables of a 1 TiB kernel take a few hundred runs;
+  the 525,337 tables of the bench's 1 TiB kernel are 2,060 runs of 15 classes;
 - ``roots``: per root its table count and a VA overview: the regions of the
   kernel's VA layout (linear map, vmemmap, vmalloc, modules, fixmap, EFI
   runtime ...) with the bytes mapped at each granularity and what they map
@@ -54,7 +54,7 @@ def _va(n: int) -> str:
 
 def _regions_of(kernel: Kernel, kind: str) -> List[Tuple[str, int, int]]:
     """Non-overlapping ``(name, start, end)`` VA regions of a root, in VA
-    order (end 0 means 2**64)."""
+    order: the user half for efi_mm and tasks, else the TTBR1 regions."""
     if kind == K_EFI:
         return [("EFI runtime", 0, 1 << kernel.regime.vabits_actual)]
     if kind == K_USER:
