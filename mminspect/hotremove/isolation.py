@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from mminspect.pages import StructPages
+
 __all__ = ("IsolationScan", "scan_block")
 
 #: include/linux/page-flags.h: PAGE_MAPPING_MOVABLE in page->mapping's low bits
@@ -66,8 +68,6 @@ def scan_block(kernel, lo_pfn: int, hi_pfn: int, movable: bool) -> Optional[Isol
     """Scan ``[lo_pfn, hi_pfn)`` as ``has_unmovable_pages()`` would for a
     block in ZONE_MOVABLE (``movable``) or not. None when the struct pages
     cannot be decoded (no page layout)."""
-    from mminspect.pages import StructPages
-
     try:
         sp = StructPages(kernel)
     except Exception:  # no VMCOREINFO page layout: cannot scan

@@ -24,7 +24,7 @@ from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
 from mminspect.hotremove.isolation import IsolationScan, scan_block
 from mminspect.hotremove.policy import Era
-from mminspect.hotremove.snapshot_file import read_snapshot_file
+from mminspect.hotremove.snapshot_file import COMPATIBLE, SCHEMA, TableFacts, read_snapshot_file
 from mminspect.kernel import Kernel
 from mminspect.memory import Block, MemoryMap, read_memblock
 from mminspect.sparse import Section
@@ -34,39 +34,6 @@ from mminspect.walk import walk
 MEMBLOCK_NOMAP = 0x4
 
 __all__ = ("SCHEMA", "Snapshot", "TableFacts", "capture_snapshot", "diff_snapshots")
-
-SCHEMA = "mminspect.snapshot/2"
-#: Older schemas that still load. /1 lacks the removal path's era facts
-#: (leaf_split_notifier, block_memmap, altmap_per_block, memmap_on_memory) and
-#: the blocks' altmap_free: they load as None/0, so the checks that need them
-#: say "unknown" instead of passing.
-COMPATIBLE = ("mminspect.snapshot/1", SCHEMA)
-
-
-@dataclass
-class TableFacts:
-    """One table page as the simulation sees it."""
-
-    phys: int
-    level: int
-    level_name: str
-    va: int
-    region: str
-    parents: List[Tuple[int, int]]
-    roots: List[str]
-    origin: str = "unknown"
-    ptlock: str = "unknown"
-    #: The page carries the page-table type: its ctor ran (None: unknown).
-    typed: Optional[bool] = None
-    #: PG_reserved (memblock or kernel image; None: unknown).
-    reserved: Optional[bool] = None
-    #: Static table of the kernel image, by symbol (None when not one).
-    image_symbol: Optional[str] = None
-    #: The ptl is held (non-zero lock word).
-    ptl_held: bool = False
-    #: ALLOC_SPLIT_PTLOCKS pointer in page->ptl (0 when none or inline).
-    ptl_pointer: int = 0
-    evidence: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -16,21 +16,60 @@ of it is used, :func:`read_snapshot_file` checks
   of the right type, in a legal range (:func:`check_header`), and the entry
   arrays agree with each other (lengths, at most one table's entries each).
 
-Each failure is one line naming the file and what is wrong.
+Each failure is one line naming the file and what is wrong. The format's
+names live here too: the schema (:data:`SCHEMA`, :data:`COMPATIBLE`) and the
+record of one table page the header carries (:class:`TableFacts`).
 """
 
 import json
 import zipfile
-from dataclasses import MISSING, fields
-from typing import Dict, Tuple
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from mminspect.errors import MMInspectError
 from mminspect.files import check_input
+from mminspect.hotremove.policy import Era
+from mminspect.mm.blocks import Block
+from mminspect.sparse import Section
 from mminspect.vmcoreinfo import SECTION_SIZE_BITS_RANGE, check_page_size
 
-__all__ = ("MAX_MEMBER", "MAX_RATIO", "check_header", "read_snapshot_file")
+__all__ = ("COMPATIBLE", "MAX_MEMBER", "MAX_RATIO", "SCHEMA", "TableFacts", "check_header", "read_snapshot_file")
+
+SCHEMA = "mminspect.snapshot/2"
+#: Older schemas that still load. /1 lacks the removal path's era facts
+#: (leaf_split_notifier, block_memmap, altmap_per_block, memmap_on_memory) and
+#: the blocks' altmap_free: they load as None/0, so the checks that need them
+#: say "unknown" instead of passing.
+COMPATIBLE = ("mminspect.snapshot/1", SCHEMA)
+
+
+@dataclass
+class TableFacts:
+    """One table page as the simulation sees it."""
+
+    phys: int
+    level: int
+    level_name: str
+    va: int
+    region: str
+    parents: List[Tuple[int, int]]
+    roots: List[str]
+    origin: str = "unknown"
+    ptlock: str = "unknown"
+    #: The page carries the page-table type: its ctor ran (None: unknown).
+    typed: Optional[bool] = None
+    #: PG_reserved (memblock or kernel image; None: unknown).
+    reserved: Optional[bool] = None
+    #: Static table of the kernel image, by symbol (None when not one).
+    image_symbol: Optional[str] = None
+    #: The ptl is held (non-zero lock word).
+    ptl_held: bool = False
+    #: ALLOC_SPLIT_PTLOCKS pointer in page->ptl (0 when none or inline).
+    ptl_pointer: int = 0
+    evidence: List[str] = field(default_factory=list)
+
 
 #: Arrays a snapshot holds besides ``header`` (see EntryStore.arrays()).
 ARRAYS = ("phys", "lengths", "entries", "uphys", "ufirst", "ustep", "ulen")
@@ -145,11 +184,6 @@ def _dataclass_rows(rows: object, cls, path: str, where: str) -> None:
 def check_header(h: object, path: str) -> None:
     """The header holds every key :class:`Snapshot` and the simulation read,
     typed and in range (see the module docstring)."""
-    from mminspect.hotremove.policy import Era
-    from mminspect.hotremove.snapshot import COMPATIBLE, TableFacts
-    from mminspect.memory import Block
-    from mminspect.sparse import Section
-
     if not isinstance(h, dict):
         raise _bad(path, "its header is not a JSON object")
     if h.get("schema") not in COMPATIBLE:

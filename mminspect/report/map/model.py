@@ -33,10 +33,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mminspect.arch.arm64 import PTE_CONT
-from mminspect.classify import ORIGINS, PTLOCKS, Classification, classifier_for, root_kind, K_EFI, K_USER
+from mminspect.classify import (
+    K_EFI,
+    K_USER,
+    ORIGINS,
+    PTLOCKS,
+    Classification,
+    classifier_for,
+    classify_walk,
+    root_kind,
+)
+from mminspect.hotremove import capture_snapshot, select_policy, simulate
 from mminspect.kernel import Kernel
 from mminspect.memory import MAPS_NAMES, MemoryMap
-from mminspect.walk import CLS_LEAF, Walk
+from mminspect.walk import CLS_LEAF, Walk, walk
 
 __all__ = ("MAP_SCHEMA", "build_map", "map_dict", "va_overview")
 
@@ -364,9 +374,6 @@ def build_map(kernel: Kernel, roots, proposal=None, policy=None, progress=None) 
     (a function of the snapshot's era; default: the era's own) when given, and
     return the ``mminspect.map/1`` dict. init_mm is walked once for both
     the map and the simulation's snapshot."""
-    from mminspect.classify import classify_walk
-    from mminspect.walk import walk
-
     c = classifier_for(kernel)
     walks, classes = [], []
     init_walk = None
@@ -379,8 +386,6 @@ def build_map(kernel: Kernel, roots, proposal=None, policy=None, progress=None) 
         classes.append(classify_walk(kernel, w, c))
     simulation = None
     if proposal is not None:
-        from mminspect.hotremove import capture_snapshot, select_policy, simulate
-
         snap = capture_snapshot(kernel, init_walk)
         pol = policy(snap.era) if policy is not None else select_policy(snap.era)
         simulation = (simulate(snap, proposal, pol), snap)
