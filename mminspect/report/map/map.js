@@ -532,6 +532,11 @@
         if (P.findings.length > 200) h += "<tr><td colspan=\"4\">... " + num(P.findings.length - 200) + " more (mminspect simulate-remove --tables)</td></tr>";
         h += "</tbody></table>";
       }
+      if (P.memmap && P.memmap.length) {
+        h += "<p>Memmap (struct pages) of the removed sections: " + P.memmap.map(function (m) {
+          return num(m.sections) + " section(s) (the first in " + esc(m.first) + "): " + esc(m.goes); }).join("; ") +
+          (P.data_to_altmap ? "; " + size(P.data_to_altmap) + " handed back to an altmap" : "") + "</p>";
+      }
       if (P.warnings.length) h += "<p>" + num(P.warnings.length) + " WARN_ON(s) the replayed code would hit, first: " + esc(P.warnings[0].routine + ": " + P.warnings[0].detail) + "</p>";
     }
     document.getElementById("proposal-body").innerHTML = h;

@@ -313,6 +313,8 @@ def _proposal_dict(result, snapshot, page_size: int) -> Dict[str, Any]:
         "blocks": _outcome_runs(getattr(result, "blocks", ())),
         "kernel_log": list(getattr(result, "kernel_log", ())),
         "unchecked": _unchecked(getattr(result, "unchecked", ())),
+        "memmap": _memmap(getattr(result, "memmap", ())),
+        "data_to_altmap": getattr(result, "data_to_altmap", 0),
     }
 
 
@@ -326,6 +328,16 @@ def _outcome_runs(blocks) -> List[Dict[str, Any]]:
         else:
             out.append({"first": b.id, "last": b.id, "start": b.start, "end": b.end, "outcome": b.outcome})
     return out
+
+
+def _memmap(homes) -> List[Dict[str, Any]]:
+    """Where the removed sections' struct pages go, one entry per fate with
+    the number of sections and where the first of them lives."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for m in homes:
+        d = out.setdefault(m.goes, {"goes": m.goes, "sections": 0, "first": m.lives})
+        d["sections"] += 1
+    return list(out.values())
 
 
 def _unchecked(items) -> List[Dict[str, Any]]:
