@@ -32,9 +32,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mminspect.errors import MMInspectError
+from mminspect.identify import all_roots
 from mminspect.kernel import Kernel
+from mminspect.memory import node_stat
+from mminspect.pages import StructPages
 from mminspect.sortedarrays import contains, unique
-from mminspect.walk import CLS_LEAF, Walk, walk
+from mminspect.walk import CLS_LEAF, Mapping, Walk, walk
 
 __all__ = ("JSON_SCHEMA", "Diff", "State", "check_same", "diff", "expect_simulation", "load_simulation",
            "state_of_kernel", "state_of_snapshot")
@@ -69,9 +72,6 @@ def state_of_kernel(kernel: Kernel, name: str, roots: Optional[Sequence] = None)
     """Walk every root of ``kernel`` (default :func:`resolve_roots` ``all``).
     Whether a table page carries the page-table type is read later, by
     :func:`diff`, for the tables that changed only."""
-    from mminspect.identify import all_roots
-    from mminspect.memory import node_stat
-
     roots = roots if roots is not None else all_roots(kernel)
     walks = {}
     rows = []
@@ -99,8 +99,6 @@ def _typed(state: State, rows: np.ndarray) -> np.ndarray:
     kernel = getattr(state, "source", None)
     if kernel is None or not len(rows):
         return rows["typed"]
-    from mminspect.pages import StructPages
-
     # The struct page reader alone: the classifier's other facts (era,
     # memblock, memory map) are not needed to tell a typed page.
     pages = kernel.__dict__.get("_diff_struct_pages")
@@ -267,8 +265,6 @@ def _ranges(wa: Walk, wb: Walk) -> List[Dict[str, object]]:
             cur["_na"] = None if pa_ai is None else pa_ai + int(size[i])
             cur["_nb"] = None if pa_bi is None else pa_bi + int(size[i])
             continue
-        from mminspect.walk import Mapping
-
         def desc(runs, k):
             L = int(runs["level"][k])
             m = Mapping(0, 0, 0, L, r.level_name(L), int(runs["attr"][k]), int(runs["inherit"][k]))
@@ -308,17 +304,16 @@ def diff(a: State, b: State) -> Diff:
     # tables are sorted by phys already (_sorted_unique)
     in_b = contains(pa_b, pa_a)
     in_a = contains(pa_a, pa_b)
-    # Same page in both: the same table (same level and VA), or reused.
-    key_a = set(zip(ta["phys"][in_b].tolist(), ta["level"][in_b].tolist(), ta["va"][in_b].tolist()))
-    key_b = set(zip(tb["phys"][in_a].tolist(), tb["level"][in_a].tolist(), tb["va"][in_a].tolist()))
+    # Same page in both: the same table (same level and VA), or reused. Rows
+    # are sorted by (phys, level, VA): align each page's first row in A with
+    # its first row in B and compare, as arrays.
     moved = []
-    if key_a != key_b:
-        ra = {int(x["phys"]): x for x in ta[in_b]}
-        for x in tb[in_a]:
-            p = int(x["phys"])
-            y = ra.get(p)
-            if y is not None and (int(y["level"]), int(y["va"])) != (int(x["level"]), int(x["va"])):
-                moved.append((y, x))
+    ia = np.nonzero(in_b)[0]
+    if len(ia):
+        jb = np.searchsorted(pa_b, pa_a[ia], side="left")
+        other = (ta["level"][ia] != tb["level"][jb]) | (ta["va"][ia] != tb["va"][jb])
+        for i, j in zip(ia[other].tolist(), jb[other].tolist()):
+            moved.append((ta[i], tb[j]))
     mappings: Dict[str, List[Dict[str, object]]] = {}
     common = [n for n in a.walks if n in b.walks and (n in ("init_mm", "efi_mm", "tramp_pg_dir"))]
     for name in common:

@@ -22,9 +22,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mminspect.classify import classifier_for, classify_walk, resolve_roots, task_roots, tramp_root
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
-from mminspect.walk import CLS_LEAF, Walk, walk
+from mminspect.pageinfo import max_pfn, page_info
+from mminspect.walk import CLS_LEAF, Mapping, Walk, walk
 
 __all__ = ("JSON_SCHEMA", "Identity", "ReverseMap", "all_roots", "check_addresses", "identify", "parse_address")
 
@@ -151,8 +153,6 @@ def parse_address(text: str, page_shift: int) -> int:
 
 
 def _check_ram(kernel: Kernel, pas: Sequence[int]) -> None:
-    from mminspect.classify import classifier_for
-    from mminspect.pageinfo import max_pfn
 
     shift = kernel.regime.page_shift
     mp = max_pfn(kernel)
@@ -174,8 +174,6 @@ def all_roots(kernel: Kernel, spec: str = "all") -> List[Root]:
     """:func:`~mminspect.classify.resolve_roots` of ``spec``; for ``all``,
     the roots this target can give (a bundle has no task list: its init_mm
     and efi_mm)."""
-    from mminspect.classify import resolve_roots, task_roots, tramp_root
-
     if spec != "all":
         return resolve_roots(kernel, spec)
     roots = [kernel.root("init_mm")]
@@ -183,7 +181,9 @@ def all_roots(kernel: Kernel, spec: str = "all") -> List[Root]:
         roots.append(kernel.root("efi_mm"))
     except MMInspectError:
         pass
-    tr = tramp_root(kernel)
+    # tramp_root() relocates the symbol through the classifier (memory map,
+    # era facts ...): only worth building for a kernel that has the symbol.
+    tr = tramp_root(kernel) if kernel.target.symbol("tramp_pg_dir") is not None else None
     if tr is not None:
         roots.append(tr)
     try:
@@ -211,7 +211,6 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
 
     :raises MMInspectError: for an address outside RAM or past ``max_pfn``
     """
-    from mminspect.classify import classify_walk
 
     r = kernel.regime
     shift = r.page_shift
@@ -251,8 +250,6 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
     rm = ReverseMap(kernel, walks)
     qi, ri = rm.lookup(q)
     R = rm.runs
-    from mminspect.walk import Mapping
-
     attr_text: Dict[Tuple[int, int], Tuple[str, str]] = {}
     cols = {name: R[name][ri].tolist() for name in ("level", "va", "size", "pa", "attr", "inherit", "rep", "root")}
     for n, a in sorted(enumerate(qi.tolist()), key=lambda x: x[1]):
@@ -271,8 +268,6 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
         kind = "repeated" if m.repeat else text[0]
         out[a].mapped_at.append(MappedAt(rm.roots[cols["root"][n]], va, size, m.level_name, kind, text[1], m.repeat))
     if page_facts:
-        from mminspect.pageinfo import page_info
-
         for ident, info in zip(out, page_info(kernel, [p >> shift for p in pas])):
             ident.page = info
     return out

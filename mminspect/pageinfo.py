@@ -21,8 +21,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mminspect.classify import classifier_for
 from mminspect.errors import MMInspectError
 from mminspect.target.base import TargetFault
+from mminspect.walk import CLS_LEAF, walk
 
 __all__ = ("PageInfo", "max_pfn", "page_flag_names", "page_info", "struct_page_facts")
 
@@ -116,8 +118,6 @@ def max_pfn(kernel) -> Optional[int]:
             except TargetFault:
                 value = None
         if value is None:
-            from mminspect.classify import classifier_for
-
             mem = classifier_for(kernel).memory
             if mem is not None and mem.sections:
                 s = mem.sections[-1]
@@ -191,8 +191,6 @@ def _vmemmap_map(kernel) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     the vmemmap region, cached per kernel."""
     cache = _cache(kernel)
     if "vmemmap" not in cache:
-        from mminspect.walk import CLS_LEAF, walk
-
         try:
             w = walk(kernel, kernel.root("vmemmap"))
             leaf = w.runs[w.runs["cls"] == CLS_LEAF]
@@ -243,8 +241,6 @@ def page_info(kernel, pfns: Sequence[int]) -> List[PageInfo]:
     >>> page_info(k, [0x40246])[0].flag_names
     ('referenced', 'uptodate', 'lru', ...)
     """
-    from mminspect.classify import classifier_for
-
     c = classifier_for(kernel)
     shift = kernel.regime.page_shift
     pf = np.asarray([int(p) for p in pfns], dtype=np.uint64)
