@@ -95,7 +95,7 @@ def test_removal_record_matches_the_dumps(kernel_id, run, after):
         assert statuses and statuses[0] == removal.OST_IN_PROGRESS, statuses
         if r["outcome"] == "removed":
             assert a["device_deleted"] and all(s["after"] is None for s in r["blocks"].values())
-            assert d1.meta["removed_dimm"]["id"] == dimm["id"]
+            assert d1.meta["memory"]["removed_dimm"]["id"] == dimm["id"]
             assert dimm["id"] not in {x["id"] for x in d1.meta["memory"]["dimms"]}
         else:
             assert r["outcome"] == "refused" and not a["device_deleted"], r["outcome"]
