@@ -30,6 +30,21 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _interrupted(e: BaseException) -> None:
+    """Exit 128 + the signal, in one line, when ``e`` is a SIGINT/SIGTERM/
+    SIGHUP or was raised while handling one (a library that catches the
+    interrupt in a callback and raises its own error instead)."""
+    seen = 0
+    while e is not None and seen < 16:
+        if isinstance(e, KeyboardInterrupt):
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            written = getattr(e, "written", None)
+            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}"
+                       + (f" after {written} was written in full" if written else ""), err=True)
+            sys.exit(128 + signum)
+        e, seen = e.__cause__ or e.__context__, seen + 1
+
+
 def _errors(fn: Callable) -> Callable:
     """Turn every expected failure into one line on stderr and exit status 2."""
 
@@ -40,18 +55,18 @@ def _errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except MMInspectError as e:
+            _interrupted(e)
             _fail(str(e))
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(1)
         except KeyboardInterrupt as e:  # SIGINT, and SIGTERM/SIGHUP as Interrupted
-            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
-            sys.exit(128 + signum)
+            _interrupted(e)
         except MemoryError:
             _fail("out of memory: the input asks for more memory than this process may use "
                   "(a damaged dump or snapshot?)")
         except Exception as e:  # a bug of ours, or a library failing in a way we did not foresee
+            _interrupted(e)
             if os.environ.get("MMINSPECT_DEBUG"):
                 raise
             detail = str(e).splitlines()[0] if str(e) else "no detail"

@@ -61,6 +61,9 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
+        #: The output that was already complete at its name when the
+        #: signal was delivered (held back during the rename), or None.
+        self.written: Optional[str] = None
         super().__init__(signal.Signals(signum).name)
 
 
@@ -147,27 +150,45 @@ def check_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool = 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+#: While above 0, the handlers of :func:`signals_raise` only note a signal
+#: (in ``_pending``) and :func:`_held_back` raises it at the end of the
+#: section. A signal mask would not do: the signal may be delivered to
+#: another thread (drgn's, a scan's), and Python runs the handler in the
+#: main thread at its next instruction, wherever that is.
+_critical = 0
+_pending: Optional[int] = None
+
+
 @contextlib.contextmanager
-def _blocked() -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP held back (delivered after the block), so that
+def _held_back() -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP held back until the block ends, so that
     creating, renaming and removing the temporary file is never cut short."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    global _critical, _pending
+    _critical += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _critical -= 1
+        if not _critical and _pending is not None:
+            signum, _pending = _pending, None
+            raise Interrupted(signum)
 
 
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM/SIGHUP raise :class:`Interrupted`
-    (so ``finally`` clauses run) instead of killing the process outright.
-    Only the main thread can set handlers; elsewhere this does nothing."""
+    (so ``finally`` clauses run) instead of killing the process outright;
+    inside :func:`_held_back` sections, once the section ends. Only the
+    main thread can set handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
+        global _pending
+        if _critical:
+            _pending = signum
+            return
         raise Interrupted(signum)
 
     old: List[Tuple[int, object]] = []
@@ -201,7 +222,7 @@ def atomic_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool =
     tmp = fd = None
     with signals_raise():
         try:
-            with _blocked():
+            with _held_back():
                 tmp, fd = _create_temporary(directory, os.path.basename(path))
             with os.fdopen(fd, "wb") as f:
                 fd = None
@@ -209,19 +230,24 @@ def atomic_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool =
                 f.flush()
                 os.fsync(f.fileno())
             check_output(path, inputs, force)
-            with _blocked():
-                if force:
-                    os.replace(tmp, path)
-                else:
-                    _link_no_clobber(tmp, path)
-                tmp = None
+            try:
+                with _held_back():
+                    if force:
+                        os.replace(tmp, path)
+                    else:
+                        _link_no_clobber(tmp, path)
+                    tmp = None
+            except Interrupted as e:
+                if tmp is None:  # held back until the output was whole at its name: say so
+                    e.written = path
+                raise
             _fsync_dir(directory)
         except FileExistsError:
             raise MMInspectError(f"{path}: appeared while writing; choose another name or pass --force") from None
         except OSError as e:
             raise MMInspectError(f"{path}: cannot write ({e.strerror or e}); nothing was written") from None
         finally:
-            with _blocked():
+            with _held_back():
                 if fd is not None:
                     os.close(fd)
                 if tmp is not None:

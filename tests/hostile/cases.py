@@ -523,7 +523,10 @@ def interrupt_cases(inputs) -> List[Case]:
     out = []
     for cmd, name in (("capture", "ev.core"), ("snapshot", "s.npz"), ("map", "m.html")):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            for when in ("write", 0.02, 0.2, 0.6):
+            # Timed signals start after the forked child signalled it is about
+            # to call main(): a signal before mminspect installs its handlers
+            # (Python still starting) ends it by the default action.
+            for when in ("write", 0.15, 0.4, 0.8):
                 out.append(Case("interrupt", f"{cmd}-{sig.name}-{when}", [cmd, "-c", "sample.core", "-o", name],
                                 copy(inputs, "sample.core"), expect=(128 + sig, 0), may_create=(name,),
                                 interrupt=(sig, when)))
