@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Dict, List, Optional, Tuple, Type
 
 from mminspect.errors import MMInspectError
+from mminspect.files import check_input
 
 __all__ = ("Era", "Policy", "available_policies", "get_policy", "load_plugin_file", "select_policy")
 
@@ -159,8 +160,6 @@ def load_plugin_file(path: str) -> List[str]:
     installed plugin's entry point names) and return the policy names."""
     import importlib.util
     import os
-
-    from mminspect.files import check_input
 
     check_input(path, "plugin file")
     name = "mminspect_plugin_" + os.path.splitext(os.path.basename(path))[0]

@@ -97,6 +97,7 @@ def test_overlay_is_the_simulation(sample):
     assert [(x["phys"], x["reason"]) for x in p["kept"]] == [(e.phys, e.detail) for e in result.kept]
     assert p["delta_nr_pagetable"] == result.delta_nr_pagetable
     assert len(p["findings"]) == len(result.findings)
+    assert sum(m["sections"] for m in p["memmap"]) == len(result.memmap) == 8  # one 128 MiB section per block
     # freed tables are among the drawn ones
     assert set(freed) <= set(expand(d))
 

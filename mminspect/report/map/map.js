@@ -19,7 +19,7 @@
   };
   var PATTERN_TEXT = {
     "memblock": "solid", "buddy-ctor": "dots", "buddy-no-ctor": "diagonal stripes", "slab": "cross-hatch",
-    "kernel-image": "solid black", "altmap": "horizontal stripes", "unknown": "vertical stripes"
+    "kernel-image": "black, white dots", "altmap": "horizontal stripes", "unknown": "vertical stripes"
   };
   var PAGE = D.memory.page_size, BLOCK = D.memory.block_size || 0;
 
@@ -114,8 +114,10 @@
           case "buddy-ctor": el("rect", { width: 4, height: 4, fill: c, opacity: 0.35 }, p); el("circle", { cx: 2, cy: 2, r: 1.3, fill: c }, p); break;
           case "buddy-no-ctor": el("rect", { width: 4, height: 4, fill: "#fff" }, p); el("path", { d: "M-1 1L1 -1M0 4L4 0M3 5L5 3", stroke: c, "stroke-width": 1.4 }, p); break;
           case "slab": el("path", { d: "M0 0L4 4M4 0L0 4", stroke: c, "stroke-width": 1 }, p); break;
-          case "altmap": el("path", { d: "M0 1H4M0 3H4", stroke: c, "stroke-width": 1 }, p); break;
-          case "unknown": el("path", { d: "M1 0V4M3 0V4", stroke: c, "stroke-width": 1 }, p); break;
+          case "kernel-image": el("rect", { width: 4, height: 4, fill: c }, p); el("rect", { x: 1.5, y: 1.5, width: 1, height: 1, fill: "#fff" }, p); break;
+          // light colours: dark lines on a tint, so that grey-scale keeps the orientation
+          case "altmap": el("rect", { width: 4, height: 4, fill: c, opacity: 0.5 }, p); el("path", { d: "M0 2H4", stroke: "#222", "stroke-width": 1.5 }, p); break;
+          case "unknown": el("rect", { width: 4, height: 4, fill: c, opacity: 0.5 }, p); el("path", { d: "M2 0V4", stroke: "#222", "stroke-width": 1.5 }, p); break;
           default: el("rect", { width: 4, height: 4, fill: c }, p);
         }
       });
@@ -127,11 +129,11 @@
   }
 
   // -- memory layout -----------------------------------------------------------------
+  var blockStarts = new Float64Array(blocks.map(function (b) { return b.start; }));
   function blockAt(pa) {
-    var k = lowerBound(blocks.map(function (b) { return b.start; }), pa + 1) - 1;
+    var k = lowerBound(blockStarts, pa + 1) - 1;
     return (k >= 0 && pa < blocks[k].start + blocks[k].size) ? blocks[k] : null;
   }
-  var blockStarts = new Float64Array(blocks.map(function (b) { return b.start; }));
   function blocksIn(lo, hi) {
     var out = [], k = Math.max(0, lowerBound(blockStarts, lo + 1) - 1);
     for (; k < blocks.length && blocks[k].start < hi; k++) if (blocks[k].start + blocks[k].size > lo) out.push(blocks[k]);
@@ -422,10 +424,7 @@
 
   function zoomInto(r) {
     if (r.hole) return;
-    var lo = r.lo, hi = r.hi;
-    var unit = childUnit(r);
-    if (unit >= hi - lo && hi - lo <= UNIT) unit = Math.max(PAGE, PAGE * COLS);
-    stack.push({ lo: lo, hi: hi, unit: unit });
+    stack.push({ lo: r.lo, hi: r.hi, unit: childUnit(r) });
     draw();
     var first = wrap.querySelector(".row[tabindex]");
     if (first && document.activeElement && document.activeElement.classList && document.activeElement.classList.contains("row")) first.focus();
@@ -507,7 +506,8 @@
       h += "<p>The kernel would print:</p><pre class=\"kernel-log\">" + P.kernel_log.map(esc).join("\n") + "</pre>";
     if (P.unchecked && P.unchecked.length)
       h += "<p>Not decided from this dump (never counted as passed): " + P.unchecked.map(function (u) {
-        return esc(u.rule + (u.block !== null && u.block !== undefined ? " (memory" + u.block + ")" : "") + ": " + u.why); }).join("; ") + "</p>";
+        var b = u.blocks.length ? " (memory" + u.blocks[0] + (u.blocks.length > 1 ? " and " + num(u.blocks.length - 1) + " more blocks" : "") + ")" : "";
+        return esc(u.rule + b + ": " + u.why); }).join("; ") + "</p>";
     if (!P.simulated) h += "<p>Not simulated: the kernel refuses this removal before any page table is touched.</p>";
     else {
       var lv = Object.keys(P.freed.levels).map(function (k) { return P.freed.levels[k] + " " + k; }).join(", ");
@@ -532,6 +532,11 @@
         if (P.findings.length > 200) h += "<tr><td colspan=\"4\">... " + num(P.findings.length - 200) + " more (mminspect simulate-remove --tables)</td></tr>";
         h += "</tbody></table>";
       }
+      if (P.memmap && P.memmap.length) {
+        h += "<p>Memmap (struct pages) of the removed sections: " + P.memmap.map(function (m) {
+          return num(m.sections) + " section(s) (the first in " + esc(m.first) + "): " + esc(m.goes); }).join("; ") +
+          (P.data_to_altmap ? "; " + size(P.data_to_altmap) + " handed back to an altmap" : "") + "</p>";
+      }
       if (P.warnings.length) h += "<p>" + num(P.warnings.length) + " WARN_ON(s) the replayed code would hit, first: " + esc(P.warnings[0].routine + ": " + P.warnings[0].detail) + "</p>";
     }
     document.getElementById("proposal-body").innerHTML = h;
@@ -541,7 +546,6 @@
 
   // -- VA overview ---------------------------------------------------------------------------------
   var GRAN_FILL = { "page": "#0072B2", "contiguous": "#56B4E9", "block": "#009E73", "repeated": "#999999" };
-  var GRAN_PAT = { "page": "", "contiguous": "", "block": "", "repeated": "" };
   function vaOverview() {
     var h = "";
     D.roots.forEach(function (root) {
