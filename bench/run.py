@@ -31,7 +31,8 @@ from bench.kernels import GiB, ensure_kernel, parse_size, size_label, warm  # no
 REPO = Path(__file__).resolve().parent.parent
 #: The audit scans the whole memmap (16 GiB at 1 TiB), which churns the page
 #: cache: it runs last, after the stages that want the dump's tables cached.
-ALL_STAGES = ["read", "read-bulk", "walk", "classify", "remove-1G", "remove-64G", "audit"]
+ALL_STAGES = ["read", "read-bulk", "walk", "classify", "remove-1G", "remove-64G", "walk-roots", "identify-10k",
+              "walk-two", "diff", "audit"]
 LABELS = {
     "read": "(a) read table pages, 1 read/page",
     "read-bulk": "    read, contiguous 1 MiB reads",

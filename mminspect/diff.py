@@ -304,17 +304,16 @@ def diff(a: State, b: State) -> Diff:
     # tables are sorted by phys already (_sorted_unique)
     in_b = contains(pa_b, pa_a)
     in_a = contains(pa_a, pa_b)
-    # Same page in both: the same table (same level and VA), or reused.
-    key_a = set(zip(ta["phys"][in_b].tolist(), ta["level"][in_b].tolist(), ta["va"][in_b].tolist()))
-    key_b = set(zip(tb["phys"][in_a].tolist(), tb["level"][in_a].tolist(), tb["va"][in_a].tolist()))
+    # Same page in both: the same table (same level and VA), or reused. Rows
+    # are sorted by (phys, level, VA): align each page's first row in A with
+    # its first row in B and compare, as arrays.
     moved = []
-    if key_a != key_b:
-        ra = {int(x["phys"]): x for x in ta[in_b]}
-        for x in tb[in_a]:
-            p = int(x["phys"])
-            y = ra.get(p)
-            if y is not None and (int(y["level"]), int(y["va"])) != (int(x["level"]), int(x["va"])):
-                moved.append((y, x))
+    ia = np.nonzero(in_b)[0]
+    if len(ia):
+        jb = np.searchsorted(pa_b, pa_a[ia], side="left")
+        other = (ta["level"][ia] != tb["level"][jb]) | (ta["va"][ia] != tb["va"][jb])
+        for i, j in zip(ia[other].tolist(), jb[other].tolist()):
+            moved.append((ta[i], tb[j]))
     mappings: Dict[str, List[Dict[str, object]]] = {}
     common = [n for n in a.walks if n in b.walks and (n in ("init_mm", "efi_mm", "tramp_pg_dir"))]
     for name in common:

@@ -271,8 +271,8 @@ def simulate_remove_memory(
     >>> res = simulate_remove_memory(0x80000000, 1 << 30)   # the hot-added GiB
     >>> res.simulated, len(res.freed), res.findings[0].rule
     (True, 513, 'ctor unknown')
-    >>> simulate_remove_memory(0x40000000, 128 << 20).refusals[0].message
-    'Boot memory [40000000 48000000] offlining attempted'
+    >>> simulate_remove_memory(0x48000000, 128 << 20).refusals[0].message
+    'Boot memory [48000000 50000000] offlining attempted'
 
     :param start: ``u64``, physical start of the memory to remove
     :param size: ``u64``, bytes to remove

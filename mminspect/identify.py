@@ -22,13 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mminspect.classify import (
-    classifier_for,
-    classify_walk,
-    resolve_roots,
-    task_roots,
-    tramp_root,
-)
+from mminspect.classify import classifier_for, classify_walk, resolve_roots, task_roots, tramp_root
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
 from mminspect.pageinfo import max_pfn, page_info
@@ -159,6 +153,7 @@ def parse_address(text: str, page_shift: int) -> int:
 
 
 def _check_ram(kernel: Kernel, pas: Sequence[int]) -> None:
+
     shift = kernel.regime.page_shift
     mp = max_pfn(kernel)
     mem = classifier_for(kernel).memory
@@ -186,7 +181,9 @@ def all_roots(kernel: Kernel, spec: str = "all") -> List[Root]:
         roots.append(kernel.root("efi_mm"))
     except MMInspectError:
         pass
-    tr = tramp_root(kernel)
+    # tramp_root() relocates the symbol through the classifier (memory map,
+    # era facts ...): only worth building for a kernel that has the symbol.
+    tr = tramp_root(kernel) if kernel.target.symbol("tramp_pg_dir") is not None else None
     if tr is not None:
         roots.append(tr)
     try:
@@ -214,6 +211,7 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
 
     :raises MMInspectError: for an address outside RAM or past ``max_pfn``
     """
+
     r = kernel.regime
     shift = r.page_shift
     pas = [int(p) for p in pas]

@@ -52,7 +52,6 @@ from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
 from mminspect.nonpresent import SwapEncoding, decode_nonpresent
 from mminspect.pageinfo import page_info
-from mminspect.report.common import size_text
 from mminspect.target.base import TargetFault
 from mminspect.target.elf import PT_LOAD, core_phdrs
 from mminspect.walk import Mapping
@@ -249,7 +248,7 @@ def vtop(kernel: Kernel, va: int, mm: Optional[str] = None, root: Optional[Root]
         if desc & PTE_CONT:
             t.cont = _cont_run(kernel, rows, idx, level, va)
             t.stop = "contiguous"
-        t.reason = (f"{name} {'page' if level == 3 else 'block'} descriptor ({_size(span)})"
+        t.reason = (f"{name} {'page' if level == 3 else 'block'} descriptor"
                     + (f", one of a contiguous run of {t.cont['entries']}" if t.cont else "")
                     + f": {va:#x} -> {pa:#x}")
         if page_facts:
@@ -257,10 +256,6 @@ def vtop(kernel: Kernel, va: int, mm: Optional[str] = None, root: Optional[Root]
         if checks:
             t.checks = _checks(kernel, root, va, pa)
         return t
-
-
-def _size(n: int) -> str:
-    return size_text(n)
 
 
 def _memory(kernel: Kernel):

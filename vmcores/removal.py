@@ -391,12 +391,15 @@ def _act_mom(act: Act) -> None:
 def _act_blockmap(act: Act) -> None:
     d = _hotadd_point(act, "blockmap-hotadd", GiB, "dimm0")["dimm"]
     first = d["blocks"][0]
-    _offline_point(act, "blockmap-offline", "blockmap-hotadd", [first], d, lambda a: True)
-    if act.g.online_blocks().get(first) != "online":
+    before = "blockmap-offline"
+    if _offline_point(act, before, "blockmap-hotadd", [first], d, lambda a: True)["outcome"] == "offlined":
         # Offlined after all (no leaf check in this kernel): online it again, so
-        # that the eject below starts from the DIMM as it was hot-added.
+        # that the eject below starts from the DIMM as it was hot-added (the
+        # linear map and vmemmap of an offline block stay until removal), and
+        # name that state as the one before the eject.
         act.g.sh(f"echo online_movable > {MEMORY}/memory{first}/state")
-    _eject_point(act, "blockmap-eject", "blockmap-offline", "dimm0")
+        before = "blockmap-hotadd"
+    _eject_point(act, "blockmap-eject", before, "dimm0")
     _hotadd_point(act, "blockmap-hotadd1", 128 * MiB, "dimm1")
     _eject_point(act, "blockmap-eject1", "blockmap-hotadd1", "dimm1")
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import lzma
 import os
 import re
@@ -63,7 +62,8 @@ from pathlib import Path
 
 from .cache import RecipeError, cache_dir, progress, read_json, sha256_file, write_json
 from .initramfs import Entry, _cpio_newc, agent_entries
-from .kernels import KernelFiles, _apt_download, _extract, _run, _sid_opts
+from .debs import data_tar, extract_members, postinst_alternatives
+from .kernels import KernelFiles, _apt_download, _run, _sid_opts
 
 #: What mminspect needs in the guest (Debian package names).
 PACKAGES = ("python3", "python3-drgn", "python3-numpy", "python3-click", "python3-tabulate")
@@ -97,6 +97,7 @@ done
 if [ -b /dev/vda ]; then
     mkdir -p %(mnt)s && mount -t ext4 -o ro,noload /dev/vda %(mnt)s || echo "@@INIT mount /dev/vda failed"
 fi
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 chmod 1777 /tmp
 """ % {"mnt": DEBUG_MOUNT}
 
@@ -135,52 +136,6 @@ def resolve_packages() -> list[tuple[str, str, str]]:
     if not any(p[0] == "python3-drgn" for p in pkgs):
         raise RecipeError("apt resolved no python3-drgn for arm64 in sid: " + (out.strip().splitlines() or ["?"])[-1])
     return pkgs
-
-
-def _deb_members(deb: Path):
-    """(name, bytes) of each member of a .deb (an ar archive)."""
-    with open(deb, "rb") as f:
-        if f.read(8) != b"!<arch>\n":
-            raise RecipeError(f"{deb.name}: not a .deb (no ar header)")
-        while True:
-            hdr = f.read(60)
-            if len(hdr) < 60:
-                return
-            name = hdr[:16].decode().strip().rstrip("/")
-            size = int(hdr[48:58].decode().strip())
-            data = f.read(size)
-            if size % 2:
-                f.read(1)
-            yield name, data
-
-
-def _data_tar(deb: Path) -> tarfile.TarFile:
-    """The data archive of a .deb as a tarfile (gz, xz, bz2 or none read in
-    Python; anything else through dpkg-deb --fsys-tarfile)."""
-    for name, data in _deb_members(deb):
-        if name.startswith("data.tar"):
-            if name.endswith((".gz", ".xz", ".bz2")) or name == "data.tar":
-                return tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-            raw = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True).stdout
-            return tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
-    raise RecipeError(f"{deb.name}: no data.tar member")
-
-
-def _alternatives(deb: Path) -> list[tuple[str, str, str, int]]:
-    """The ``update-alternatives --install LINK NAME PATH PRIORITY`` calls of a
-    package's postinst (libblas3 and liblapack3 provide libblas.so.3 and
-    liblapack.so.3 only that way)."""
-    for name, data in _deb_members(deb):
-        if name.startswith("control.tar"):
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-                try:
-                    script = tf.extractfile("./postinst").read().decode(errors="replace")
-                except KeyError:
-                    return []
-            script = script.replace("\\\n", " ")
-            return [(m.group(1), m.group(2), m.group(3), int(m.group(4))) for m in re.finditer(
-                r"update-alternatives\s+--install\s+(/\S+)\s+(\S+)\s+(/\S+)\s+(\d+)", script)]
-    return []
 
 
 @dataclass
@@ -260,9 +215,9 @@ def ensure_rootfs(force: bool = False) -> Path:
         if not debs:
             raise RecipeError(f"apt-get download {name}: no .deb in {debdir}")
         deb = debs[-1]
-        with _data_tar(deb) as tf:
+        with data_tar(deb) as tf:
             tree.add_tar(tf, name, by_pkg)
-        alternatives += _alternatives(deb)
+        alternatives += postinst_alternatives(deb)
         records.append({"package": name, "version": version, "arch": arch, "deb": deb.name,
                         "deb_size": deb.stat().st_size, "deb_sha256": sha256_file(deb),
                         "unpacked_bytes": by_pkg.get(name, 0)})
@@ -415,7 +370,7 @@ def ensure_modules(kf: KernelFiles) -> dict[str, Path]:
     from .kernels import _apt_opts, get_spec  # noqa: PLC0415
 
     debs = _apt_download([pkg], work, _apt_opts(get_spec(kf.kernel_id)))
-    got = _extract(debs[pkg], {m: re.compile(rf"/{re.escape(m)}\.ko(\.xz)?$") for m in wanted}, d)
+    got = extract_members(debs[pkg], {m: re.compile(rf"/{re.escape(m)}\.ko(\.xz)?$") for m in wanted}, d)
     for m, path in got.items():
         if path.suffix == ".xz":
             (d / f"{m}.ko").write_bytes(lzma.decompress(path.read_bytes()))
@@ -493,6 +448,8 @@ def build_userspace_initramfs(kf: KernelFiles, out: Path) -> Path:
         entries.append((f"usr/lib/modules/{name}.ko", F644, path.read_bytes(), 0, 0))
     entries.append(("usr/lib/modules/userspace-load-order", F644, ("\n".join(extra) + "\n").encode(), 0, 0))
     entries += wheel_entries(whl)
+    if not has_debug_disk(kf):
+        entries += debuginfo_entries(kf)
     second = gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -502,6 +459,16 @@ def build_userspace_initramfs(kf: KernelFiles, out: Path) -> Path:
         f.write(second)
     tmp.replace(out)
     return out
+
+
+def debuginfo_entries(kf: KernelFiles) -> list[Entry]:
+    """The vmlinux inside the initramfs, at /usr/lib/debug/lib/modules/RELEASE/
+    vmlinux, for a kernel without a virtio disk (the debug kernels of
+    vmcores.build: a 20 MB debug-info-only vmlinux)."""
+    if not kf.release:
+        raise RecipeError(f"{kf.kernel_id}: release unknown, cannot place its vmlinux for drgn")
+    tree = Tree({f"{DEBUG_MOUNT.lstrip('/')}/lib/modules/{kf.release}/vmlinux": (F644, kf.vmlinux.read_bytes())})
+    return [e for e in tree.entries() if e[0] not in ("usr", "usr/lib")]
 
 
 def guest_args(kf: KernelFiles) -> list[str]:

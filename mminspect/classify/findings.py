@@ -31,8 +31,8 @@ def table_findings(cls: "Classification", free: np.ndarray, altmap: np.ndarray, 
     facts = cls.facts
 
     def add(sev: str, kind: str, i: int, sentence: str) -> None:
-        out.append(Finding(sev, kind, int(cls.phys[i]), r.level_name(int(cls.level[i])), cls.root.name,
-                           cls._region_text(i), sentence))
+        out.append(Finding(sev, kind, int(cls.phys[i]), r.level_name(int(cls.level[i])), sentence,
+                           root=cls.root.name, region=cls._region_text(i)))
 
     for i in np.nonzero(mism & ~unknown & ~altmap)[0].tolist():
         exp = "/".join(ORIGINS[k] for k in range(len(ORIGINS)) if int(cls.expected[i]) >> k & 1)

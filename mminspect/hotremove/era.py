@@ -10,8 +10,13 @@ version: the classifier's reading of the allocation sites
 code: whether the hot-remove table-freeing functions call into NR_PAGETABLE
 accounting is read from their instructions (an arm64 ``BL`` to
 ``__lruvec_stat_mod_folio`` or ``mod_node_page_state``), which is how the
-2026 dtor fix shows itself. Only facts no dump can show fall back to
-OSRELEASE, and their evidence says so.
+2026 dtor fix shows itself. The removal path's facts are read the same way:
+the C strings arm64's memory notifier loads (:func:`function_strings`: its
+leaf-split check is inlined and has no symbol), the DWARF of ``struct
+memory_block`` (its own memmap), and the ``memmap_on_memory`` parameter's
+variable. Only facts no dump can show fall back to OSRELEASE, and their
+evidence says so; a fact the target cannot show at all stays None
+("unknown"), and the rules that need it say so instead of passing.
 """
 
 import struct
@@ -137,12 +142,12 @@ def _detect_removal_path(kernel, era: Era, ev: Dict[str, str]) -> None:
             "kernel leaf mapping')" if found else
             f"no: {fn}() prints no 'splits a leaf entry' message (before 'arm64/mm: Reject memory removal "
             "that splits a kernel leaf mapping')")
-    elif fn is None and t.has_debug_info:
+    elif fn is None and era.bootmem_notifier is False:
         era.leaf_split_notifier = False
-        ev["leaf_split_notifier"] = "no: no arm64 memory-remove notifier at all"
+        ev["leaf_split_notifier"] = "no: no arm64 memory-remove notifier at all (before v5.7)"
     else:
         ev["leaf_split_notifier"] = (f"unknown: cannot read the code of {fn}()" if fn else
-                                     "unknown: no symbols to find arm64's memory notifier")
+                                     "unknown: the code of arm64's memory notifier is not in this target")
 
     if t.offsetof("struct memory_block", "altmap") is not None:
         era.block_memmap = "altmap"

@@ -22,7 +22,7 @@ from mminspect.errors import MMInspectError
 from mminspect.files import atomic_output
 from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
-from mminspect.hotremove.isolation import IsolationScan, scan_block
+from mminspect.hotremove.isolation import IsolationScan, scan_blocks
 from mminspect.hotremove.policy import Era
 from mminspect.hotremove.snapshot_file import COMPATIBLE, SCHEMA, TableFacts, read_snapshot_file
 from mminspect.kernel import Kernel
@@ -58,12 +58,21 @@ class Snapshot:
         """What ``has_unmovable_pages()`` meets in ``[lo_pfn, hi_pfn)`` of
         ``block`` (see :mod:`~mminspect.hotremove.isolation`), or None when
         the struct pages are neither saved nor readable."""
-        got = self.scans.get(block.id)
-        if got is None and self.source is not None:
-            got = scan_block(self.source, lo_pfn, hi_pfn, block.zone == "Movable")
-            if got is not None:
-                self.scans[block.id] = got
-        return got
+        if block.id not in self.scans:
+            self.prefetch_scans([(block, lo_pfn, hi_pfn)])
+        return self.scans.get(block.id)
+
+    def prefetch_scans(self, requests) -> None:
+        """Scan many blocks' ranges ``(block, lo_pfn, hi_pfn)`` in one bulk
+        pass (one reader, one read of each chunk of memmap), if the kernel is
+        at hand."""
+        todo = [(b, lo, hi) for b, lo, hi in requests if b.id not in self.scans]
+        if not todo or self.source is None:
+            return
+        got = scan_blocks(self.source, [(lo, hi, b.zone == "Movable") for b, lo, hi in todo])
+        if got is not None:
+            for (b, _, _), scan in zip(todo, got):
+                self.scans[b.id] = scan
 
     # -- persistence ----------------------------------------------------------
     def save(self, path: str, force: bool = True, inputs: Sequence[str] = ()) -> None:
@@ -92,10 +101,8 @@ class Snapshot:
         hot-added block's (small; boot memory is refused before its pages
         matter, and scanning it all would cost a whole memmap read)."""
         page_shift = self.kernel["regime"]["page_size"].bit_length() - 1
-        for b in self.blocks:
-            if not b.early and b.state == "online":
-                lo = (b.start >> page_shift) + b.altmap_free
-                self.isolation_scan(b, lo, (b.start + b.size) >> page_shift)
+        self.prefetch_scans([(b, (b.start >> page_shift) + b.altmap_free, (b.start + b.size) >> page_shift)
+                             for b in self.blocks if not b.early and b.state == "online"])
         return dict(self.scans)
 
     def _table_dict(self, t: TableFacts) -> Dict[str, object]:

@@ -240,6 +240,42 @@ def check_header(h: object, path: str) -> None:
         raise _bad(path, f"{len(h['blocks'])} memory blocks of {block} bytes: more than 4 PiB")
     if h.get("nr_pagetable") is not None and not isinstance(h["nr_pagetable"], int):
         raise _bad(path, f"nr_pagetable is {str(h['nr_pagetable'])[:40]!r}")
+    _check_removal_path(h, path)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_removal_path(h: dict, path: str) -> None:
+    """What /2 adds for the offline path: System RAM ranges and the
+    isolation scans of memory blocks (mminspect.hotremove.isolation)."""
+    ram = h["kernel"].get("system_ram")
+    if ram is not None and not (isinstance(ram, list) and all(
+            isinstance(r, list) and len(r) == 2 and all(_is_int(x) and 0 <= x < 1 << 64 for x in r) for r in ram)):
+        raise _bad(path, "kernel.system_ram is not a list of [base, size]")
+    scans = h.get("isolation", {})
+    if not isinstance(scans, dict):
+        raise _bad(path, "isolation is not an object")
+    for key, sc in scans.items():
+        where = f"isolation[{str(key)[:20]!r}]"
+        if not key.isdigit() or not isinstance(sc, dict):
+            raise _bad(path, f"{where} is not a block's scan")
+        for name in ("pages", "unreadable"):
+            if not _is_int(sc.get(name, 0)) or sc.get(name, 0) < 0:
+                raise _bad(path, f"{where}.{name} is {str(sc.get(name))[:40]!r}")
+        first = sc.get("first_unmovable")
+        if first is not None and not (isinstance(first, list) and len(first) == 2 and _is_int(first[0])
+                                      and isinstance(first[1], str)):
+            raise _bad(path, f"{where}.first_unmovable is not [pfn, kind]")
+        if not isinstance(sc.get("unmovable", {}), dict) or not all(
+                isinstance(k, str) and _is_int(v) for k, v in sc.get("unmovable", {}).items()):
+            raise _bad(path, f"{where}.unmovable is not kind -> count")
+        doubtful = sc.get("doubtful", {})
+        if not isinstance(doubtful, dict) or not all(
+                isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and isinstance(v[1], list)
+                and all(_is_int(p) for p in v[1]) for v in doubtful.values()):
+            raise _bad(path, f"{where}.doubtful is not kind -> [count, pfns]")
 
 
 def _check_arrays(a: Dict[str, np.ndarray], h: dict, path: str) -> None:

@@ -52,6 +52,21 @@ def lockdown_mode() -> Optional[str]:
     return None
 
 
+CAP_SYS_RAWIO = 17
+
+
+def _effective_cap(bit: int) -> bool:
+    """Is capability ``bit`` in this process's effective set (/proc/self/status CapEff)?"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def kcore_problem(path: str = KCORE) -> Optional[str]:
     """Why the running kernel cannot be read through ``path``, in one line
     that says what to do; None when it can be opened."""
@@ -69,7 +84,10 @@ def kcore_problem(path: str = KCORE) -> Optional[str]:
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EACCES):
             return f"{path}: cannot open ({os.strerror(e.errno)})"
-        if lockdown_mode() == "confidentiality" and os.geteuid() == 0:
+        # open_kcore() answers EPERM to a caller with CAP_SYS_RAWIO only when
+        # the kernel is locked down (securityfs may not be mounted to say so).
+        if os.geteuid() == 0 and (lockdown_mode() == "confidentiality"
+                                  or (e.errno == errno.EPERM and _effective_cap(CAP_SYS_RAWIO))):
             return (f"{path}: refused by kernel lockdown (confidentiality mode): the running kernel cannot "
                     "be read; boot without lockdown=confidentiality, or take a dump (kdump) and use -c VMCORE")
         if os.geteuid() != 0:

@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import zlib
 from typing import Callable, Dict, List
@@ -296,6 +297,11 @@ def _special(kind: str, name: str) -> Callable[[str], None]:
             os.symlink("/dev/zero", p)
         elif kind == "null":
             os.symlink("/dev/null", p)
+        elif kind == "chardev":  # a real device node (/dev/null's numbers) where root may make one
+            try:
+                os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+            except (OSError, AttributeError):
+                os.symlink("/dev/null", p)
         elif kind == "link-to-fifo":
             os.mkfifo(p + ".fifo")
             os.symlink(os.path.basename(p) + ".fifo", p)
@@ -304,7 +310,7 @@ def _special(kind: str, name: str) -> Callable[[str], None]:
 
 def files_cases(inputs) -> List[Case]:
     out = []
-    for kind in ("fifo", "socket", "dir", "zero", "null", "link-to-fifo"):
+    for kind in ("fifo", "socket", "dir", "zero", "null", "link-to-fifo", "chardev"):
         out.append(Case("files", f"core-{kind}", ["walk", "-c", "x"], _special(kind, "x")))
         out.append(Case("files", f"vmlinux-{kind}", ["walk", "-c", "good.core", "-s", "x"],
                         both(copy(inputs, "good.core"), _special(kind, "x"))))
@@ -487,7 +493,7 @@ def output_cases(inputs) -> List[Case]:
                                 aliases))
         out.append(Case("output", f"{cmd}-vmlinux-alias", [cmd, "-c", "good.core", "-s", "v", "-o", "v", "--force"],
                         both(copy(inputs, "good.core"), lambda d: open(os.path.join(d, "v"), "w").write("elf"))))
-        for kind in ("fifo", "dir", "null", "socket"):
+        for kind in ("fifo", "dir", "null", "socket", "chardev"):
             out.append(Case("output", f"{cmd}-onto-{kind}-force", [cmd, "-c", "sample.core", "-o", "x", "--force"],
                             both(copy(inputs, "sample.core"), _special(kind, "x"))))
         out.append(Case("output", f"{cmd}-symlink-elsewhere-force",

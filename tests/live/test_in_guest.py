@@ -68,8 +68,10 @@ class InGuest:
 
     def vmstat_refreshed(self) -> int:
         """nr_page_table_pages after vm.stat_refresh, read with shell builtins
-        in the agent's own process (no process is born to read it)."""
-        out = self.lg.guest.run("echo 1 > /proc/sys/vm/stat_refresh\n"
+        in the agent's own process (no process is born to read it), one
+        second after the last process exited (as the recipe's EXACT_VMSTAT)."""
+        out = self.lg.guest.run("read -t 1 x <> /tmp/.wait\n"  # RCU-deferred frees of exited processes land
+                                "echo 1 > /proc/sys/vm/stat_refresh\n"
                                 "while read -r k v; do [ $k = nr_page_table_pages ] && echo $v; done < /proc/vmstat",
                                 in_agent=True)[1].decode()
         return int(out.split()[0])
@@ -306,3 +308,15 @@ def test_live_removal_predicted_inside_the_guest(guest, tmp_path, record_propert
     assert nr_after - nr_before == predicted["delta_nr_pagetable"], (nr_before, nr_after, predicted["delta_nr_pagetable"])
     warned = any(re.search(r"WARNING:|BUG:|Bad page state", l) for l in dmesg_new)
     assert warned == any(f["severity"] in ("error", "critical") for f in predicted["findings"]), dmesg_new
+
+
+def test_lockdown_confidentiality(guest):
+    """Last: lockdown only goes up. Raised to confidentiality at run time (as
+    lockdown=confidentiality does at boot), open_kcore() refuses even root."""
+    guest.ok("echo confidentiality > /sys/kernel/security/lockdown")
+    assert "[confidentiality]" in guest.ok("cat /sys/kernel/security/lockdown")
+    rc, out, err = guest.run("mminspect -k walk", "mminspect -k walk under lockdown")
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "mminspect: error: /proc/kcore: refused by kernel lockdown (confidentiality mode): the running kernel "
+        "cannot be read; boot without lockdown=confidentiality, or take a dump (kdump) and use -c VMCORE"], err

@@ -24,11 +24,20 @@ OPTIONAL = {"click", "tabulate", "gdb", "drgn"}
 PENDING = {
     "mminspect.cli",
     "mminspect.commands",
+    "mminspect.diff",
     "mminspect.drgn_plugin",
     "mminspect.era",
     "mminspect.hotremove.era",
+    "mminspect.hotremove.isolation",
+    "mminspect.hotremove.policy",
     "mminspect.hotremove.simulate",
     "mminspect.hotremove.snapshot",
+    "mminspect.hotremove.snapshot_file",
+    "mminspect.identify",
+    "mminspect.pageinfo",
+    "mminspect.report.map.model",
+    "mminspect.target.drgn",
+    "mminspect.vtop",
 }
 
 
