@@ -245,9 +245,10 @@ def eject(g: Guest, ident: str, timeout: float = 90.0) -> dict:
     """QMP device_del of a DIMM: the guest offlines every block of it (two
     passes, drivers/acpi/scan.c acpi_scan_try_to_offline()), then removes the
     memory and ejects (_EJ0: QEMU's DEVICE_DELETED), or gives up with an _OST
-    status (QEMU's ACPI_DEVICE_OST event). Waits for the final _OST (status
-    other than "in progress") and, on success, DEVICE_DELETED. -> one attempt
-    record."""
+    status (QEMU's ACPI_DEVICE_OST event). Waits for DEVICE_DELETED or a
+    final _OST status of the DIMM (not 0, not 0x84 "in progress"), then up to
+    2 s for the last _OST (after _EJ0 QEMU reports it with the slot only, the
+    DIMM being gone). -> one attempt record."""
     assert g.qmp
     info = next(d for d in g.dimms if d["id"] == ident)
     mark = DmesgMark(g)

@@ -435,7 +435,7 @@ def build_userspace_initramfs(kf: KernelFiles, out: Path) -> Path:
     whl = ensure_wheel()
     entries: list[Entry] = [
         (name, D755, b"", 0, 0)
-        for name in ("dev", "proc", "sys", "tmp", "truth", "root", "etc", "usr/lib/modules", "mnt")
+        for name in ("dev", "proc", "sys", "tmp", "truth", "root", "etc", "usr/sbin", "usr/lib/modules", "mnt")
     ]
     entries += agent_entries(kf, prefix="usr/")
     entries += [

@@ -20,12 +20,12 @@ evidence says so; a fact the target cannot show at all stays None
 """
 
 import struct
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Optional
 
+from mminspect.arch.insn import function_calls, function_strings
 from mminspect.hotremove.policy import Era
 from mminspect.target.base import TargetFault
 
-_U64 = (1 << 64) - 1
 
 __all__ = ("detect_era", "function_calls", "function_strings")
 
@@ -49,78 +49,6 @@ _ACCOUNTING = (
     "pagetable_dtor",
     "pagetable_dtor_free",
 )
-
-
-def function_calls(kernel, functions: Iterable[str], targets: Iterable[str]) -> Optional[Dict[str, str]]:
-    """Which of ``functions`` contain an arm64 ``BL`` to one of ``targets``:
-    {function: target}. None when the code cannot be read (no symbol sizes)."""
-    t = kernel.target
-    symbol_size = getattr(t, "symbol_size", None)
-    if symbol_size is None:
-        return None
-    addrs = {a: name for name in targets if (a := t.symbol(name)) is not None}
-    found: Dict[str, str] = {}
-    seen_any = False
-    for fn in functions:
-        start, size = t.symbol(fn), symbol_size(fn)
-        if start is None or not size:
-            continue
-        try:
-            code = t.read_virt(start, size)
-        except TargetFault:
-            continue
-        seen_any = True
-        for i, (insn,) in enumerate(struct.iter_unpack("<I", code[: len(code) // 4 * 4])):
-            if insn & 0xFC000000 != 0x94000000:  # BL imm26
-                continue
-            off = insn & 0x03FFFFFF
-            if off & 0x02000000:
-                off -= 1 << 26
-            dest = start + 4 * i + 4 * off
-            if dest in addrs:
-                found[fn] = addrs[dest]
-                break
-    return found if seen_any else None
-
-
-def _sign_extend(value: int, bits: int) -> int:
-    return value - (1 << bits) if value & (1 << (bits - 1)) else value
-
-
-def function_strings(kernel, function: str, limit: int = 160) -> Optional[List[str]]:
-    """The C strings ``function`` loads the address of (an arm64 ``ADRP``
-    followed by an ``ADD`` immediate on the same register, as the compiler
-    emits for a ``printk`` format), read from the dump. None when the code
-    cannot be read. Inlined helpers show up here with their caller: the
-    leaf-split check, for one, has no symbol of its own."""
-    t = kernel.target
-    symbol_size = getattr(t, "symbol_size", None)
-    start = t.symbol(function)
-    if symbol_size is None or start is None or not symbol_size(function):
-        return None
-    try:
-        code = t.read_virt(start, symbol_size(function))
-    except TargetFault:
-        return None
-    pages: Dict[int, int] = {}
-    out: List[str] = []
-    for i, (insn,) in enumerate(struct.iter_unpack("<I", code[: len(code) // 4 * 4])):
-        pc = start + 4 * i
-        if insn & 0x9F000000 == 0x90000000:  # ADRP Xd, label
-            imm = _sign_extend(((insn >> 5) & 0x7FFFF) << 2 | (insn >> 29) & 3, 21) << 12
-            pages[insn & 31] = ((pc & ~0xFFF) + imm) & _U64
-        elif insn & 0xFF800000 == 0x91000000 and (insn >> 5) & 31 in pages:  # ADD Xd, Xn, #imm
-            addr = pages[(insn >> 5) & 31] + (((insn >> 10) & 0xFFF) << (12 if insn & (1 << 22) else 0))
-            try:
-                raw = t.read_virt(addr, limit)
-            except TargetFault:
-                continue
-            text = raw.split(b"\0", 1)[0]
-            # printk formats start with KERN_SOH and a level ("\0014").
-            text = text[2:] if text[:1] == b"\x01" else text
-            if len(text) >= 4 and all(32 <= c < 127 or c in (9, 10) for c in text):
-                out.append(text.decode())
-    return out
 
 
 def _memory_notifier(kernel) -> Optional[str]:

@@ -305,6 +305,12 @@ class GdbTarget:
             return None
         return translate(self._read_or_none, r, root, va)
 
+    def _search(self, root: int, pa: int) -> List[int]:
+        """Kernel VAs in the upper half of TTBR1's range that map ``pa``
+        (:func:`mminspect.arch.lookup.find_mappings` over physical reads)."""
+        assert self._mmu is not None
+        return find_mappings(self._read_or_none, self._mmu, root, pa)
+
     # -- registers ------------------------------------------------------------
     def register(self, name: str) -> Optional[int]:
         """A system register of the selected CPU (``TTBR1_EL1``, ``TCR_EL1``),
@@ -409,8 +415,7 @@ class GdbTarget:
                 if kv not in seen:
                     seen.add(kv)
                     yield kv
-        assert self._mmu is not None
-        for va in find_mappings(self._read_or_none, self._mmu, swapper_pa, swapper_pa):
+        for va in self._search(swapper_pa, swapper_pa):
             kv = (va - swapper_pa) & U64
             if kv not in seen:
                 seen.add(kv)

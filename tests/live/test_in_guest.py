@@ -23,103 +23,24 @@ fetched when MMINSPECT_MAKE_VMCORES lists it, as CI does)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
-import shutil
-import time
 
 import pytest
 from click.testing import CliRunner
 
 from mminspect.cli import main as cli_main
 
+from .conftest import boot_userspace_guest, ptdump_sections as _sections
+
 KERNEL_ID = os.environ.get("MMINSPECT_INGUEST_KERNEL", "debian-sid-cloud-arm64")
-TIMEOUT = 1800  # one command under TCG on a loaded 2-CPU host
-TIMES: dict = {}
-
-
-class InGuest:
-    def __init__(self, lg):
-        self.lg = lg
-        self.vmlinux = str(lg.kernel.vmlinux)
-        self.socket = str(lg.qmp_socket)
-
-    def run(self, script: str, label: str | None = None, timeout: float = TIMEOUT):
-        """(status, stdout, stderr) of a shell script run in the guest as root."""
-        t = time.monotonic()
-        rc, out, err = self.lg.run(script, timeout=timeout, check=False)
-        if label:
-            TIMES[label] = round(time.monotonic() - t, 1)
-        return rc, out.decode(errors="replace"), err.decode(errors="replace")
-
-    def ok(self, script: str, label: str | None = None) -> str:
-        rc, out, err = self.run(script, label)
-        assert rc == 0, f"{script}: exit {rc}\n{err[-2000:]}"
-        assert "Traceback" not in err, err
-        return out
-
-    def host(self, *args: str) -> str:
-        """The shell CLI on the host, reading the same guest through QMP."""
-        argv = [args[0], "--qemu", self.socket, "-s", self.vmlinux, *args[1:]]
-        r = CliRunner().invoke(cli_main, argv)
-        assert r.exit_code in (0, 1), r.output
-        return r.stdout
-
-    def vmstat_refreshed(self) -> int:
-        """nr_page_table_pages after vm.stat_refresh, read with shell builtins
-        in the agent's own process (no process is born to read it), one
-        second after the last process exited (as the recipe's EXACT_VMSTAT)."""
-        out = self.lg.guest.run("read -t 1 x <> /tmp/.wait\n"  # RCU-deferred frees of exited processes land
-                                "echo 1 > /proc/sys/vm/stat_refresh\n"
-                                "while read -r k v; do [ $k = nr_page_table_pages ] && echo $v; done < /proc/vmstat",
-                                in_agent=True)[1].decode()
-        return int(out.split()[0])
 
 
 @pytest.fixture(scope="module")
 def guest():
-    if shutil.which("qemu-system-aarch64") is None:
-        pytest.skip("qemu-system-aarch64 is not installed")
-    import vmcores
-    from vmcores.live import live_guest
-    from vmcores.scenarios import env_make_kernels
-
-    kf = vmcores.cached_kernel(KERNEL_ID)
-    if kf is None:
-        if KERNEL_ID not in env_make_kernels():
-            pytest.skip(f"kernel {KERNEL_ID} is not cached (python -m vmcores make --kernel {KERNEL_ID}, "
-                        f"or MMINSPECT_MAKE_VMCORES={KERNEL_ID})")
-        try:
-            kf = vmcores.ensure_kernel(KERNEL_ID)
-        except vmcores.RecipeError as e:
-            pytest.skip(f"cannot fetch {KERNEL_ID}: {e}")
-    t = time.monotonic()
-    ctx = live_guest(KERNEL_ID, kernel=kf, userspace=True, memory="2G", gdb=False, boot_timeout=900)
-    try:
-        lg = ctx.__enter__()
-    except vmcores.RecipeError as e:
-        pytest.skip(f"cannot boot {KERNEL_ID} with the userspace: {e}")
-    TIMES["boot (initramfs built, guest up)"] = round(time.monotonic() - t, 1)
-    try:
-        yield InGuest(lg)
-    finally:
-        ctx.__exit__(None, None, None)
-        print("\nin-guest command times (s): " + json.dumps(TIMES))
-
-
-def _sections(ptdump: str) -> dict:
-    """ptdump text -> {marker: [lines]} (the lines after each ---[ marker ]---)."""
-    out: dict = {}
-    cur = "start"
-    for line in ptdump.splitlines():
-        m = re.fullmatch(r"---\[ (.*) \]---", line)
-        if m:
-            cur = m.group(1)
-            out.setdefault(cur, [])
-        else:
-            out.setdefault(cur, []).append(line)
-    return out
+    yield from boot_userspace_guest(KERNEL_ID)
 
 
 # -- walk --------------------------------------------------------------------------------
@@ -142,7 +63,10 @@ def test_walk_efi_mm_equals_qemus_view(guest, record_property):
     p = Program()
     p.set_qemu_qmp(guest.socket)
     p.load_debug_info([guest.vmlinux])
-    assert p.symbol("_text").address == text
+    host_text = p.symbol("_text").address
+    del p  # QEMU serves one client per QMP socket: let the next one in
+    gc.collect()
+    assert host_text == text
     record_property("kaslr_offset", hex(inside_json["kernel"]["kaslr_offset"]))
 
 
@@ -226,11 +150,11 @@ def test_no_proc(guest):
 def test_capture_inside_reads_like_the_guest(guest, tmp_path):
     """A bundle captured inside the guest, copied out, gives on the host the
     walk the guest printed."""
-    out = guest.ok("mminspect -k capture -o /tmp/ev.core", "capture -o FILE")
-    assert re.match(r"/tmp/ev\.core: \d+ bytes, \d+ pages, roots init_mm, efi_mm", out), out
-    guest.lg.guest.fetch_dir("/tmp", tmp_path / "tmp")
+    out = guest.ok("mkdir -p /tmp/ev && mminspect -k capture -o /tmp/ev/ev.core", "capture -o FILE")
+    assert re.match(r"/tmp/ev/ev\.core: \d+ bytes, \d+ pages, roots init_mm, efi_mm", out), out
+    guest.lg.guest.fetch_dir("/tmp/ev", tmp_path / "ev")
     inside = guest.ok("mminspect -k walk --mm efi_mm")
-    r = CliRunner().invoke(cli_main, ["walk", "-c", str(tmp_path / "tmp" / "ev.core"), "--mm", "efi_mm"])
+    r = CliRunner().invoke(cli_main, ["walk", "-c", str(tmp_path / "ev" / "ev.core"), "--mm", "efi_mm"])
     assert r.exit_code == 0, r.output
     assert r.stdout == inside
 
@@ -272,8 +196,8 @@ def test_live_removal_predicted_inside_the_guest(guest, tmp_path, record_propert
     states = guest.ok("for b in " + " ".join(str(b) for b in dimm["blocks"])
                       + "; do cat /sys/devices/system/memory/memory$b/state; done").split()
     assert states == ["online"] * len(dimm["blocks"])
-    guest.ok("mminspect -k snapshot -o /tmp/before.snap", "snapshot -o FILE")
-    rc, pred_out, err = guest.run(f"mminspect simulate-remove --snapshot /tmp/before.snap --block {blocks} "
+    guest.ok("mkdir -p /tmp/snaps && mminspect -k snapshot -o /tmp/snaps/before.snap", "snapshot -o FILE")
+    rc, pred_out, err = guest.run(f"mminspect simulate-remove --snapshot /tmp/snaps/before.snap --block {blocks} "
                                   "--format json", "simulate-remove --snapshot FILE --block N..M")
     assert rc in (0, 1), err
     predicted = json.loads(pred_out)
@@ -284,7 +208,7 @@ def test_live_removal_predicted_inside_the_guest(guest, tmp_path, record_propert
     assert rc in (0, 1), err
     assert {t["phys"] for t in json.loads(live_out)["freed"]} == {t["phys"] for t in predicted["freed"]}
     # Boot memory: the kernel refuses to offline it, and so does the prediction.
-    rc, refused, err = guest.run("mminspect simulate-remove --snapshot /tmp/before.snap --block 8")
+    rc, refused, err = guest.run("mminspect simulate-remove --snapshot /tmp/snaps/before.snap --block 8")
     assert rc == 3 and "Boot memory" in refused, refused + err
     nr_before = guest.vmstat_refreshed()
     dmesg_before = guest.ok("dmesg").splitlines()
@@ -294,8 +218,8 @@ def test_live_removal_predicted_inside_the_guest(guest, tmp_path, record_propert
     for b in dimm["blocks"]:
         rc, _, _ = guest.run(f"[ -e /sys/devices/system/memory/memory{b} ]")
         assert rc != 0, f"memory block {b} still there"
-    guest.ok("mminspect -k snapshot -o /tmp/after.snap", "snapshot -o FILE (after)")
-    guest.lg.guest.fetch_dir("/tmp", tmp_path / "snaps")
+    guest.ok("mminspect -k snapshot -o /tmp/snaps/after.snap", "snapshot -o FILE (after)")
+    guest.lg.guest.fetch_dir("/tmp/snaps", tmp_path / "snaps")
     real = diff_snapshots(Snapshot.load(str(tmp_path / "snaps" / "before.snap")),
                           Snapshot.load(str(tmp_path / "snaps" / "after.snap")))
     freed_pred = {t["phys"] for t in predicted["freed"]}
