@@ -20,7 +20,8 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
-from mminspect.files import Interrupted, check_input, check_output, signals_raise, target_files
+from mminspect.files import (WRITTEN, Interrupted, check_input, check_output, remove_partials, signals_raise,
+                             target_files)
 
 _U64 = (1 << 64) - 1
 
@@ -37,10 +38,11 @@ def _interrupted(e: BaseException) -> None:
     seen = 0
     while e is not None and seen < 16:
         if isinstance(e, KeyboardInterrupt):
+            remove_partials()
+            sys.unraisablehook = lambda *_: None  # cleanup noise of half-closed files, on the way out
             signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            written = getattr(e, "written", None)
             click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}"
-                       + (f" after {written} was written in full" if written else ""), err=True)
+                       + (f" after {', '.join(WRITTEN)} was written in full" if WRITTEN else ""), err=True)
             sys.exit(128 + signum)
         e, seen = e.__cause__ or e.__context__, seen + 1
 
@@ -192,6 +194,7 @@ class _Main(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        WRITTEN.clear()  # outputs of this command only
         try:
             with signals_raise():
                 # What click.Command.main() does, less its own handling of
@@ -210,9 +213,7 @@ class _Main(click.Group):
         except click.ClickException as e:
             _fail(e.format_message())
         except (click.Abort, KeyboardInterrupt) as e:
-            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
-            sys.exit(128 + signum)
+            _interrupted(e if isinstance(e, KeyboardInterrupt) else KeyboardInterrupt())
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
