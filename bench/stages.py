@@ -24,6 +24,17 @@ Stages:
 ``audit``       (d) the NR_PAGETABLE audit
 ``remove-1G``   (e) simulate-remove of the top 1 GiB of RAM (hot-added)
 ``remove-64G``  (e) simulate-remove of the top 64 GiB (all hot-added)
+``read-memmap-cold``, ``audit-cold``: the memmap read and the audit with the
+                dump evicted from the page cache before each run
+                (:mod:`bench.cold`)
+``walk-roots``  (g) every root walked once (init_mm, efi_mm): the baseline
+                of identify
+``identify-10k`` (g) identify 10,000 physical addresses (half table pages,
+                half random RAM) against every root, struct pages included
+``walk-two``    (h) every root of two states walked: the baseline of diff
+``diff``        (h) diff of the kernel against a second state of it, the
+                hot-added range's linear map removed (its PUD entries
+                cleared in a sparse copy of the dump, made once, untimed)
 ==============  ==========================================================
 """
 
@@ -254,6 +265,116 @@ def _remove(size: int):
     return stage
 
 
+def stage_walk_roots(kernel, meta, tables):
+    from mminspect.classify import resolve_roots
+    from mminspect.walk import walk
+
+    roots = resolve_roots(kernel, "all")
+
+    def check(ws):
+        return {"roots": [w.root.name for w in ws], "tables": sum(w.table_count for w in ws), "ok": True}
+
+    return (lambda: [walk(kernel, r) for r in roots]), check
+
+
+def stage_identify(kernel, meta, tables):
+    from mminspect.identify import identify
+
+    rng = np.random.default_rng(10_000)
+    ps = meta["page_size"]
+    lo, size = meta["boot"][0], meta["linear_size"]  # RAM: boot memory, then the hot-added part
+    pick = rng.choice(tables, 5000, replace=False)
+    data = (lo + rng.integers(0, size // ps, 5000) * ps).astype(np.uint64)
+    pas = np.concatenate((pick, data)).tolist()
+
+    def check(res):
+        tab = sum(1 for i in res[:5000] if i.is_page_table)
+        mapped = sum(1 for i in res[5000:] if any(m.root == "init_mm" for m in i.mapped_at))
+        return {"addresses": len(res), "tables_found": tab, "data_mapped_in_init_mm": mapped,
+                "ok": tab == 5000 and mapped == 5000}
+
+    return (lambda: identify(kernel, pas)), check
+
+
+def removed_state(kernel, meta) -> str:
+    """A second state of the bench kernel: a sparse copy of its dump with the
+    PUD entries that map the hot-added range's linear alias cleared, as a
+    removal of that memory leaves them (made once, beside the dump)."""
+    import shutil
+    import subprocess
+
+    from mminspect.target.elf import PT_LOAD, core_phdrs
+    from mminspect.walk import walk
+
+    path = os.path.join(meta["_dir"], "vmcore-removed")
+    if os.path.exists(path):
+        return path
+    hot = meta.get("hotadd")
+    if not hot:
+        raise NotAvailable("kernel has no hot-added memory to remove")
+    lo, hi = kernel.phys_to_virt(hot[0]), kernel.phys_to_virt(hot[0] + hot[1])
+    w = walk(kernel, kernel.root("init_mm", lo, hi))
+    pmd = (w.table_level == 2) & (w.table_va >= np.uint64(lo)) & (w.table_va < np.uint64(hi))
+    entries = []
+    for phys in w.table_phys[pmd].tolist():
+        for p in w.parents_of(phys):
+            entries.append(p.phys + 8 * p.index)
+    loads = [(paddr, off, filesz) for ptype, off, _, paddr, filesz, _ in core_phdrs(kernel.target.core_file.path)
+             if ptype == PT_LOAD]
+    tmp = path + ".tmp"
+    if shutil.which("cp"):
+        subprocess.run(["cp", "--sparse=always", kernel.target.core_file.path, tmp], check=True)
+    else:
+        shutil.copyfile(kernel.target.core_file.path, tmp)
+    with open(tmp, "r+b") as f:
+        for pa in entries:
+            seg = next(x for x in loads if x[0] <= pa < x[0] + x[2])
+            f.seek(seg[1] + pa - seg[0])
+            f.write(b"\0" * 8)
+    os.rename(tmp, path)
+    return path
+
+
+def _second(kernel, meta):
+    import mminspect
+
+    return mminspect.open(core=removed_state(kernel, meta))
+
+
+def stage_walk_two(kernel, meta, tables):
+    from mminspect.classify import resolve_roots
+    from mminspect.walk import walk
+
+    other = _second(kernel, meta)
+    ra, rb = resolve_roots(kernel, "all"), resolve_roots(other, "all")
+
+    def run():
+        return [walk(kernel, r) for r in ra] + [walk(other, r) for r in rb]
+
+    return run, lambda ws: {"tables": sum(w.table_count for w in ws), "ok": True}
+
+
+def stage_diff(kernel, meta, tables):
+    from mminspect.diff import diff, state_of_kernel
+
+    other = _second(kernel, meta)
+    hot = meta["hotadd"]
+
+    def run():
+        return diff(state_of_kernel(kernel, "a"), state_of_kernel(other, "b"))
+
+    def check(d):
+        removed = [m for m in d.mappings.get("init_mm", []) if m["kind"] == "removed"]
+        gone = sum(m["size"] for m in removed)
+        n_pmd = hot[1] >> 30
+        return {"freed": len(d.freed), "allocated": len(d.allocated), "moved": len(d.moved),
+                "removed_bytes": gone, "ranges": sum(len(v) for v in d.mappings.values()),
+                "ok": gone == hot[1] and len(d.freed) == n_pmd * (1 + meta["page_size"] // 8)
+                and not len(d.allocated)}
+
+    return run, check
+
+
 STAGES = {
     "read": stage_read,
     "read-bulk": stage_read_bulk,
@@ -263,7 +384,21 @@ STAGES = {
     "audit": stage_audit,
     "remove-1G": _remove(1 * GiB),
     "remove-64G": _remove(64 * GiB),
+    "walk-roots": stage_walk_roots,
+    "identify-10k": stage_identify,
+    "walk-two": stage_walk_two,
+    "diff": stage_diff,
 }
+
+
+def _cold_stages() -> None:
+    from bench.cold import stage_audit_cold, stage_read_memmap_cold
+
+    STAGES["read-memmap-cold"] = stage_read_memmap_cold
+    STAGES["audit-cold"] = stage_audit_cold
+
+
+_cold_stages()
 
 
 def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0) -> Dict:
@@ -279,7 +414,7 @@ def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0
     out["open_seconds"] = time.perf_counter() - t0
     out["rss_after_open_kib"] = vm_status("VmRSS")
     try:
-        run, check = STAGES[stage](kernel, meta, tables)
+        run, check, *before = STAGES[stage](kernel, meta, tables)
     except NotAvailable as e:
         out.update(status="n/a", reason=str(e))
         return out
@@ -291,6 +426,8 @@ def run_stage(stage: str, kernel_dir: str, repeat: int = 1, budget: float = 20.0
     for i in range(max(1, repeat)):
         result = None
         gc.collect()
+        for prepare in before:  # untimed: e.g. evict the dump from the page cache
+            prepare()
         c0, w0 = time.process_time(), time.perf_counter()
         result = run()
         wall = time.perf_counter() - w0

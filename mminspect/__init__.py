@@ -17,10 +17,12 @@ from typing import Optional, Sequence
 
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
+from mminspect.target import open_target
 
-# Import the walk module before defining walk() below: importing a submodule
-# binds its name on the package, and the function must win.
+# Import the walk package before defining walk() below: importing a
+# subpackage binds its name on this package, and the function must win.
 from mminspect.walk import Mapping, Problem, TablePage, Walk  # isort: skip
+from mminspect.walk.walker import walk as _walk  # isort: skip
 
 __all__ = (
     "Kernel",
@@ -49,11 +51,9 @@ def open(
     :raises MMInspectError: if the target cannot be opened or is not arm64
     """
     if prog is not None:
-        from mminspect.target.drgn import DrgnTarget
+        from mminspect.target.drgn import DrgnTarget  # drgn only here: see open_target()
 
         return Kernel(DrgnTarget(prog, "drgn program"))
-    from mminspect.target import open_target
-
     return Kernel(open_target(core=core, symbols=symbols, kernel=kernel, qemu=qemu))
 
 
@@ -63,6 +63,4 @@ def walk(kernel: "Kernel", mm: str = "init_mm", start: Optional[int] = None,
     Walk ``mm`` (``init_mm``, ``efi_mm``, ``vmemmap`` or a pid as a string)
     between ``start`` and ``end`` (exclusive) and return the :class:`Walk`.
     """
-    from mminspect.walk import walk as _walk
-
     return _walk(kernel, kernel.root(mm, start, end))

@@ -9,6 +9,7 @@ bundled sample dump (announced on stderr).
 """
 
 import functools
+import io
 import json
 import os
 import signal
@@ -19,7 +20,8 @@ import click
 
 from mminspect.commands import bound_kernel, bound_target
 from mminspect.errors import MMInspectError
-from mminspect.files import Interrupted, check_output, signals_raise, target_files
+from mminspect.files import (WRITTEN, Interrupted, check_input, check_output, remove_partials, signals_raise,
+                             target_files)
 
 _U64 = (1 << 64) - 1
 
@@ -27,6 +29,22 @@ _U64 = (1 << 64) - 1
 def _fail(message: str) -> None:
     click.echo(f"mminspect: error: {message}", err=True)
     sys.exit(2)
+
+
+def _interrupted(e: BaseException) -> None:
+    """Exit 128 + the signal, in one line, when ``e`` is a SIGINT/SIGTERM/
+    SIGHUP or was raised while handling one (a library that catches the
+    interrupt in a callback and raises its own error instead)."""
+    seen = 0
+    while e is not None and seen < 16:
+        if isinstance(e, KeyboardInterrupt):
+            remove_partials()
+            sys.unraisablehook = lambda *_: None  # cleanup noise of half-closed files, on the way out
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}"
+                       + (f" after {', '.join(WRITTEN)} was written in full" if WRITTEN else ""), err=True)
+            sys.exit(128 + signum)
+        e, seen = e.__cause__ or e.__context__, seen + 1
 
 
 def _errors(fn: Callable) -> Callable:
@@ -39,18 +57,18 @@ def _errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except MMInspectError as e:
+            _interrupted(e)
             _fail(str(e))
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(1)
         except KeyboardInterrupt as e:  # SIGINT, and SIGTERM/SIGHUP as Interrupted
-            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
-            sys.exit(128 + signum)
+            _interrupted(e)
         except MemoryError:
             _fail("out of memory: the input asks for more memory than this process may use "
                   "(a damaged dump or snapshot?)")
         except Exception as e:  # a bug of ours, or a library failing in a way we did not foresee
+            _interrupted(e)
             if os.environ.get("MMINSPECT_DEBUG"):
                 raise
             detail = str(e).splitlines()[0] if str(e) else "no detail"
@@ -141,6 +159,18 @@ def parse_range(text: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
     return start, end & _U64
 
 
+def _incomplete(out, walks) -> None:
+    """Exit 1 with one line on stderr, after the output, when a walk could
+    not see part of its tree (see :func:`mminspect.report.walk.problems_line`)."""
+    from mminspect.report.walk import problems_line
+
+    warning = problems_line(walks)
+    if warning:
+        out.flush()
+        click.echo(warning, err=True)
+        sys.exit(1)
+
+
 def _progress(enabled: bool):
     if not enabled or not sys.stderr.isatty():
         return None
@@ -164,6 +194,7 @@ class _Main(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        WRITTEN.clear()  # outputs of this command only
         try:
             with signals_raise():
                 # What click.Command.main() does, less its own handling of
@@ -182,9 +213,7 @@ class _Main(click.Group):
         except click.ClickException as e:
             _fail(e.format_message())
         except (click.Abort, KeyboardInterrupt) as e:
-            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
-            sys.exit(128 + signum)
+            _interrupted(e if isinstance(e, KeyboardInterrupt) else KeyboardInterrupt())
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -238,7 +267,7 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
                  one line on stderr, the output leaves it out); 2 bad input.
     """
     from mminspect.report.ptdump import ptdump_lines
-    from mminspect.report.walk import problems_line, walk_json, walk_text
+    from mminspect.report.walk import walk_json, walk_text
     from mminspect.walk import walk as do_walk
 
     start, end = parse_range(range_)
@@ -253,11 +282,7 @@ def walk(core, symbols, live, qemu, mm, range_, fmt, tables, progress) -> None:
             out.write(line + "\n")
     else:
         walk_text(w, out, tables=tables)
-    warning = problems_line(w)
-    if warning:
-        out.flush()
-        click.echo(warning, err=True)
-        sys.exit(1)
+    _incomplete(out, [w])
 
 
 @main.command()
@@ -457,17 +482,26 @@ def classify(core, symbols, live, qemu, mm, summary, fmt, progress) -> None:
     and the evidence from its struct page. Origins this kernel's allocation
     sites would not produce are listed as findings. --format json has the
     schema mminspect.classify/1.
+
+    \b
+    Exit status: 0 done; 1 a walk could not see part of its tree (one
+                 line on stderr, as for walk); 2 bad input.
     """
-    from mminspect.classify import classify_roots, resolve_roots
+    from mminspect.classify import classifier_for, classify_walk, resolve_roots
     from mminspect.report.classify import classify_json, classify_text
+    from mminspect.walk import walk as do_walk
 
     k = open_kernel(core, symbols, live, qemu)
-    classes = classify_roots(k, resolve_roots(k, mm), _progress(progress))
+    # classify_roots(), keeping the walks to say when one was incomplete
+    walks = [do_walk(k, root, _progress(progress)) for root in resolve_roots(k, mm)]
+    c = classifier_for(k)
+    classes = [classify_walk(k, w, c) for w in walks]
     out = click.get_text_stream("stdout")
     if fmt == "json":
         classify_json(classes, out, summary=summary)
     else:
         classify_text(classes, out, summary=summary)
+    _incomplete(out, walks)
 
 
 @main.command()
@@ -548,13 +582,13 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
     from mminspect.classify import classifier_for, resolve_roots
     from mminspect.hotremove import Proposal, get_policy
     from mminspect.report.map import build_map, map_html
-    from mminspect.report.map.output import check_output, write_output
+    from mminspect.files import atomic_output
 
     want = _proposal_range(range_, blocks, dimm, qemu, "--simulate")
     output = output or ("map.json" if fmt == "json" else "map.html")
-    inputs = [core, *symbols]
+    inputs = _inputs(core, symbols)
     if output != "-":
-        check_output(output, inputs, force)
+        check_output(output, inputs, force)  # before the work, and again before the rename
     k = open_kernel(core, symbols, live, qemu)
     specs = roots or ("init_mm", "efi_mm")
     resolved = []
@@ -589,7 +623,12 @@ def map_(core, symbols, live, qemu, output, roots, range_, blocks, dimm, policy,
     if output == "-":
         write(click.get_text_stream("stdout"))
         return
-    size = write_output(output, write, force)
+    with atomic_output(output, [*inputs, *target_files(k.target)], force) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8")
+        write(text)
+        text.flush()
+        text.detach()  # atomic_output fsyncs and closes the file itself
+    size = os.path.getsize(output)
     t = data["tables"]
     p = data["proposal"]
     line = f"{output}: {size} bytes, {t['count']} table pages from {', '.join(r['name'] for r in data['roots'])}"
@@ -697,9 +736,8 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
     type, refcount, mapping, memcg, slab cache). --format json has the
     schema mminspect.identify/1.
     """
-    from mminspect.classify import resolve_roots
+    from mminspect.identify import all_roots, check_addresses, parse_address
     from mminspect.identify import identify as do_identify
-    from mminspect.identify import parse_address
     from mminspect.report.identify import identify_json, identify_text
 
     texts = list(addresses)
@@ -707,15 +745,15 @@ def identify(core, symbols, live, qemu, addresses, from_file, mm, fmt) -> None:
         if from_file == "-":
             texts += [line for line in sys.stdin.read().split() if line]
         else:
-            if not os.path.isfile(from_file):
-                raise MMInspectError(f"{from_file}: no such file")
+            check_input(from_file, "list of addresses")
             with open(from_file) as f:
                 texts += [w for line in f for w in line.split("#", 1)[0].split()]
     if not texts:
         raise MMInspectError("give addresses (PHYS or pfn:N) or --from FILE")
     k = open_kernel(core, symbols, live, qemu)
     pas = [parse_address(t, k.regime.page_shift) for t in texts]
-    roots = resolve_roots(k, mm)
+    check_addresses(k, pas)
+    roots = all_roots(k, mm)
     results = do_identify(k, pas, roots)
     out = click.get_text_stream("stdout")
     if fmt == "json":
@@ -729,8 +767,7 @@ def _diff_source(path: str, symbols):
     from mminspect.kernel import Kernel
     from mminspect.target import open_target
 
-    if not os.path.exists(path):
-        raise MMInspectError(f"{path}: no such file")
+    check_input(path, "dump or snapshot")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"PK\x03\x04":  # numpy's .npz is a zip file
@@ -768,25 +805,28 @@ def diff(core, symbols, live, qemu, state_a, state_b, expect, fmt) -> None:
     --format json has the schema mminspect.diff/1.
     """
     from mminspect.diff import diff as do_diff
-    from mminspect.diff import expect_simulation
+    from mminspect.diff import expect_simulation, load_simulation
     from mminspect.report.diff import diff_json, diff_text
 
     if expect and not os.path.isfile(expect):
         raise MMInspectError(f"{expect}: no such file")
+    sim = load_simulation(expect) if expect else None
     from mminspect.diff import check_same
 
     src_a = _diff_source(state_a, symbols)
     if state_b:
         src_b, name_b = _diff_source(state_b, symbols), state_b
     else:
-        if not (core or live or qemu) and bound_kernel() is None:
+        session = bound_kernel()
+        if session is None and not (core or live or qemu):
             raise MMInspectError("give B, or the target to compare A with (-c VMCORE, -k, --qemu)")
-        src_b, name_b = open_kernel(core, symbols, live, qemu), core or "target"
+        src_b = session or open_kernel(core, symbols, live, qemu)
+        name_b = "this kernel" if session is not None else (core or ("running kernel" if live else qemu))
     # Refuse different kernels, regimes or boots before walking anything.
     check_same(src_a, state_a, src_b, name_b)
     d = do_diff(_diff_state(src_a, state_a), _diff_state(src_b, name_b))
-    if expect:
-        expect_simulation(d, expect)
+    if sim is not None:
+        expect_simulation(d, sim)
     out = click.get_text_stream("stdout")
     if fmt == "json":
         diff_json(d, out)

@@ -160,9 +160,10 @@ def _session_command(name: str, frontend: str):
     cmd = group.commands[name]
     session = copy.copy(cmd)
     session.params = [p for p in cmd.params if p.name not in TARGET_PARAMS]
-    removed = {p.name: p.default for p in cmd.params if p.name in TARGET_PARAMS and p.expose_value}
-    if "symbols" in removed:
-        removed["symbols"] = ()
+    # The session supplies the target: no dump or vmlinux paths (an option's
+    # default without a value is click's UNSET sentinel from click 8.2, not None).
+    empty = {"core": None, "symbols": (), "live": False, "qemu": None}
+    removed = {p.name: empty.get(p.name) for p in cmd.params if p.name in TARGET_PARAMS and p.expose_value}
     if frontend == "drgn" and name in _DRGN_CODE:
         session.params.append(
             click.Option(["--drgn"], is_flag=True,
@@ -495,6 +496,41 @@ def _simulate_code(params: Dict[str, Any]) -> CodeSnippet:
         "    # finding.severity, .rule, .phys, .level, .origin, .ptlock, .routine, .sentence\n"
         "    print(finding.severity, finding.rule, hex(finding.phys), finding.level, finding.sentence)\n"
     )
+    return code
+
+
+@register_drgn_code("map")
+def _map_code(params: Dict[str, Any]) -> CodeSnippet:
+    code = CodeSnippet()
+    code.add_import("mminspect.drgn_plugin", "mminspect_kernel")
+    code.add_import("mminspect.classify", "resolve_roots")
+    code.add_import("mminspect.report.map", "build_map", *(("map_html",) if params.get("fmt") != "json" else ()))
+    roots = params.get("roots") or ("init_mm", "efi_mm")
+    code.append("k = mminspect_kernel(prog)\n")
+    code.append("roots = " + " + ".join(f"resolve_roots(k, {_quote(r)})" for r in roots) + "\n")
+    proposal = "None"
+    if params.get("range_") or params.get("blocks"):
+        code.add_import("mminspect.hotremove", "Proposal")
+        if params.get("range_"):
+            from mminspect.cli import parse_range
+
+            start, end = parse_range(params["range_"])
+            proposal = f"Proposal({_hex(start)}, {_hex(end)})"
+        else:
+            from mminspect.cli import _block_ids
+
+            code.add_import("mminspect.classify", "classifier_for")
+            code.append("block_size = classifier_for(k).memory.block_size\n")
+            proposal = f"Proposal.from_blocks({_block_ids(params['blocks'])!r}, block_size)"
+    code.append(f"data = build_map(k, roots, {proposal})\n")
+    output = params.get("output") or ("map.json" if params.get("fmt") == "json" else "map.html")
+    if params.get("fmt") == "json":
+        code.add_import("json")
+        code.append(f"with open({_quote(output)}, \"x\") as f:  # \"x\": never over an existing file\n"
+                    "    json.dump(data, f)\n")
+    else:
+        code.append(f"with open({_quote(output)}, \"x\") as f:  # \"x\": never over an existing file\n"
+                    "    map_html(data, f)\n")
     return code
 
 

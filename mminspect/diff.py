@@ -32,10 +32,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mminspect.errors import MMInspectError
+from mminspect.identify import all_roots
 from mminspect.kernel import Kernel
-from mminspect.walk import CLS_LEAF, Walk, walk
+from mminspect.memory import node_stat
+from mminspect.pages import StructPages
+from mminspect.sortedarrays import contains, unique
+from mminspect.walk import CLS_LEAF, Mapping, Walk, walk
 
-__all__ = ("JSON_SCHEMA", "Diff", "State", "check_same", "diff", "expect_simulation", "state_of_kernel", "state_of_snapshot")
+__all__ = ("JSON_SCHEMA", "Diff", "State", "check_same", "diff", "expect_simulation", "load_simulation",
+           "state_of_kernel", "state_of_snapshot")
 
 JSON_SCHEMA = "mminspect.diff/1"
 _U64 = (1 << 64) - 1
@@ -56,6 +61,7 @@ class State:
     walks: Dict[str, Walk] = field(default_factory=dict)  #: root name -> walk (dumps only)
     nr_pagetable: Optional[int] = None
     level_names: Dict[int, str] = field(default_factory=dict)
+    source: Optional[Kernel] = None  #: the kernel of a dump's state (its struct pages)
 
 
 def _identity(k: Dict[str, object]) -> Tuple:
@@ -63,33 +69,47 @@ def _identity(k: Dict[str, object]) -> Tuple:
 
 
 def state_of_kernel(kernel: Kernel, name: str, roots: Optional[Sequence] = None) -> State:
-    """Walk every root of ``kernel`` (default :func:`resolve_roots` ``all``)
-    and classify nothing but the page-table type of each table page."""
-    from mminspect.classify import classifier_for, resolve_roots
-    from mminspect.memory import node_stat
-
-    roots = roots if roots is not None else resolve_roots(kernel, "all")
+    """Walk every root of ``kernel`` (default :func:`resolve_roots` ``all``).
+    Whether a table page carries the page-table type is read later, by
+    :func:`diff`, for the tables that changed only."""
+    roots = roots if roots is not None else all_roots(kernel)
     walks = {}
     rows = []
-    c = classifier_for(kernel)
-    shift = kernel.regime.page_shift
     for i, root in enumerate(roots):
         w = walk(kernel, root)
         walks[root.name] = w
         t = np.empty(w.table_count, TABLE_ROW)
         t["phys"], t["level"], t["va"], t["root"] = w.table_phys, w.table_level, w.table_va, i
-        facts = c.pages.facts(w.table_phys >> np.uint64(shift))
-        pos = np.searchsorted(facts["pfn"], w.table_phys >> np.uint64(shift))
-        f = facts[pos] if len(facts) else facts
-        t["typed"] = np.where(f["ok"], f["table"].astype(np.int8), -1) if len(f) else 0
+        t["typed"] = -1
         rows.append(t)
     try:
         nr = sum(x.exact for x in node_stat(kernel, "NR_PAGETABLE"))
     except MMInspectError:
         nr = None
     r = kernel.regime
-    return State(name, kernel.describe(), _sorted_unique(rows), [x.name for x in roots], walks, nr,
-                 {L: r.level_name(L) for L in range(r.top_level, 4)})
+    st = State(name, kernel.describe(), _sorted_unique(rows), [x.name for x in roots], walks, nr,
+               {L: r.level_name(L) for L in range(r.top_level, 4)})
+    st.source = kernel
+    return st
+
+
+def _typed(state: State, rows: np.ndarray) -> np.ndarray:
+    """The page-table type of ``rows``' pages in ``state`` (1 typed, 0 not,
+    -1 unknown), read from the struct pages of a dump's state."""
+    kernel = getattr(state, "source", None)
+    if kernel is None or not len(rows):
+        return rows["typed"]
+    # The struct page reader alone: the classifier's other facts (era,
+    # memblock, memory map) are not needed to tell a typed page.
+    pages = kernel.__dict__.get("_diff_struct_pages")
+    if pages is None:
+        pages = kernel.__dict__["_diff_struct_pages"] = StructPages(kernel)
+    pfn = rows["phys"] >> np.uint64(kernel.regime.page_shift)
+    facts = pages.facts(pfn)
+    f = facts[np.searchsorted(facts["pfn"], pfn)]
+    if pages.layout.scheme.table is None:
+        return np.full(len(rows), -1, np.int8)
+    return np.where(f["ok"], f["table"].astype(np.int8), -1).astype(np.int8)
 
 
 def state_of_snapshot(snap, name: str) -> State:
@@ -126,6 +146,8 @@ class Diff:
     mappings: Dict[str, List[Dict[str, object]]]  #: root -> added/removed/changed ranges
     unmapped_roots: List[str]  #: roots one side has and the other has not (mappings not compared)
     expect: Optional[Dict[str, object]] = None
+    #: a snapshot was one side: only the tables of the roots both have are compared
+    snapshot: bool = False
 
     @property
     def nr_pagetable_delta(self) -> Optional[int]:
@@ -196,7 +218,12 @@ def _ranges(wa: Walk, wb: Walk) -> List[Dict[str, object]]:
     over the union of both walks' run boundaries."""
     ra = wa.runs[wa.runs["cls"] == CLS_LEAF]
     rb = wb.runs[wb.runs["cls"] == CLS_LEAF]
-    cuts = np.unique(np.concatenate((ra["va"], ra["va"] + ra["size"], rb["va"], rb["va"] + rb["size"])))
+    def ends(runs):
+        e = runs["va"] + runs["size"]
+        # a run to the top of the address space ends at 2**64, which wraps to 0
+        return np.where(e == 0, np.uint64(_U64), e)
+
+    cuts = unique(np.concatenate((ra["va"], ends(ra), rb["va"], ends(rb))))
     if len(cuts) < 2:
         return []
     lo, hi = cuts[:-1], cuts[1:]
@@ -238,8 +265,6 @@ def _ranges(wa: Walk, wb: Walk) -> List[Dict[str, object]]:
             cur["_na"] = None if pa_ai is None else pa_ai + int(size[i])
             cur["_nb"] = None if pa_bi is None else pa_bi + int(size[i])
             continue
-        from mminspect.walk import Mapping
-
         def desc(runs, k):
             L = int(runs["level"][k])
             m = Mapping(0, 0, 0, L, r.level_name(L), int(runs["attr"][k]), int(runs["inherit"][k]))
@@ -270,31 +295,46 @@ def diff(a: State, b: State) -> Diff:
     """
     _check_same(a, b)
     ta, tb = a.tables, b.tables
+    if a.source is None or b.source is None:
+        # A snapshot holds the tables of its roots (init_mm) only: compare those.
+        common = set(a.roots) & set(b.roots)
+        ta = ta[np.isin(ta["root"], [i for i, n in enumerate(a.roots) if n in common])]
+        tb = tb[np.isin(tb["root"], [i for i, n in enumerate(b.roots) if n in common])]
     pa_a, pa_b = ta["phys"], tb["phys"]
-    in_b = np.isin(pa_a, pa_b)
-    in_a = np.isin(pa_b, pa_a)
-    # Same page in both: the same table (same level and VA), or reused.
-    key_a = set(zip(ta["phys"][in_b].tolist(), ta["level"][in_b].tolist(), ta["va"][in_b].tolist()))
-    key_b = set(zip(tb["phys"][in_a].tolist(), tb["level"][in_a].tolist(), tb["va"][in_a].tolist()))
+    # tables are sorted by phys already (_sorted_unique)
+    in_b = contains(pa_b, pa_a)
+    in_a = contains(pa_a, pa_b)
+    # Same page in both: the same table (same level and VA), or reused. Rows
+    # are sorted by (phys, level, VA): align each page's first row in A with
+    # its first row in B and compare, as arrays.
     moved = []
-    if key_a != key_b:
-        ra = {int(x["phys"]): x for x in ta[in_b]}
-        for x in tb[in_a]:
-            p = int(x["phys"])
-            y = ra.get(p)
-            if y is not None and (int(y["level"]), int(y["va"])) != (int(x["level"]), int(x["va"])):
-                moved.append((y, x))
+    ia = np.nonzero(in_b)[0]
+    if len(ia):
+        jb = np.searchsorted(pa_b, pa_a[ia], side="left")
+        other = (ta["level"][ia] != tb["level"][jb]) | (ta["va"][ia] != tb["va"][jb])
+        for i, j in zip(ia[other].tolist(), jb[other].tolist()):
+            moved.append((ta[i], tb[j]))
     mappings: Dict[str, List[Dict[str, object]]] = {}
     common = [n for n in a.walks if n in b.walks and (n in ("init_mm", "efi_mm", "tramp_pg_dir"))]
     for name in common:
         mappings[name] = _ranges(a.walks[name], b.walks[name])
     unmapped = sorted((set(a.roots) ^ set(b.roots)))
-    return Diff(a, b, ta[~in_b], tb[~in_a], moved, mappings, unmapped)
+    freed, allocated = ta[~in_b], tb[~in_a]
+    freed["typed"] = _typed(a, freed)
+    allocated["typed"] = _typed(b, allocated)
+    if moved:
+        ma = np.array([x for x, _ in moved], TABLE_ROW)
+        mb = np.array([y for _, y in moved], TABLE_ROW)
+        ma["typed"], mb["typed"] = _typed(a, ma), _typed(b, mb)
+        moved = list(zip(ma, mb))
+    return Diff(a, b, freed, allocated, moved, mappings, unmapped,
+                snapshot=a.source is None or b.source is None)
 
 
-def expect_simulation(d: Diff, path: str) -> Dict[str, object]:
-    """Compare the tables a ``simulate-remove --format json`` output says
-    would be freed with the tables freed between the two states."""
+def load_simulation(path: str) -> Dict[str, object]:
+    """A ``simulate-remove --format json`` output, checked to be one.
+
+    :raises MMInspectError: when it is not"""
     import json
 
     try:
@@ -305,6 +345,18 @@ def expect_simulation(d: Diff, path: str) -> Dict[str, object]:
     if not isinstance(sim, dict) or sim.get("schema") != "mminspect.simulate/1":
         raise MMInspectError(f"{path}: schema {sim.get('schema') if isinstance(sim, dict) else None!r}, "
                              "expected mminspect.simulate/1 (simulate-remove --format json)")
+    if not isinstance(sim.get("freed"), list):
+        raise MMInspectError(f"{path}: no list of freed tables")
+    sim["_path"] = path
+    return sim
+
+
+def expect_simulation(d: Diff, sim) -> Dict[str, object]:
+    """Compare the tables a simulation (:func:`load_simulation`, or its
+    path) says would be freed with the tables freed between the two states."""
+    if isinstance(sim, str):
+        sim = load_simulation(sim)
+    path = sim.get("_path", "simulation")
     if sim.get("kernel") != d.a.kernel.get("osrelease"):
         raise MMInspectError(f"{path}: a simulation of {sim.get('kernel')}, not of {d.a.kernel.get('osrelease')}")
     predicted = {int(t["phys"]) for t in sim.get("freed", [])}

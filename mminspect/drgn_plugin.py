@@ -271,8 +271,8 @@ def simulate_remove_memory(
     >>> res = simulate_remove_memory(0x80000000, 1 << 30)   # the hot-added GiB
     >>> res.simulated, len(res.freed), res.findings[0].rule
     (True, 513, 'ctor unknown')
-    >>> simulate_remove_memory(0x40000000, 128 << 20).refusals[0].message
-    'Boot memory [40000000 48000000] offlining attempted'
+    >>> simulate_remove_memory(0x48000000, 128 << 20).refusals[0].message
+    'Boot memory [48000000 50000000] offlining attempted'
 
     :param start: ``u64``, physical start of the memory to remove
     :param size: ``u64``, bytes to remove
@@ -338,11 +338,10 @@ def identify_pages(prog: Program, addrs: Sequence[int], mm: str = "all") -> "lis
     :return: list of :class:`mminspect.identify.Identity`
     :raises MMInspectError: for an address outside RAM or past ``max_pfn``
     """
-    from mminspect.classify import resolve_roots
-    from mminspect.identify import identify
+    from mminspect.identify import all_roots, identify
 
     k = mminspect_kernel(prog)
-    return identify(k, [int(a) for a in addrs], resolve_roots(k, mm))
+    return identify(k, [int(a) for a in addrs], all_roots(k, mm))
 
 
 @takes_program_or_default
@@ -358,11 +357,10 @@ def identify_page_table(prog: Program, phys: int) -> "list[Dict[str, Any]]":
     :param phys: ``phys_addr_t``
     :raises MMInspectError: for an address outside RAM or past ``max_pfn``
     """
-    from mminspect.classify import resolve_roots
-    from mminspect.identify import identify
+    from mminspect.identify import all_roots, identify
 
     k = mminspect_kernel(prog)
-    return identify(k, [int(phys)], resolve_roots(k, "all"), page_facts=False)[0].tables
+    return identify(k, [int(phys)], all_roots(k), page_facts=False)[0].tables
 
 
 @takes_program_or_default

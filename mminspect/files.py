@@ -21,18 +21,19 @@ One home for the rules that keep a user's files safe:
   or symbolic link.
 """
 
+import atexit
 import contextlib
 import os
 import signal
 import stat
 import secrets
 import threading
-from typing import IO, Iterable, Iterator, List, Optional, Tuple
+from typing import IO, Iterable, Iterator, List, Optional, Set, Tuple
 
 from mminspect.errors import MMInspectError
 
 __all__ = ("DEVICE_INPUTS", "Interrupted", "atomic_output", "check_input", "check_output", "same_file",
-           "signals_raise", "target_files")
+           "remove_partials", "signals_raise", "target_files")
 
 #: Character devices mminspect reads on purpose (``-k``: the running kernel).
 DEVICE_INPUTS = ("/proc/kcore", "/proc/vmcore")
@@ -146,28 +147,65 @@ def check_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool = 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+#: Outputs this process has put in place, whole: an interrupt that comes
+#: after one is reported with it ("... after FILE was written in full").
+WRITTEN: List[str] = []
+#: Temporary files being written. :func:`remove_partials` removes what an
+#: interrupt left (one can land between a context manager's set-up and its
+#: block, where no ``finally`` runs).
+_PARTIAL: Set[str] = set()
+
+
+def remove_partials() -> None:
+    """Remove every temporary file an unfinished :func:`atomic_output` left
+    (the front end calls this on its way out; also at exit)."""
+    while _PARTIAL:
+        with contextlib.suppress(OSError):
+            os.unlink(_PARTIAL.pop())
+
+
+atexit.register(remove_partials)
+
+
+#: While above 0, the handlers of :func:`signals_raise` only note a signal
+#: (in ``_pending``) and :func:`_held_back` raises it at the end of the
+#: section. A signal mask would not do: the signal may be delivered to
+#: another thread (drgn's, a scan's), and Python runs the handler in the
+#: main thread at its next instruction, wherever that is.
+_critical = 0
+_pending: Optional[int] = None
+
 
 @contextlib.contextmanager
-def _blocked() -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP held back (delivered after the block), so that
+def _held_back() -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP held back until the block ends, so that
     creating, renaming and removing the temporary file is never cut short."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    global _critical, _pending
+    _critical += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _critical -= 1
+        if not _critical and _pending is not None:
+            signum, _pending = _pending, None
+            raise Interrupted(signum)
 
 
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM/SIGHUP raise :class:`Interrupted`
-    (so ``finally`` clauses run) instead of killing the process outright.
-    Only the main thread can set handlers; elsewhere this does nothing."""
+    (so ``finally`` clauses run) instead of killing the process outright;
+    inside :func:`_held_back` sections, once the section ends. Only the
+    main thread can set handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
+        global _pending
+        if _critical:
+            _pending = signum
+            return
         raise Interrupted(signum)
 
     old: List[Tuple[int, object]] = []
@@ -201,32 +239,36 @@ def atomic_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool =
     tmp = fd = None
     with signals_raise():
         try:
-            with _blocked():
+            with _held_back():
                 tmp, fd = _create_temporary(directory, os.path.basename(path))
+                _PARTIAL.add(tmp)
             with os.fdopen(fd, "wb") as f:
                 fd = None
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
             check_output(path, inputs, force)
-            with _blocked():
+            with _held_back():
                 if force:
                     os.replace(tmp, path)
                 else:
                     _link_no_clobber(tmp, path)
+                _PARTIAL.discard(tmp)
                 tmp = None
+                WRITTEN.append(path)
             _fsync_dir(directory)
         except FileExistsError:
             raise MMInspectError(f"{path}: appeared while writing; choose another name or pass --force") from None
         except OSError as e:
             raise MMInspectError(f"{path}: cannot write ({e.strerror or e}); nothing was written") from None
         finally:
-            with _blocked():
+            with _held_back():
                 if fd is not None:
                     os.close(fd)
                 if tmp is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
+                    _PARTIAL.discard(tmp)
 
 
 def _create_temporary(directory: str, name: str) -> Tuple[str, int]:

@@ -18,15 +18,17 @@ Each root is walked once, however many addresses are asked about.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mminspect.classify import classifier_for, classify_walk, resolve_roots, task_roots, tramp_root
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
-from mminspect.walk import CLS_LEAF, Walk, walk
+from mminspect.pageinfo import max_pfn, page_info
+from mminspect.walk import CLS_LEAF, Mapping, Walk, walk
 
-__all__ = ("JSON_SCHEMA", "Identity", "ReverseMap", "identify", "parse_address")
+__all__ = ("JSON_SCHEMA", "Identity", "ReverseMap", "all_roots", "check_addresses", "identify", "parse_address")
 
 JSON_SCHEMA = "mminspect.identify/1"
 _U64 = (1 << 64) - 1
@@ -122,6 +124,23 @@ class ReverseMap:
         return qorder[starts + offs], run_idx
 
 
+def _parents_of_many(w: Walk, phys: Sequence[int]) -> Dict[int, List[Dict[str, object]]]:
+    """The entries that reference each of some tables, from the walk's edge
+    arrays in one sort and one pair of searches (:meth:`Walk.parents_of`
+    builds a dict of every table's parents, half a million at 1 TiB)."""
+    srt = np.argsort(w.edge_child, kind="stable")
+    ec = w.edge_child[srt]
+    keys = np.array(phys, dtype=np.uint64)
+    lo = np.searchsorted(ec, keys, "left").tolist()
+    hi = np.searchsorted(ec, keys, "right").tolist()
+    out = {}
+    for p, a, b in zip(phys, lo, hi):
+        e = srt[a:b]
+        out[p] = [{"phys": None if x == _U64 else x, "index": i}
+                  for x, i in zip(w.edge_parent[e].tolist(), w.edge_index[e].tolist())]
+    return out
+
+
 def parse_address(text: str, page_shift: int) -> int:
     """``PHYS`` (hex, 0x optional) or ``pfn:N`` (N decimal or 0x hex)."""
     t = text.strip()
@@ -134,17 +153,49 @@ def parse_address(text: str, page_shift: int) -> int:
 
 
 def _check_ram(kernel: Kernel, pas: Sequence[int]) -> None:
-    from mminspect.classify import classifier_for
-    from mminspect.pageinfo import max_pfn
 
     shift = kernel.regime.page_shift
     mp = max_pfn(kernel)
     mem = classifier_for(kernel).memory
-    for pa in pas:
-        if mp is not None and pa >> shift >= mp:
-            raise MMInspectError(f"pfn {pa >> shift:#x} (physical {pa:#x}) is past max_pfn {mp:#x}")
-        if mem is not None and mem.sections and not any(s.start <= pa < s.start + s.size for s in mem.sections):
-            raise MMInspectError(f"physical {pa:#x} is outside RAM (in no present memory section)")
+    q = np.array(pas, dtype=np.uint64)
+    if mp is not None and len(q) and (q >> np.uint64(shift)).max() >= np.uint64(mp):
+        pa = int(q[np.argmax(q >> np.uint64(shift) >= np.uint64(mp))])
+        raise MMInspectError(f"pfn {pa >> shift:#x} (physical {pa:#x}) is past max_pfn {mp:#x}")
+    if mem is not None and mem.sections and len(q):
+        starts = np.array([s.start for s in mem.sections], np.uint64)
+        ends = np.array([s.start + s.size for s in mem.sections], np.uint64)
+        k = np.searchsorted(starts, q, side="right") - 1
+        bad = (k < 0) | (q >= ends[np.maximum(k, 0)])
+        if bad.any():
+            raise MMInspectError(f"physical {int(q[np.argmax(bad)]):#x} is outside RAM (in no present memory section)")
+
+
+def all_roots(kernel: Kernel, spec: str = "all") -> List[Root]:
+    """:func:`~mminspect.classify.resolve_roots` of ``spec``; for ``all``,
+    the roots this target can give (a bundle has no task list: its init_mm
+    and efi_mm)."""
+    if spec != "all":
+        return resolve_roots(kernel, spec)
+    roots = [kernel.root("init_mm")]
+    try:
+        roots.append(kernel.root("efi_mm"))
+    except MMInspectError:
+        pass
+    # tramp_root() relocates the symbol through the classifier (memory map,
+    # era facts ...): only worth building for a kernel that has the symbol.
+    tr = tramp_root(kernel) if kernel.target.symbol("tramp_pg_dir") is not None else None
+    if tr is not None:
+        roots.append(tr)
+    try:
+        roots += task_roots(kernel)
+    except Exception:  # no task list in this target (a bundle): the kernel's own roots
+        pass
+    return roots
+
+
+def check_addresses(kernel: Kernel, pas: Sequence[int]) -> None:
+    """Refuse, in one line, an address past ``max_pfn`` or outside RAM."""
+    _check_ram(kernel, [int(p) for p in pas])
 
 
 def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]] = None,
@@ -160,14 +211,13 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
 
     :raises MMInspectError: for an address outside RAM or past ``max_pfn``
     """
-    from mminspect.classify import classify_walk, resolve_roots
 
     r = kernel.regime
     shift = r.page_shift
     pas = [int(p) for p in pas]
     _check_ram(kernel, pas)
     if walks is None:
-        roots = roots if roots is not None else resolve_roots(kernel, "all")
+        roots = roots if roots is not None else all_roots(kernel)
         walks = [walk(kernel, root) for root in roots]
     q = np.array(pas, dtype=np.uint64)
     qpage = q >> np.uint64(shift)
@@ -185,14 +235,14 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
         sel = np.unique(np.concatenate([order[lo[i]:hi[i]] for i in hits.tolist()]))
         cls = classify_walk(kernel, w, select=sel)
         recs = {rec.phys: rec for rec in cls.records()}
+        parents = _parents_of_many(w, [int(w.table_phys[j]) for j in sel.tolist()])
         for i in hits.tolist():
             for j in order[lo[i]:hi[i]].tolist():
                 rec = recs[int(w.table_phys[j])]
-                parents = w.parents_of(rec.phys)
                 out[i].tables.append({
                     "root": w.root.name, "phys": rec.phys, "level": rec.level_name, "va": rec.va,
                     "span": rec.span, "valid": int(w.table_valid[j]), "entries": int(w.table_entries[j]),
-                    "parents": [{"phys": p.phys, "index": p.index} for p in parents],
+                    "parents": parents[rec.phys],
                     "region": rec.region, "origin": rec.origin, "allocator": rec.allocator,
                     "expected": list(rec.expected), "ptlock": rec.ptlock, "evidence": list(rec.evidence),
                 })
@@ -200,23 +250,24 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
     rm = ReverseMap(kernel, walks)
     qi, ri = rm.lookup(q)
     R = rm.runs
-    from mminspect.walk import Mapping
-
-    for a, b in sorted(zip(qi.tolist(), ri.tolist())):
-        L = int(R["level"][b])
-        m = Mapping(int(R["va"][b]), int(R["size"][b]), int(R["pa"][b]), L, r.level_name(L), int(R["attr"][b]),
-                    int(R["inherit"][b]), bool(R["rep"][b]))
+    attr_text: Dict[Tuple[int, int], Tuple[str, str]] = {}
+    cols = {name: R[name][ri].tolist() for name in ("level", "va", "size", "pa", "attr", "inherit", "rep", "root")}
+    for n, a in sorted(enumerate(qi.tolist()), key=lambda x: x[1]):
+        L, attr = cols["level"][n], cols["attr"][n]
+        m = Mapping(cols["va"][n], cols["size"][n], cols["pa"][n], L, r.level_name(L), attr,
+                    cols["inherit"][n], bool(cols["rep"][n]))
+        text = attr_text.get((attr, L))
+        if text is None:
+            text = attr_text[(attr, L)] = (m.kind, m.attrs)
         page_base = pas[a] & ~((1 << shift) - 1)
         if m.repeat:
             va, size = m.va, m.size
         else:
             va = (m.va + (page_base - m.pa)) & _U64 if page_base >= m.pa else m.va
             size = min(1 << shift, m.size)
-        out[a].mapped_at.append(MappedAt(rm.roots[int(R["root"][b])], va, size, m.level_name, m.kind, m.attrs,
-                                         m.repeat))
+        kind = "repeated" if m.repeat else text[0]
+        out[a].mapped_at.append(MappedAt(rm.roots[cols["root"][n]], va, size, m.level_name, kind, text[1], m.repeat))
     if page_facts:
-        from mminspect.pageinfo import page_info
-
         for ident, info in zip(out, page_info(kernel, [p >> shift for p in pas])):
             ident.page = info
     return out

@@ -35,11 +35,25 @@ the tables (drgn#461).
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from mminspect.arch.arm64 import PTE_AF, PTE_CONT, PTE_DBM, PTE_RDONLY, TABLE_APTABLE_NOEL0, \
-    TABLE_APTABLE_RO, TABLE_PXN, TABLE_UXN, decode_prot, PTDUMP_MASK
+from mminspect.arch.arm64 import (
+    PTDUMP_MASK,
+    PTE_AF,
+    PTE_CONT,
+    PTE_DBM,
+    PTE_RDONLY,
+    TABLE_APTABLE_NOEL0,
+    TABLE_APTABLE_RO,
+    TABLE_PXN,
+    TABLE_UXN,
+    decode_prot,
+)
+from mminspect.classify import classifier_for
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
+from mminspect.nonpresent import SwapEncoding, decode_nonpresent
+from mminspect.pageinfo import page_info
 from mminspect.target.base import TargetFault
+from mminspect.target.elf import PT_LOAD, core_phdrs
 from mminspect.walk import Mapping
 
 __all__ = ("JSON_SCHEMA", "Check", "Step", "Translation", "resolve_va_root", "vtop")
@@ -200,8 +214,6 @@ def vtop(kernel: Kernel, va: int, mm: Optional[str] = None, root: Optional[Root]
                             + ("empty (pte_none): the access faults" if kind == "none"
                                else f"not valid ({desc:#x}): the access faults"), tag=tag)
             if kind == "invalid" and not root.ttbr1:
-                from mminspect.nonpresent import SwapEncoding, decode_nonpresent
-
                 enc = kernel.__dict__.get("_swap_encoding") or SwapEncoding.detect(kernel)
                 kernel.__dict__["_swap_encoding"] = enc
                 t.nonpresent = decode_nonpresent(desc, level == 3 or level in r.block_levels(), enc)
@@ -236,27 +248,17 @@ def vtop(kernel: Kernel, va: int, mm: Optional[str] = None, root: Optional[Root]
         if desc & PTE_CONT:
             t.cont = _cont_run(kernel, rows, idx, level, va)
             t.stop = "contiguous"
-        t.reason = (f"{name} {'page' if level == 3 else 'block'} descriptor ({_size(span)})"
+        t.reason = (f"{name} {'page' if level == 3 else 'block'} descriptor"
                     + (f", one of a contiguous run of {t.cont['entries']}" if t.cont else "")
                     + f": {va:#x} -> {pa:#x}")
         if page_facts:
-            from mminspect.pageinfo import page_info
-
             t.page = page_info(kernel, [pa >> r.page_shift])[0]
         if checks:
             t.checks = _checks(kernel, root, va, pa)
         return t
 
 
-def _size(n: int) -> str:
-    from mminspect.report.common import size_text
-
-    return size_text(n)
-
-
 def _memory(kernel: Kernel):
-    from mminspect.classify import classifier_for
-
     try:
         return classifier_for(kernel).memory
     except MMInspectError:
@@ -356,8 +358,6 @@ def _pt_load(kernel: Kernel, va: int, pa: int) -> Check:
     core = getattr(kernel.target, "core_file", None)
     if core is None:
         return Check("PT_LOAD", None, None, "no ELF dump file at hand (live kernel, bundle or kdump format)")
-    from mminspect.target.elf import PT_LOAD, core_phdrs
-
     cache = kernel.__dict__.get("_pt_loads")
     if cache is None:
         # QEMU's dump-guest-memory (paging=false) writes p_vaddr = p_paddr or

@@ -46,9 +46,9 @@ def _cmd_list(args) -> int:
             if d is None and sc not in SCENARIOS:
                 continue  # removal scenarios: listed when made
             if d is None:
-                print(f"  {sc:10} -")
+                print(f"  {sc:16} -")
             else:
-                print(f"  {sc:10} {human_size(dir_size(d.dir)):>10}  {d.meta.get('created', '')}  {d.dir}")
+                print(f"  {sc:16} {human_size(dir_size(d.dir)):>10}  {d.meta.get('created', '')}  {d.dir}")
     return 0
 
 

@@ -245,9 +245,10 @@ def eject(g: Guest, ident: str, timeout: float = 90.0) -> dict:
     """QMP device_del of a DIMM: the guest offlines every block of it (two
     passes, drivers/acpi/scan.c acpi_scan_try_to_offline()), then removes the
     memory and ejects (_EJ0: QEMU's DEVICE_DELETED), or gives up with an _OST
-    status (QEMU's ACPI_DEVICE_OST event). Waits for the final _OST (status
-    other than "in progress") and, on success, DEVICE_DELETED. -> one attempt
-    record."""
+    status (QEMU's ACPI_DEVICE_OST event). Waits for DEVICE_DELETED or a
+    final _OST status of the DIMM (not 0, not 0x84 "in progress"), then up to
+    2 s for the last _OST (after _EJ0 QEMU reports it with the slot only, the
+    DIMM being gone). -> one attempt record."""
     assert g.qmp
     info = next(d for d in g.dimms if d["id"] == ident)
     mark = DmesgMark(g)
@@ -391,12 +392,15 @@ def _act_mom(act: Act) -> None:
 def _act_blockmap(act: Act) -> None:
     d = _hotadd_point(act, "blockmap-hotadd", GiB, "dimm0")["dimm"]
     first = d["blocks"][0]
-    _offline_point(act, "blockmap-offline", "blockmap-hotadd", [first], d, lambda a: True)
-    if act.g.online_blocks().get(first) != "online":
+    before = "blockmap-offline"
+    if _offline_point(act, before, "blockmap-hotadd", [first], d, lambda a: True)["outcome"] == "offlined":
         # Offlined after all (no leaf check in this kernel): online it again, so
-        # that the eject below starts from the DIMM as it was hot-added.
+        # that the eject below starts from the DIMM as it was hot-added (the
+        # linear map and vmemmap of an offline block stay until removal), and
+        # name that state as the one before the eject.
         act.g.sh(f"echo online_movable > {MEMORY}/memory{first}/state")
-    _eject_point(act, "blockmap-eject", "blockmap-offline", "dimm0")
+        before = "blockmap-hotadd"
+    _eject_point(act, "blockmap-eject", before, "dimm0")
     _hotadd_point(act, "blockmap-hotadd1", 128 * MiB, "dimm1")
     _eject_point(act, "blockmap-eject1", "blockmap-hotadd1", "dimm1")
 

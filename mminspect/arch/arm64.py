@@ -20,7 +20,7 @@ kernel's (and its ptdump's): the top level is always ``PGD``, the last
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -47,6 +47,8 @@ __all__ = (
     "TABLE_UXN",
     "decode_prot",
     "levels_for",
+    "regime_from_tcr",
+    "ttbr_baddr",
 )
 
 # Descriptor bits, as arch/arm64/include/asm/pgtable-hwdef.h names them.
@@ -287,3 +289,26 @@ class Regime:
             "lpa": self.lpa,
         }
 
+
+def regime_from_tcr(tcr: int) -> Optional[Regime]:
+    """The regime TCR_EL1 sets up for TTBR1: the granule from TG1, the VA
+    size from T1SZ, 52-bit output addresses with DS (LPA2) or IPS = 0b110;
+    None for a value no Linux kernel writes."""
+    t1sz = (tcr >> 16) & 0x3F
+    shift = {1: 14, 2: 12, 3: 16}.get((tcr >> 30) & 3)
+    if shift is None or not 12 <= t1sz <= 28:
+        return None
+    ds = bool((tcr >> 59) & 1)
+    ips52 = ((tcr >> 32) & 7) == 6
+    try:
+        return Regime(shift, 64 - t1sz, 64 - t1sz, 52 if (ds or ips52) else 48)
+    except ValueError:
+        return None
+
+
+def ttbr_baddr(ttbr: int, pa_bits: int) -> int:
+    """The table address in a TTBRn_EL1 value (BADDR; with 52-bit PAs its
+    bits 51:48 are TTBR bits 5:2)."""
+    if pa_bits == 52:
+        return (ttbr & (((1 << 48) - 1) & ~0x3F)) | ((ttbr & 0x3C) << 46)
+    return ttbr & (((1 << 48) - 1) & ~1)

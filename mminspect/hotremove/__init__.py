@@ -5,7 +5,12 @@ Memory hot-remove simulation
 Capture a :class:`~mminspect.hotremove.snapshot.Snapshot`, propose a removal
 (:class:`~mminspect.hotremove.proposal.Proposal`), pick the policy of the
 kernel's era (:func:`~mminspect.hotremove.policy.select_policy`) and
-:func:`~mminspect.hotremove.simulate.simulate` it.
+:func:`~mminspect.hotremove.simulate.simulate` it. The simulation first
+replays the offline path as an ACPI eject runs it
+(:mod:`~mminspect.hotremove.offline`: per block the holes, the isolation scan
+of :mod:`~mminspect.hotremove.isolation`, the memory-notifier refusals of
+:mod:`~mminspect.hotremove.notifiers`, memmap_on_memory blocks from
+:mod:`~mminspect.hotremove.altmap`), then the page-table teardown.
 
 >>> from mminspect.hotremove import Proposal, capture_snapshot, select_policy, simulate
 >>> snap = capture_snapshot(kernel)
@@ -16,7 +21,7 @@ kernel's era (:func:`~mminspect.hotremove.policy.select_policy`) and
 
 from mminspect.hotremove.policy import Era, Policy, available_policies, get_policy, select_policy
 from mminspect.hotremove.proposal import Proposal, Refusal, check_proposal
-from mminspect.hotremove.simulate import Finding, Result, simulate
+from mminspect.hotremove.simulate import Finding, Result, Unchecked, simulate
 from mminspect.hotremove.snapshot import Snapshot, TableFacts, capture_snapshot, diff_snapshots
 
 __all__ = (
@@ -28,6 +33,7 @@ __all__ = (
     "Result",
     "Snapshot",
     "TableFacts",
+    "Unchecked",
     "available_policies",
     "capture_snapshot",
     "check_proposal",

@@ -75,7 +75,7 @@ def memmap_homes(sim) -> List[MemmapHome]:
     snap = sim.snapshot
     blocks = {b.id: b for b in snap.blocks}
     bsize = snap.kernel["block_size"]
-    early = {s.start for s in snap.sections if s.early}
+    early = sim.early_sections
     out = []
     for start, _ in sim.proposal.sections(sim.section_size):
         pfn = start >> sim.page_shift

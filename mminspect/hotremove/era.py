@@ -10,17 +10,22 @@ version: the classifier's reading of the allocation sites
 code: whether the hot-remove table-freeing functions call into NR_PAGETABLE
 accounting is read from their instructions (an arm64 ``BL`` to
 ``__lruvec_stat_mod_folio`` or ``mod_node_page_state``), which is how the
-2026 dtor fix shows itself. Only facts no dump can show fall back to
-OSRELEASE, and their evidence says so.
+2026 dtor fix shows itself. The removal path's facts are read the same way:
+the C strings arm64's memory notifier loads (:func:`function_strings`: its
+leaf-split check is inlined and has no symbol), the DWARF of ``struct
+memory_block`` (its own memmap), and the ``memmap_on_memory`` parameter's
+variable. Only facts no dump can show fall back to OSRELEASE, and their
+evidence says so; a fact the target cannot show at all stays None
+("unknown"), and the rules that need it say so instead of passing.
 """
 
 import struct
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Optional
 
+from mminspect.arch.insn import function_calls, function_strings
 from mminspect.hotremove.policy import Era
 from mminspect.target.base import TargetFault
 
-_U64 = (1 << 64) - 1
 
 __all__ = ("detect_era", "function_calls", "function_strings")
 
@@ -46,78 +51,6 @@ _ACCOUNTING = (
 )
 
 
-def function_calls(kernel, functions: Iterable[str], targets: Iterable[str]) -> Optional[Dict[str, str]]:
-    """Which of ``functions`` contain an arm64 ``BL`` to one of ``targets``:
-    {function: target}. None when the code cannot be read (no symbol sizes)."""
-    t = kernel.target
-    symbol_size = getattr(t, "symbol_size", None)
-    if symbol_size is None:
-        return None
-    addrs = {a: name for name in targets if (a := t.symbol(name)) is not None}
-    found: Dict[str, str] = {}
-    seen_any = False
-    for fn in functions:
-        start, size = t.symbol(fn), symbol_size(fn)
-        if start is None or not size:
-            continue
-        try:
-            code = t.read_virt(start, size)
-        except TargetFault:
-            continue
-        seen_any = True
-        for i, (insn,) in enumerate(struct.iter_unpack("<I", code[: len(code) // 4 * 4])):
-            if insn & 0xFC000000 != 0x94000000:  # BL imm26
-                continue
-            off = insn & 0x03FFFFFF
-            if off & 0x02000000:
-                off -= 1 << 26
-            dest = start + 4 * i + 4 * off
-            if dest in addrs:
-                found[fn] = addrs[dest]
-                break
-    return found if seen_any else None
-
-
-def _sign_extend(value: int, bits: int) -> int:
-    return value - (1 << bits) if value & (1 << (bits - 1)) else value
-
-
-def function_strings(kernel, function: str, limit: int = 160) -> Optional[List[str]]:
-    """The C strings ``function`` loads the address of (an arm64 ``ADRP``
-    followed by an ``ADD`` immediate on the same register, as the compiler
-    emits for a ``printk`` format), read from the dump. None when the code
-    cannot be read. Inlined helpers show up here with their caller: the
-    leaf-split check, for one, has no symbol of its own."""
-    t = kernel.target
-    symbol_size = getattr(t, "symbol_size", None)
-    start = t.symbol(function)
-    if symbol_size is None or start is None or not symbol_size(function):
-        return None
-    try:
-        code = t.read_virt(start, symbol_size(function))
-    except TargetFault:
-        return None
-    pages: Dict[int, int] = {}
-    out: List[str] = []
-    for i, (insn,) in enumerate(struct.iter_unpack("<I", code[: len(code) // 4 * 4])):
-        pc = start + 4 * i
-        if insn & 0x9F000000 == 0x90000000:  # ADRP Xd, label
-            imm = _sign_extend(((insn >> 5) & 0x7FFFF) << 2 | (insn >> 29) & 3, 21) << 12
-            pages[insn & 31] = ((pc & ~0xFFF) + imm) & _U64
-        elif insn & 0xFF800000 == 0x91000000 and (insn >> 5) & 31 in pages:  # ADD Xd, Xn, #imm
-            addr = pages[(insn >> 5) & 31] + (((insn >> 10) & 0xFFF) << (12 if insn & (1 << 22) else 0))
-            try:
-                raw = t.read_virt(addr, limit)
-            except TargetFault:
-                continue
-            text = raw.split(b"\0", 1)[0]
-            # printk formats start with KERN_SOH and a level ("\0014").
-            text = text[2:] if text[:1] == b"\x01" else text
-            if len(text) >= 4 and all(32 <= c < 127 or c in (9, 10) for c in text):
-                out.append(text.decode())
-    return out
-
-
 def _memory_notifier(kernel) -> Optional[str]:
     return next((n for n in ("prevent_memory_remove_notifier", "prevent_bootmem_remove_notifier")
                  if kernel.target.symbol(n) is not None), None)
@@ -137,12 +70,12 @@ def _detect_removal_path(kernel, era: Era, ev: Dict[str, str]) -> None:
             "kernel leaf mapping')" if found else
             f"no: {fn}() prints no 'splits a leaf entry' message (before 'arm64/mm: Reject memory removal "
             "that splits a kernel leaf mapping')")
-    elif fn is None and t.has_debug_info:
+    elif fn is None and era.bootmem_notifier is False:
         era.leaf_split_notifier = False
-        ev["leaf_split_notifier"] = "no: no arm64 memory-remove notifier at all"
+        ev["leaf_split_notifier"] = "no: no arm64 memory-remove notifier at all (before v5.7)"
     else:
         ev["leaf_split_notifier"] = (f"unknown: cannot read the code of {fn}()" if fn else
-                                     "unknown: no symbols to find arm64's memory notifier")
+                                     "unknown: the code of arm64's memory notifier is not in this target")
 
     if t.offsetof("struct memory_block", "altmap") is not None:
         era.block_memmap = "altmap"

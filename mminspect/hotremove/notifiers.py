@@ -91,9 +91,8 @@ def addr_splits_kernel_leaf(st, addr: int) -> Optional[bool]:
 def _boot_memory(sim, start_pfn: int, nr_pages: int) -> Optional[Check]:
     snap = sim.snapshot
     per_section = sim.section_size >> sim.page_shift
-    early = {s.start >> sim.page_shift for s in snap.sections if s.early}
     for pfn in range(start_pfn, start_pfn + nr_pages, per_section):
-        if (pfn - pfn % per_section) in early:
+        if (pfn - pfn % per_section) << sim.page_shift in sim.early_sections:
             start = pfn << sim.page_shift
             return Check("boot-memory", "refuse",
                          f"Boot memory [{start:x} {start + sim.section_size:x}] offlining attempted",
@@ -142,7 +141,9 @@ def memory_notifier(sim, start_pfn: int, nr_pages: int, refuses_boot_memory: boo
     the kernel's order: each check's outcome, up to the first refusal."""
     era = sim.snapshot.era
     out: List[Check] = []
-    if refuses_boot_memory and era.bootmem_notifier:
+    if not refuses_boot_memory:
+        return out  # a policy of a kernel with no arm64 memory notifier (the 2017 RFC)
+    if era.bootmem_notifier:
         boot = _boot_memory(sim, start_pfn, nr_pages)
         if boot is not None:
             return [boot]

@@ -66,6 +66,11 @@ def _isolation(sim, block, lo_pfn: int, hi_pfn: int) -> Tuple[Check, List[str]]:
         return Check("unmovable-page", "refuse", "page dumped because: unmovable page",
                      f"has_unmovable_pages() stops at pfn {pfn:#x} ({kind}; in all {counts}) in zone "
                      f"{block.zone or 'unknown'}: start_isolate_page_range() fails, -EBUSY"), warnings
+    if scan.unreadable:
+        held = (f"none of the range's {scan.pages} struct pages is in the dump" if scan.unreadable >= scan.pages
+                else f"{scan.unreadable} of the range's {scan.pages} struct pages are not in the dump; "
+                     "the others hold no unmovable page")
+        return Check("unmovable-page", "unknown", "", held), warnings[:-1]
     return Check("unmovable-page", "pass", "",
                  f"no unmovable page among {scan.pages} struct pages (zone {block.zone or 'unknown'})"), warnings
 
@@ -83,7 +88,8 @@ class BlockOutcome:
     offline_range: Tuple[int, int]
     #: Pages of the block's own memmap (memmap_on_memory), skipped by offlining.
     memmap_pages: int
-    #: "offlined", "refused", "already offline", "offlined, then onlined again"
+    #: "offlined", "offlined, if unchecked pass", "refused", "already offline",
+    #: "offlined, then onlined again"
     outcome: str = "offlined"
     checks: List[Check] = field(default_factory=list)
     #: Why offlining may still fail (struct pages that cannot migrate).
@@ -120,7 +126,11 @@ def eject(sim, refuses_boot_memory: bool = True) -> Ejection:
     shift = sim.page_shift
     outcomes: List[BlockOutcome] = []
     log: List[str] = []
-    for bid in range(sim.proposal.start // bsize, sim.proposal.end // bsize):
+    ids = range(sim.proposal.start // bsize, sim.proposal.end // bsize)
+    # The isolation scans of every online block, in one bulk pass.
+    snap.prefetch_scans([(by_id[i], offline_start(by_id[i], shift), (by_id[i].start + by_id[i].size) >> shift)
+                         for i in ids if by_id[i].state == "online"])
+    for bid in ids:
         b = by_id[bid]
         lo = offline_start(b, shift) << shift
         o = BlockOutcome(b.id, b.start, b.start + b.size, b.state, b.zone, (lo, b.start + b.size),
@@ -154,12 +164,15 @@ def eject(sim, refuses_boot_memory: bool = True) -> Ejection:
             o.outcome = "refused"
             if o.refusal.message:
                 log.append(o.refusal.message)  # first pass
+    for o in outcomes:
+        if o.outcome == "offlined" and any(c.result == "unknown" for c in o.checks):
+            o.outcome = "offlined, if unchecked pass"
     failed = next((o for o in outcomes if o.outcome == "refused"), None)
     if failed is not None:
         if failed.refusal.message:
             log.append(failed.refusal.message)  # second pass: the first failure again stops it
         log.append(f"memory memory{failed.id}: Offline failed.")
         for o in outcomes:
-            if o.outcome == "offlined":
+            if o.outcome.startswith("offlined"):
                 o.outcome = "offlined, then onlined again"
     return Ejection(outcomes, log, failed.id if failed is not None else None)

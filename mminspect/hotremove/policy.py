@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Dict, List, Optional, Tuple, Type
 
 from mminspect.errors import MMInspectError
+from mminspect.files import check_input
 
 __all__ = ("Era", "Policy", "available_policies", "get_policy", "load_plugin_file", "select_policy")
 
@@ -144,7 +145,8 @@ def available_policies() -> Dict[str, Type[Policy]]:
         try:
             result = ep.load()()
         except Exception as e:  # a broken third-party plugin must not break the tool
-            raise MMInspectError(f"policy plugin {ep.name!r} failed to load: {e}") from None
+            why = str(e).splitlines()[0] if str(e).strip() else "it stopped without saying why"
+            raise MMInspectError(f"installed policy plugin {ep.name!r} ({ep.value}) failed to load: {why}") from None
         for cls in result if isinstance(result, (list, tuple)) else [result]:
             found[cls.name] = cls
     found.update(_loaded)
@@ -158,8 +160,6 @@ def load_plugin_file(path: str) -> List[str]:
     installed plugin's entry point names) and return the policy names."""
     import importlib.util
     import os
-
-    from mminspect.files import check_input
 
     check_input(path, "plugin file")
     name = "mminspect_plugin_" + os.path.splitext(os.path.basename(path))[0]

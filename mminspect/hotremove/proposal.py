@@ -30,7 +30,9 @@ class Proposal:
     end: int
 
     def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end <= MAX_PHYS:
+        # An empty range is a proposal the kernel refuses (check_proposal);
+        # one that is negative, inverted or beyond arm64's PAs is not one.
+        if not 0 <= self.start <= self.end <= MAX_PHYS:
             raise MMInspectError(f"bad range [{self.start:#x}-{self.end:#x}): physical memory to remove lies in "
                                  "[0, 2^52) with START below END")
 

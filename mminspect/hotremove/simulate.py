@@ -116,6 +116,8 @@ class _Sim:
         #: The captured tables as the checks before removal see them.
         self.pristine = TableState(self.regime, snapshot.root_phys, snapshot.entries)
         self.by_block = {b.id: b for b in snapshot.blocks}
+        #: Physical starts of the early (boot) sections.
+        self.early_sections = {s.start for s in snapshot.sections if s.early}
         self.block_size = k["block_size"]
 
     def removal_pieces(self):

@@ -13,6 +13,7 @@ hot-remove).
 """
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -22,9 +23,9 @@ from mminspect.errors import MMInspectError
 from mminspect.files import atomic_output
 from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
-from mminspect.hotremove.isolation import IsolationScan, scan_block
+from mminspect.hotremove.isolation import IsolationScan, scan_blocks
 from mminspect.hotremove.policy import Era
-from mminspect.hotremove.snapshot_file import read_snapshot_file
+from mminspect.hotremove.snapshot_file import COMPATIBLE, SCHEMA, TableFacts, read_snapshot_file
 from mminspect.kernel import Kernel
 from mminspect.memory import Block, MemoryMap, read_memblock
 from mminspect.sparse import Section
@@ -34,39 +35,6 @@ from mminspect.walk import walk
 MEMBLOCK_NOMAP = 0x4
 
 __all__ = ("SCHEMA", "Snapshot", "TableFacts", "capture_snapshot", "diff_snapshots")
-
-SCHEMA = "mminspect.snapshot/2"
-#: Older schemas that still load. /1 lacks the removal path's era facts
-#: (leaf_split_notifier, block_memmap, altmap_per_block, memmap_on_memory) and
-#: the blocks' altmap_free: they load as None/0, so the checks that need them
-#: say "unknown" instead of passing.
-COMPATIBLE = ("mminspect.snapshot/1", SCHEMA)
-
-
-@dataclass
-class TableFacts:
-    """One table page as the simulation sees it."""
-
-    phys: int
-    level: int
-    level_name: str
-    va: int
-    region: str
-    parents: List[Tuple[int, int]]
-    roots: List[str]
-    origin: str = "unknown"
-    ptlock: str = "unknown"
-    #: The page carries the page-table type: its ctor ran (None: unknown).
-    typed: Optional[bool] = None
-    #: PG_reserved (memblock or kernel image; None: unknown).
-    reserved: Optional[bool] = None
-    #: Static table of the kernel image, by symbol (None when not one).
-    image_symbol: Optional[str] = None
-    #: The ptl is held (non-zero lock word).
-    ptl_held: bool = False
-    #: ALLOC_SPLIT_PTLOCKS pointer in page->ptl (0 when none or inline).
-    ptl_pointer: int = 0
-    evidence: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,12 +59,21 @@ class Snapshot:
         """What ``has_unmovable_pages()`` meets in ``[lo_pfn, hi_pfn)`` of
         ``block`` (see :mod:`~mminspect.hotremove.isolation`), or None when
         the struct pages are neither saved nor readable."""
-        got = self.scans.get(block.id)
-        if got is None and self.source is not None:
-            got = scan_block(self.source, lo_pfn, hi_pfn, block.zone == "Movable")
-            if got is not None:
-                self.scans[block.id] = got
-        return got
+        if block.id not in self.scans:
+            self.prefetch_scans([(block, lo_pfn, hi_pfn)])
+        return self.scans.get(block.id)
+
+    def prefetch_scans(self, requests) -> None:
+        """Scan many blocks' ranges ``(block, lo_pfn, hi_pfn)`` in one bulk
+        pass (one reader, one read of each chunk of memmap), if the kernel is
+        at hand."""
+        todo = [(b, lo, hi) for b, lo, hi in requests if b.id not in self.scans]
+        if not todo or self.source is None:
+            return
+        got = scan_blocks(self.source, [(lo, hi, b.zone == "Movable") for b, lo, hi in todo])
+        if got is not None:
+            for (b, _, _), scan in zip(todo, got):
+                self.scans[b.id] = scan
 
     # -- persistence ----------------------------------------------------------
     def save(self, path: str, force: bool = True, inputs: Sequence[str] = ()) -> None:
@@ -116,19 +93,23 @@ class Snapshot:
             "isolation": {str(bid): scan.as_dict() for bid, scan in self._saved_scans().items()},
         }
         store = self.entries if isinstance(self.entries, EntryStore) else EntryStore.of(dict(self.entries))
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **store.arrays()}
         with atomic_output(path, inputs, force) as f:
-            np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                                **store.arrays())
+            # np.savez_compressed()'s format, with the zip closed on every
+            # path (savez leaves it to the garbage collector when
+            # interrupted, which then writes to a closed file)
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as z:
+                for name, arr in arrays.items():
+                    with z.open(name + ".npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
     def _saved_scans(self) -> Dict[int, IsolationScan]:
         """The scans a saved snapshot carries: those made, plus every online
         hot-added block's (small; boot memory is refused before its pages
         matter, and scanning it all would cost a whole memmap read)."""
         page_shift = self.kernel["regime"]["page_size"].bit_length() - 1
-        for b in self.blocks:
-            if not b.early and b.state == "online":
-                lo = (b.start >> page_shift) + b.altmap_free
-                self.isolation_scan(b, lo, (b.start + b.size) >> page_shift)
+        self.prefetch_scans([(b, (b.start >> page_shift) + b.altmap_free, (b.start + b.size) >> page_shift)
+                             for b in self.blocks if not b.early and b.state == "online"])
         return dict(self.scans)
 
     def _table_dict(self, t: TableFacts) -> Dict[str, object]:

@@ -16,21 +16,60 @@ of it is used, :func:`read_snapshot_file` checks
   of the right type, in a legal range (:func:`check_header`), and the entry
   arrays agree with each other (lengths, at most one table's entries each).
 
-Each failure is one line naming the file and what is wrong.
+Each failure is one line naming the file and what is wrong. The format's
+names live here too: the schema (:data:`SCHEMA`, :data:`COMPATIBLE`) and the
+record of one table page the header carries (:class:`TableFacts`).
 """
 
 import json
 import zipfile
-from dataclasses import MISSING, fields
-from typing import Dict, Tuple
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from mminspect.errors import MMInspectError
 from mminspect.files import check_input
+from mminspect.hotremove.policy import Era
+from mminspect.mm.blocks import Block
+from mminspect.sparse import Section
 from mminspect.vmcoreinfo import SECTION_SIZE_BITS_RANGE, check_page_size
 
-__all__ = ("MAX_MEMBER", "MAX_RATIO", "check_header", "read_snapshot_file")
+__all__ = ("COMPATIBLE", "MAX_MEMBER", "MAX_RATIO", "SCHEMA", "TableFacts", "check_header", "read_snapshot_file")
+
+SCHEMA = "mminspect.snapshot/2"
+#: Older schemas that still load. /1 lacks the removal path's era facts
+#: (leaf_split_notifier, block_memmap, altmap_per_block, memmap_on_memory) and
+#: the blocks' altmap_free: they load as None/0, so the checks that need them
+#: say "unknown" instead of passing.
+COMPATIBLE = ("mminspect.snapshot/1", SCHEMA)
+
+
+@dataclass
+class TableFacts:
+    """One table page as the simulation sees it."""
+
+    phys: int
+    level: int
+    level_name: str
+    va: int
+    region: str
+    parents: List[Tuple[int, int]]
+    roots: List[str]
+    origin: str = "unknown"
+    ptlock: str = "unknown"
+    #: The page carries the page-table type: its ctor ran (None: unknown).
+    typed: Optional[bool] = None
+    #: PG_reserved (memblock or kernel image; None: unknown).
+    reserved: Optional[bool] = None
+    #: Static table of the kernel image, by symbol (None when not one).
+    image_symbol: Optional[str] = None
+    #: The ptl is held (non-zero lock word).
+    ptl_held: bool = False
+    #: ALLOC_SPLIT_PTLOCKS pointer in page->ptl (0 when none or inline).
+    ptl_pointer: int = 0
+    evidence: List[str] = field(default_factory=list)
+
 
 #: Arrays a snapshot holds besides ``header`` (see EntryStore.arrays()).
 ARRAYS = ("phys", "lengths", "entries", "uphys", "ufirst", "ustep", "ulen")
@@ -145,11 +184,6 @@ def _dataclass_rows(rows: object, cls, path: str, where: str) -> None:
 def check_header(h: object, path: str) -> None:
     """The header holds every key :class:`Snapshot` and the simulation read,
     typed and in range (see the module docstring)."""
-    from mminspect.hotremove.policy import Era
-    from mminspect.hotremove.snapshot import COMPATIBLE, TableFacts
-    from mminspect.memory import Block
-    from mminspect.sparse import Section
-
     if not isinstance(h, dict):
         raise _bad(path, "its header is not a JSON object")
     if h.get("schema") not in COMPATIBLE:
@@ -206,6 +240,42 @@ def check_header(h: object, path: str) -> None:
         raise _bad(path, f"{len(h['blocks'])} memory blocks of {block} bytes: more than 4 PiB")
     if h.get("nr_pagetable") is not None and not isinstance(h["nr_pagetable"], int):
         raise _bad(path, f"nr_pagetable is {str(h['nr_pagetable'])[:40]!r}")
+    _check_removal_path(h, path)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_removal_path(h: dict, path: str) -> None:
+    """What /2 adds for the offline path: System RAM ranges and the
+    isolation scans of memory blocks (mminspect.hotremove.isolation)."""
+    ram = h["kernel"].get("system_ram")
+    if ram is not None and not (isinstance(ram, list) and all(
+            isinstance(r, list) and len(r) == 2 and all(_is_int(x) and 0 <= x < 1 << 64 for x in r) for r in ram)):
+        raise _bad(path, "kernel.system_ram is not a list of [base, size]")
+    scans = h.get("isolation", {})
+    if not isinstance(scans, dict):
+        raise _bad(path, "isolation is not an object")
+    for key, sc in scans.items():
+        where = f"isolation[{str(key)[:20]!r}]"
+        if not key.isdigit() or not isinstance(sc, dict):
+            raise _bad(path, f"{where} is not a block's scan")
+        for name in ("pages", "unreadable"):
+            if not _is_int(sc.get(name, 0)) or sc.get(name, 0) < 0:
+                raise _bad(path, f"{where}.{name} is {str(sc.get(name))[:40]!r}")
+        first = sc.get("first_unmovable")
+        if first is not None and not (isinstance(first, list) and len(first) == 2 and _is_int(first[0])
+                                      and isinstance(first[1], str)):
+            raise _bad(path, f"{where}.first_unmovable is not [pfn, kind]")
+        if not isinstance(sc.get("unmovable", {}), dict) or not all(
+                isinstance(k, str) and _is_int(v) for k, v in sc.get("unmovable", {}).items()):
+            raise _bad(path, f"{where}.unmovable is not kind -> count")
+        doubtful = sc.get("doubtful", {})
+        if not isinstance(doubtful, dict) or not all(
+                isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and isinstance(v[1], list)
+                and all(_is_int(p) for p in v[1]) for v in doubtful.values()):
+            raise _bad(path, f"{where}.doubtful is not kind -> [count, pfns]")
 
 
 def _check_arrays(a: Dict[str, np.ndarray], h: dict, path: str) -> None:

@@ -179,7 +179,8 @@ class StructPages:
         pages, unreadable)`` per chunk, in PFN order, where ``facts`` holds
         every page (``want="all"``) or only those typed as page tables
         (``"table"``: only their rows are decoded, so a scan costs little
-        more than the reads).
+        more than the reads), or the rows a callable picks from the raw
+        words (``want(raw) -> row indices``, ``raw`` one struct page per row).
 
         When the target has its dump file at hand (``core_file``: an
         uncompressed ELF vmcore), chunks of physically mapped memmap are read
@@ -226,7 +227,7 @@ class StructPages:
         bad = int(np.count_nonzero(~ok))
         if want == "all":
             return s, e, np.arange(e - s), raw, ok, bad
-        rows = self._table_rows(raw)
+        rows = want(raw) if callable(want) else self._table_rows(raw)
         rows = rows[ok[rows]]
         return s, e, rows, raw[rows], ok[rows], bad
 
@@ -238,7 +239,8 @@ class StructPages:
         local = threading.local()
 
         def pick(s: int, e: int, raw: np.ndarray):
-            rows = np.arange(e - s) if want == "all" else self._table_rows(raw, local.scratch)
+            rows = (np.arange(e - s) if want == "all" else want(raw) if callable(want)
+                    else self._table_rows(raw, local.scratch))
             return s, e, rows, raw[rows], np.ones(len(rows), dtype=bool), 0
 
         def read(s: int, e: int):
@@ -249,6 +251,15 @@ class StructPages:
                 local.buf = np.empty(per * W, dtype="<u8")
                 local.scratch = np.empty(per, dtype=np.uint32), np.empty(per, dtype=bool)
             nbytes = (e - s) * size
+            for _, n, pa in pieces:
+                core.prefetch(pa, n)  # read ahead in large requests, before the first touch
+            try:
+                return _read_chunk(s, e, pieces, nbytes)
+            finally:
+                for _, n, pa in pieces:
+                    core.release(pa, n)  # drop behind, on scans larger than the page cache should hold
+
+        def _read_chunk(s: int, e: int, pieces, nbytes: int):
             m = core.mapped(pieces[0][2], nbytes) if len(pieces) == 1 else None
             if m is not None:
                 # Mapped: the page cache is read in place, not copied out first.
@@ -274,6 +285,7 @@ class StructPages:
             self.bytes_read += (e - s) * size
             return got
 
+        core.start_scan(sum(e - s for s, e in chunks) * size)
         # Up to two chunks per thread in flight: the threads never wait for
         # the caller, and the results held stay small.
         with ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="memmap-scan") as pool:

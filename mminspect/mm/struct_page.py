@@ -43,8 +43,7 @@ __all__ = ("FACTS_DTYPE", "LIST_POISON1", "LIST_POISON2", "PageLayout")
 #: them in ``lru`` when a page leaves the pcp or buddy lists; then
 #: prep_new_page() -> clear_page_pfmemalloc() sets ``lru.next = NULL``
 #: (include/linux/mm.h, 6.1 and 6.12), so an allocated page keeps only
-#: LIST_POISON2 at offset 16 (kernel-model.md 3.5 expects POISON1 at 8 too:
-#: the kernel says otherwise, and so do the dumps).
+#: LIST_POISON2 at offset 16, not LIST_POISON1 at 8 (the dumps agree).
 LIST_POISON1 = 0xDEAD000000000100
 LIST_POISON2 = 0xDEAD000000000122
 

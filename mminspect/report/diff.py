@@ -38,6 +38,7 @@ def diff_dict(d: Diff) -> Dict[str, Any]:
         },
         "mappings": d.mappings,
         "roots_not_compared": d.unmapped_roots,
+        "snapshot": d.snapshot,
         "nr_pagetable": {"a": d.a.nr_pagetable, "b": d.b.nr_pagetable, "delta": d.nr_pagetable_delta,
                          "typed_delta": d.typed_delta(), "explanation": d.explanation()},
         "expect": d.expect,
@@ -55,8 +56,9 @@ def diff_text(d: Diff, out: IO[str], limit: int = 40) -> None:
     for line in d.explanation():
         out.write(f"   {line}\n")
     if d.unmapped_roots:
-        out.write(f"   roots in one state only (their tables count, their mappings are not compared): "
-                  f"{', '.join(d.unmapped_roots)}\n")
+        what = "not compared: a snapshot holds init_mm only" if d.snapshot else \
+            "their tables count, their mappings are not compared"
+        out.write(f"   roots in one state only ({what}): {', '.join(d.unmapped_roots)}\n")
     for title, rows, side in (("FREED", d.freed, "a"), ("ALLOCATED", d.allocated, "b")):
         if not len(rows):
             continue
@@ -73,6 +75,8 @@ def diff_text(d: Diff, out: IO[str], limit: int = 40) -> None:
             a, b = _row(d, "a", x), _row(d, "b", y)
             out.write(f"{a['phys']:012x}  {a['root']} {a['level']} {a['va']:#x} -> {b['root']} {b['level']} "
                       f"{b['va']:#x}\n")
+    if not d.mappings:
+        out.write("\nmappings not compared: a snapshot holds table pages, not what they map\n")
     for root, ranges in d.mappings.items():
         if not ranges:
             out.write(f"\n{root}: no mapping changed\n")

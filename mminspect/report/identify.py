@@ -28,8 +28,9 @@ def identify_text(results: Sequence[Identity], out: IO[str]) -> None:
                                 for p in t["parents"][:4])
             if len(t["parents"]) > 4:
                 parents += f", ... ({len(t['parents'])} entries)"
-            out.write(f"  TABLE   {t['root']}: {t['level']} table {t['phys']:#x} for {t['va']:#x}+{size_text(t['span'])}"
-                      f" ({t['region']}), {t['valid']}/{t['entries']} valid, from {parents}\n")
+            out.write(f"  TABLE   {t['root']}: {t['level']} table {t['phys']:#x} for "
+                      f"{t['va']:#x}+{size_text(t['span'])} ({t['region']}), {t['valid']}/{t['entries']} valid, "
+                      f"from {parents}\n")
             out.write(f"          origin {t['origin']} ({t['allocator']}), ptlock {t['ptlock']}"
                       + ("" if t["origin"] in t["expected"] else f"; expected {'/'.join(t['expected'])}") + "\n")
             for e in t["evidence"]:

@@ -39,7 +39,8 @@ def simulate_text(result: Result, snapshot, out: IO[str], tables: bool = False,
         if r.fatal:
             where = f"memory{r.block} " if r.block is not None else ""
             rng = f"[{r.range[0]:#x}-{r.range[1] - 1:#x}] " if r.range else ""
-            out.write(f"{'refused':<14}{where}{rng}{r.rule}: {r.message}\n")
+            said = r.message or f"(the kernel prints nothing) {r.evidence}"
+            out.write(f"{'refused':<14}{where}{rng}{r.rule}: {said}\n")
         else:
             out.write(f"{'note':<14}{r.message}\n")
     grouped: Dict[tuple, list] = {}
@@ -117,11 +118,13 @@ def _blocks_text(result: Result, out: IO[str]) -> None:
     then what the kernel prints."""
     if not result.blocks:
         return
-    out.write(f"\n{'BLOCK':<10}  {'OFFLINED RANGE':<27}  {'OWN MEMMAP':<10}  {'STATE':<8}  OUTCOME\n")
+    out.write(f"\n{'BLOCK':<10}  {'OFFLINED RANGE':<27}  {'OWN MEMMAP':<10}  {'STATE':<8}  {'OUTCOME':<28}  CHECKS\n")
     for b in result.blocks:
         lo, hi = b.offline_range
         own = f"{b.memmap_pages} pages" if b.memmap_pages else "-"
-        out.write(f"memory{b.id:<4}  [{lo:#012x}-{hi - 1:#012x}]  {own:<10}  {b.state:<8}  {b.outcome}\n")
+        checks = ", ".join(f"{c.rule} {c.result}" for c in b.checks) or "-"
+        out.write(f"memory{b.id:<4}  [{lo:#012x}-{hi - 1:#012x}]  {own:<10}  {b.state:<8}  {b.outcome:<28}  "
+                  f"{checks}\n")
         for w in b.warnings:
             out.write(f"            may not offline: {w}\n")
     homes = Counter((h.lives.split(" at ")[0], h.goes) for h in result.memmap)
@@ -130,7 +133,8 @@ def _blocks_text(result: Result, out: IO[str]) -> None:
         for (lives, goes), n in sorted(homes.items()):
             out.write(f"  {n:>4} section(s): in {lives}; at removal: {goes}\n")
     if result.kernel_log:
-        out.write("\nthe kernel would print:\n")
+        iffy = " (if the unchecked checks pass)" if result.unchecked else ""
+        out.write(f"\nthe kernel would print{iffy}:\n")
         for line in result.kernel_log:
             out.write(f"  {line}\n")
     out.write("\n")

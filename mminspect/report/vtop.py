@@ -12,6 +12,7 @@ walk stopped, the physical page's facts and the independent checks; and JSON
 import json
 from typing import IO, Any, Dict, Sequence
 
+from mminspect.report.common import size_text
 from mminspect.vtop import JSON_SCHEMA, Translation
 
 __all__ = ("translation_dict", "vtop_json", "vtop_text")
@@ -56,6 +57,8 @@ def page_lines(p) -> list:
         extra.append(f"memcg {p.memcg:#x}")
     if p.compound_head is not None:
         extra.append(f"tail of compound page pfn {p.compound_head:#x}")
+    if p.page_owner == "off":
+        extra.append("page_owner off (boot with page_owner=on to record owners)")
     if extra:
         out.append("  ".join(extra))
     out += p.notes
@@ -79,7 +82,8 @@ def vtop_text(results: Sequence[Translation], out: IO[str]) -> None:
                 dec = s.attrs
             out.write(f"{s.level_name:<5}  {s.table:012x}  {s.index:>5}  {s.entry:012x}  {s.desc:016x}  "
                       f"{s.kind:<8}  {dec}\n")
-        out.write(f"\nSTOP       {t.stop}: {t.reason}\n")
+        size = f" ({size_text(t.leaf.size)})" if t.leaf is not None else ""
+        out.write(f"\nSTOP       {t.stop}{size}: {t.reason}\n")
         if t.leaf is not None:
             out.write(f"EFFECTIVE  {_perm_text(t.effective)}  (descriptor: {t.leaf.attrs})\n")
         if t.cont:

@@ -136,18 +136,20 @@ def walk_json(w: Walk, out: IO[str], tables: bool = False) -> None:
     out.write("\n}\n")
 
 
-def problems_line(w) -> Optional[str]:
-    """One line for stderr when the walk could not see part of the tree
-    (loops, tables outside RAM or missing from the dump), or None. Every
-    output format leaves those parts out (ptdump prints them as unmapped,
-    as the kernel's would), so this line and the walk's exit status 1 are
-    what tell a script the answer is incomplete."""
-    if not w.problems:
+def problems_line(walks) -> Optional[str]:
+    """One line for stderr when a walk (or any of a list of walks) could not
+    see part of its tree (loops, tables outside RAM or missing from the
+    dump), or None. Every output format leaves those parts out (ptdump
+    prints them as unmapped, as the kernel's would), so this line and the
+    exit status 1 are what tell a script the answer is incomplete."""
+    walks = walks if isinstance(walks, (list, tuple)) else [walks]
+    problems = [(w.root.name, p) for w in walks for p in w.problems]
+    if not problems:
         return None
     kinds: Dict[str, int] = {}
-    for p in w.problems:
+    for _, p in problems:
         kinds[p.kind] = kinds.get(p.kind, 0) + 1
-    first = w.problems[0]
+    root, first = problems[0]
     what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    return (f"mminspect: warning: {len(w.problems)} part(s) of the tree could not be seen ({what}; first: "
-            f"{first}); the output leaves them out")
+    return (f"mminspect: warning: {len(problems)} part(s) of the tree could not be seen ({what}; first, in "
+            f"{root}: {first}); the output leaves them out")

@@ -4,7 +4,7 @@ Only encoding lives here: output address -> descriptor bits, and attribute sets 
 descriptor bits.  The generator never decodes its own descriptors; it keeps the
 ground truth separately, so it can serve as an oracle for a decoder.
 
-Bit positions (kernel-model.md 1.3):
+Bit positions (arch/arm64/include/asm/pgtable-hwdef.h and pgtable-prot.h):
 
 * type bits 1:0 (``11`` table / page, ``01`` block), AttrIndx 4:2, NS 5, AP[1]=USER 6,
   AP[2]=RDONLY 7, SH 9:8 (OA[51:50] under active LPA2), AF 10, nG 11, GP 50, DBM 51,

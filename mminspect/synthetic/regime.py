@@ -7,7 +7,9 @@ kernel computes from them (level shifts, entries per table, ``PAGE_OFFSET``,
 synthetic package is an independent encoder used as an oracle for the project's
 own decoder in :mod:`mminspect.arch.arm64`.
 
-Sources: kernel-model.md sections 1.1 to 1.6 (Linux 6.12 layout formulas).
+Sources: arch/arm64/include/asm/memory.h, pgtable-hwdef.h and arch/arm64/Kconfig
+of Linux 6.12 (the layout formulas, as Ard Biesheuvel's v6.9 series "arm64:
+Reorganize kernel VA space" left them).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-U64 = (1 << 64) - 1
+from mminspect.bits import U64
 
 SZ_4K = 1 << 12
 SZ_16K = 1 << 14

@@ -3,6 +3,7 @@
 from typing import Optional, Sequence
 
 from mminspect.target.base import Target, TargetFault
+from mminspect.target.elf import check_core_file
 
 __all__ = ("Target", "TargetFault", "open_target")
 
@@ -14,9 +15,9 @@ def open_target(
     qemu: Optional[str] = None,
 ) -> Target:
     """Open a vmcore, an mminspect bundle, the running kernel or a QEMU guest."""
+    # drgn only here: the gdb front end imports the library without it.
     from mminspect.target.bundle import BundleTarget, read_bundle_note
     from mminspect.target.drgn import DrgnTarget
-    from mminspect.target.elf import check_core_file
 
     if core is not None:
         check_core_file(core)

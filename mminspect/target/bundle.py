@@ -14,7 +14,8 @@ import struct
 from typing import BinaryIO, Dict, Iterable, Optional, Tuple
 
 from mminspect.errors import MMInspectError
-from mminspect.target.drgn import DrgnTarget
+from mminspect.mm.blocks import Block
+from mminspect.target.drgn import DrgnTarget, _one_line
 from mminspect.target.elf import PT_LOAD, PT_NOTE, core_notes
 
 __all__ = ("BundleTarget", "read_bundle_note", "write_bundle")
@@ -84,14 +85,34 @@ def write_bundle(
 
 
 def read_bundle_note(path: str) -> Optional[dict]:
-    """The MMINSPECT note of an ELF core, or None when it is not a bundle."""
+    """The MMINSPECT note of an ELF core, or None when it is not a bundle.
+
+    :raises MMInspectError: when the note is there but damaged (a bundle
+        read as a plain dump would silently lose its answers)
+    """
     try:
-        for name, ntype, desc in core_notes(path):
-            if name == NOTE_NAME and ntype == NOTE_TYPE:
-                return json.loads(desc)
+        notes = [desc for name, ntype, desc in core_notes(path) if name == NOTE_NAME and ntype == NOTE_TYPE]
     except (OSError, struct.error, ValueError):
         return None
-    return None
+    if not notes:
+        return None
+    try:
+        note = json.loads(notes[0])
+    except (UnicodeDecodeError, ValueError) as e:
+        raise MMInspectError(f"{path}: damaged bundle (its MMINSPECT note is not JSON: {e})") from None
+    if not isinstance(note, dict):
+        raise MMInspectError(f"{path}: damaged bundle (its MMINSPECT note is not a JSON object)")
+    for kind in _ANSWERS:
+        table = note.get(kind, {})
+        bad = [k for k, v in table.items() if not (v is None or isinstance(v, int) and not isinstance(v, bool))] \
+            if isinstance(table, dict) else [kind]
+        if bad:
+            raise MMInspectError(f"{path}: damaged bundle (its {kind} answer for {bad[0]!r} is not a number)")
+    return note
+
+
+#: The answers a bundle's note holds, each a name -> integer (or null) table.
+_ANSWERS = ("symbol", "sizeof", "offsetof", "constant", "symbol_size")
 
 
 class BundleTarget(DrgnTarget):
@@ -111,7 +132,7 @@ class BundleTarget(DrgnTarget):
         try:
             prog.set_core_dump(path)
         except Exception as e:
-            raise MMInspectError(f"{path}: damaged bundle ({str(e).splitlines()[0]})") from None
+            raise MMInspectError(f"{path}: damaged bundle ({_one_line(e)})") from None
         target = cls(prog, f"bundle {path}", note)
         target.opened_files = (path,)
         target.vmcoreinfo()
@@ -148,7 +169,8 @@ class BundleTarget(DrgnTarget):
 
     def memory_blocks(self, bsize, sections, section_bits, page_shift):
         """The memory blocks the full target showed at capture time."""
-        from mminspect.memory import Block
-
         recorded = self.note.get("memory_blocks")
-        return None if recorded is None else [Block(**b) for b in recorded]
+        try:
+            return None if recorded is None else [Block(**b) for b in recorded]
+        except TypeError:
+            raise MMInspectError(f"{self.name}: damaged bundle (its memory_blocks are not memory blocks)") from None

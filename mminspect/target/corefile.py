@@ -15,6 +15,15 @@ several threads can read at once.
 Only such files qualify: :meth:`CoreFile.open` returns None for
 kdump-compressed files, /proc/kcore and anything that is not an aarch64
 ELF64 little-endian core.
+
+A whole-memmap scan can be larger than the page cache (16 GiB of struct
+pages at 1 TiB of RAM). :meth:`CoreFile.start_scan` tells the kernel the
+file is read sequentially (a larger read-ahead window); each chunk is asked
+for before it is touched (:meth:`CoreFile.prefetch`: POSIX_FADV_WILLNEED, so
+a mapped chunk is read in large requests, not one page fault at a time) and,
+when the scan is larger than :data:`STREAM_FRACTION` of RAM, dropped from the
+page cache once read (:meth:`CoreFile.release`: POSIX_FADV_DONTNEED), so
+that neither the scan nor the cache it leaves grows with the dump.
 """
 
 import bisect
@@ -38,6 +47,21 @@ NO_PADDR = (1 << 64) - 1
 #: (start PA, end PA, end PA of the bytes stored in the file, file offset of start)
 Segment = Tuple[int, int, int, int]
 
+#: A scan of more than this share of RAM drops what it read behind it
+#: (``MMINSPECT_DROP_BEHIND=1`` or ``0`` decides instead).
+STREAM_FRACTION = 0.25
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
 
 class CoreFile:
     """Reads of physical memory from an ELF vmcore's ``PT_LOAD`` segments."""
@@ -47,6 +71,8 @@ class CoreFile:
         self._file = open(path, "rb", buffering=0)
         self._starts = [s[0] for s in segments]
         self._segments = segments
+        #: Drop chunks from the page cache once scanned (see :meth:`start_scan`).
+        self.drop_behind = False
 
     @classmethod
     def open(cls, path: str) -> Optional["CoreFile"]:
@@ -110,6 +136,50 @@ class CoreFile:
             return mmap.mmap(self._file.fileno(), size + lead, prot=mmap.PROT_READ, offset=pos - lead)
         except (OSError, ValueError):
             return None
+
+    def start_scan(self, total: int) -> None:
+        """A sequential scan of about ``total`` bytes begins: ask for a large
+        read-ahead window, and decide whether it drops behind it."""
+        force = os.environ.get("MMINSPECT_DROP_BEHIND")
+        ram = _mem_total()
+        self.drop_behind = force == "1" if force in ("0", "1") else bool(ram) and total > ram * STREAM_FRACTION
+        self._advise(0, 0, "POSIX_FADV_SEQUENTIAL")
+
+    def _stored(self, address: int, size: int) -> List[Tuple[int, int]]:
+        """(file offset, length) of the bytes of ``[address, address+size)``
+        stored in the file."""
+        out = []
+        end = address + size
+        k = max(0, bisect.bisect_right(self._starts, address) - 1)
+        while k < len(self._segments) and self._segments[k][0] < end:
+            start, _, file_end, offset = self._segments[k]
+            lo, hi = max(start, address), min(file_end, end)
+            if lo < hi:
+                out.append((offset + lo - start, hi - lo))
+            k += 1
+        return out
+
+    def prefetch(self, address: int, size: int) -> None:
+        """Start reading ``[address, address+size)`` from disk now, in large
+        requests (POSIX_FADV_WILLNEED)."""
+        for off, n in self._stored(address, size):
+            self._advise(off, n, "POSIX_FADV_WILLNEED")
+
+    def release(self, address: int, size: int) -> None:
+        """Drop ``[address, address+size)`` from the page cache after a
+        scan read it, when :meth:`start_scan` chose to (POSIX_FADV_DONTNEED:
+        clean pages only, nothing is lost)."""
+        if self.drop_behind:
+            for off, n in self._stored(address, size):
+                self._advise(off, n, "POSIX_FADV_DONTNEED")
+
+    def _advise(self, offset: int, size: int, advice: str) -> None:
+        code = getattr(os, advice, None)
+        if code is not None:
+            try:
+                os.posix_fadvise(self._file.fileno(), offset, size, code)
+            except OSError:
+                pass  # a hint: file systems may not take it
 
     def _pread(self, view: memoryview, offset: int, address: int, size: int) -> None:
         done = 0

@@ -19,6 +19,7 @@ import drgn
 
 from mminspect.errors import MMInspectError
 from mminspect.files import check_input
+from mminspect.qmp import probe
 from mminspect.target.base import TargetFault, parse_vmcoreinfo
 from mminspect.target.corefile import CoreFile
 from mminspect.target.elf import check_core_file
@@ -72,8 +73,6 @@ class DrgnTarget:
             prog = _core_program(core)
             name = f"vmcore {core}"
         elif qemu is not None:
-            from mminspect.qmp import probe
-
             probe(qemu)  # a socket that speaks QMP and answers in time, or one line
             prog = drgn.Program()
             try:
@@ -225,4 +224,4 @@ def _core_program(core: str) -> drgn.Program:
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return text[0] if text else "no reason given"

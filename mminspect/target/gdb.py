@@ -45,10 +45,13 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import gdb  # type: ignore[import-not-found]
 
-from mminspect.arch.arm64 import Regime
-from mminspect.bits import U64
+from mminspect.arch.arm64 import Regime, regime_from_tcr, ttbr_baddr
+from mminspect.arch.lookup import find_mappings, translate
+from mminspect.bits import U64, s64
 from mminspect.errors import MMInspectError
-from mminspect.target.base import TargetFault, parse_vmcoreinfo
+from mminspect.kernel.addr import LinearMap
+from mminspect.target.base import TargetFault
+from mminspect.target.derived import computed_vmcoreinfo, kernel_vmcoreinfo, task_mm_pgd
 
 __all__ = ("GdbTarget",)
 
@@ -238,10 +241,10 @@ class GdbTarget:
 
     def _linear_va(self, pa: int) -> int:
         info = self.vmcoreinfo()
-        va_bits = int(info["NUMBER(VA_BITS)"])
-        po = int(info["NUMBER(PHYS_OFFSET)"], 16)
-        po = po - (1 << 64) if po & (1 << 63) else po
-        return ((pa - po) | ((-(1 << va_bits)) & U64)) & U64
+        page_offset = (-(1 << int(info["NUMBER(VA_BITS)"]))) & U64
+        lm = LinearMap(page_offset, U64, s64(int(info["NUMBER(PHYS_OFFSET)"], 16)),
+                       int(info.get("NUMBER(kimage_voffset)", "0"), 16))
+        return lm.phys_to_virt(pa)
 
     def _image_va(self, pa: int) -> Optional[int]:
         kv = int(self.vmcoreinfo()["NUMBER(kimage_voffset)"], 16)
@@ -290,62 +293,23 @@ class GdbTarget:
         pa = self._tlb[page]
         return None if pa is None else pa + (va - page)
 
+    def _read_or_none(self, address: int, size: int) -> Optional[bytes]:
+        try:
+            return self.read_phys(address, size)
+        except TargetFault:
+            return None
+
     def _walk(self, root: Optional[int], va: int) -> Optional[int]:
         r = self._mmu
-        if r is None or root is None or (va >> r.vabits_actual) != (U64 >> r.vabits_actual):
+        if r is None or root is None:
             return None
-        table = root
-        for level in range(r.top_level, 4):
-            shift = r.shift(level)
-            entries = r.root_entries() if level == r.top_level else r.entries_per_table
-            index = (va >> shift) & (entries - 1)
-            try:
-                desc = int.from_bytes(self.read_phys(table + 8 * index, 8), "little")
-            except TargetFault:
-                return None
-            if not desc & 1:
-                return None
-            if level < 3 and desc & 2:
-                table = r.desc_to_phys(desc)
-                continue
-            if level == 3 and not desc & 2:
-                return None
-            return r.desc_to_phys(desc) + (va & ((1 << shift) - 1))
-        return None
+        return translate(self._read_or_none, r, root, va)
 
     def _search(self, root: int, pa: int) -> List[int]:
-        """Kernel VAs in the upper half of TTBR1's range (where the image,
-        modules, vmalloc and vmemmap live) that map ``pa``."""
-        r = self._mmu
-        assert r is not None
-        found: List[int] = []
-        upper = (U64 << (r.vabits_actual - 1)) & U64
-        frontier = [(root, r.ttbr1_va(0), r.root_entries())]
-        for level in range(r.top_level, 4):
-            shift = r.shift(level)
-            nxt = []
-            for table, base, entries in frontier:
-                try:
-                    raw = self.read_phys(table, 8 * entries)
-                except TargetFault:
-                    continue
-                for index in range(entries):
-                    va = (base + (index << shift)) & U64
-                    if va + (1 << shift) - 1 < upper:
-                        continue
-                    desc = int.from_bytes(raw[8 * index : 8 * index + 8], "little")
-                    if not desc & 1:
-                        continue
-                    if level < 3 and desc & 2:
-                        nxt.append((r.desc_to_phys(desc), va, r.entries_per_table))
-                    elif level == 3 and not desc & 2:
-                        continue
-                    else:
-                        out = r.desc_to_phys(desc)
-                        if out <= pa < out + (1 << shift):
-                            found.append(va + (pa - out))
-            frontier = nxt
-        return found
+        """Kernel VAs in the upper half of TTBR1's range that map ``pa``
+        (:func:`mminspect.arch.lookup.find_mappings` over physical reads)."""
+        assert self._mmu is not None
+        return find_mappings(self._read_or_none, self._mmu, root, pa)
 
     # -- registers ------------------------------------------------------------
     def register(self, name: str) -> Optional[int]:
@@ -361,26 +325,11 @@ class GdbTarget:
 
     def _tcr_regime(self) -> Optional[Regime]:
         tcr = self.register("TCR_EL1")
-        if tcr is None:
-            return None
-        t1sz = (tcr >> 16) & 0x3F
-        shift = {1: 14, 2: 12, 3: 16}.get((tcr >> 30) & 3)
-        if shift is None or not 12 <= t1sz <= 28:
-            return None
-        ds = bool((tcr >> 59) & 1)
-        ips52 = ((tcr >> 32) & 7) == 6
-        try:
-            return Regime(shift, 64 - t1sz, 64 - t1sz, 52 if (ds or ips52) else 48)
-        except ValueError:
-            return None
+        return None if tcr is None else regime_from_tcr(tcr)
 
     def _ttbr1_pa(self, regime: Regime) -> Optional[int]:
         ttbr = self.register("TTBR1_EL1")
-        if ttbr is None:
-            return None
-        if regime.pa_bits == 52:
-            return (ttbr & (((1 << 48) - 1) & ~0x3F)) | ((ttbr & 0x3C) << 46)
-        return ttbr & (((1 << 48) - 1) & ~1)
+        return None if ttbr is None else ttbr_baddr(ttbr, regime.pa_bits)
 
     def _pcs(self) -> List[int]:
         pcs = []
@@ -597,15 +546,6 @@ class GdbTarget:
             self._vmcoreinfo = info
         return self._vmcoreinfo
 
-    def _read_u64(self, name: str) -> Optional[int]:
-        addr = self.symbol(name)
-        if addr is None:
-            return None
-        try:
-            return int.from_bytes(self.read_virt(addr, 8), "little")
-        except TargetFault:
-            return None
-
     def task_mm_pgd(self, pid: int) -> int:
         """
         The ``mm->pgd`` (a kernel VA) of the process with ``pid``, found by
@@ -614,47 +554,10 @@ class GdbTarget:
         :raises MMInspectError: if there is no such process, it is a kernel
             thread, or the debug info lacks the fields
         """
-        offs = [self.offsetof("struct task_struct", m) for m in ("tasks", "pid", "mm", "comm")]
-        pgd_off = self.offsetof("struct mm_struct", "pgd")
-        head = self.symbol("init_task")
-        if None in offs or pgd_off is None or head is None:
-            raise MMInspectError(f"{self.name}: walking a pid needs the kernel's debug info (file vmlinux)")
-        tasks, pid_off, mm_off, comm_off = offs
-        head += tasks
-        node = self._u64_at(head)
-        for _ in range(1 << 20):
-            if node == head:
-                break
-            task = node - tasks
-            if int.from_bytes(self.read_virt(task + pid_off, 4), "little", signed=True) == pid:
-                mm = self._u64_at(task + mm_off)
-                if not mm:
-                    comm = self.read_virt(task + comm_off, 16).split(b"\0", 1)[0].decode(errors="replace")
-                    raise MMInspectError(f"pid {pid} ({comm}) is a kernel thread: no mm")
-                return self._u64_at(mm + pgd_off)
-            node = self._u64_at(node)
-        raise MMInspectError(f"no task with pid {pid}")
-
-    def _u64_at(self, address: int) -> int:
-        try:
-            return int.from_bytes(self.read_virt(address, 8), "little")
-        except TargetFault as e:
-            raise MMInspectError(f"cannot follow the task list: {e}") from None
+        return task_mm_pgd(self, pid)
 
     def _kernel_vmcoreinfo(self) -> Optional[Dict[str, str]]:
-        # kernel/crash_core.c (kernel/vmcore_info.c since v6.9): the buffer the
-        # kernel exports as the VMCOREINFO note, and its length.
-        data, size = self._read_u64("vmcoreinfo_data"), self._read_u64("vmcoreinfo_size")
-        if not data or not size or size > 1 << 16:
-            return None
-        try:
-            raw = self.read_virt(data, size)
-        except TargetFault:
-            return None
-        info = parse_vmcoreinfo(raw.split(b"\0", 1)[0].decode("ascii", "replace"))
-        if "PAGESIZE" not in info or "NUMBER(VA_BITS)" not in info:
-            return None
-        return info
+        return kernel_vmcoreinfo(self)
 
     def computed_vmcoreinfo(self) -> Dict[str, str]:
         """
@@ -663,34 +566,10 @@ class GdbTarget:
 
         :raises MMInspectError: if a key cannot be computed
         """
-        info: Dict[str, str] = {}
         delta = self.kaslr_delta()
         regime = self._tcr_regime()
         if regime is None:
             raise MMInspectError(
                 f"{self.name}: no vmcoreinfo_data and no TCR_EL1 register: cannot tell the page size"
             )
-        info["PAGESIZE"] = str(regime.page_size)
-        vabits = self._read_u64("vabits_actual")
-        va_bits = self._eval_int("VA_BITS") or vabits or regime.vabits_actual
-        info["NUMBER(VA_BITS)"] = str(va_bits)
-        info["NUMBER(TCR_EL1_T1SZ)"] = f"0x{64 - regime.vabits_actual:x}"
-        for key, var in (("kimage_voffset", "kimage_voffset"), ("PHYS_OFFSET", "memstart_addr")):
-            value = self._read_u64(var)
-            if value is None:
-                raise MMInspectError(f"{self.name}: cannot read {var}")
-            info[f"NUMBER({key})"] = f"0x{value:x}"
-        info["NUMBER(MAX_PHYSMEM_BITS)"] = str(regime.pa_bits)
-        info["KERNELOFFSET"] = f"{delta:x}"
-        swapper = self.symbol("swapper_pg_dir")
-        if swapper is None:
-            raise MMInspectError(f"{self.name}: no swapper_pg_dir symbol")
-        info["SYMBOL(swapper_pg_dir)"] = f"{swapper:x}"
-        uts = self.symbol("init_uts_ns")
-        off = self.offsetof("struct uts_namespace", "name.release")
-        if uts is not None and off is not None:
-            try:
-                info["OSRELEASE"] = self.read_virt(uts + off, 65).split(b"\0", 1)[0].decode()
-            except TargetFault:
-                pass
-        return info
+        return computed_vmcoreinfo(self, regime, delta, self._eval_int("VA_BITS"))

@@ -12,7 +12,8 @@ analysis needs and nothing else, whatever later stages come to read.
 
 from typing import Dict, Optional, Set, Tuple
 
-from mminspect.target.base import Target
+from mminspect.mm.blocks import drgn_blocks
+from mminspect.target.base import Target, program_of, symbol_size
 
 __all__ = ("RecordingTarget",)
 
@@ -63,7 +64,7 @@ class RecordingTarget:
         from drgn import FaultError
         from drgn.helpers.linux.mm import _linux_helper_follow_phys  # type: ignore
 
-        prog = getattr(self.inner, "prog", None)
+        prog = program_of(self.inner, debug_info=False)
         if prog is None:
             return None
         if self._swapper is None:
@@ -97,13 +98,11 @@ class RecordingTarget:
         return self._ask("constant", name, self.inner.constant(name))
 
     def symbol_size(self, name: str) -> Optional[int]:
-        size = getattr(self.inner, "symbol_size", lambda n: None)(name)
+        size = symbol_size(self.inner, name)
         return self._ask("symbol_size", name, size)
 
     def memory_blocks(self, bsize, sections, section_bits, page_shift):
         """The inner target's memory blocks, remembered for the bundle."""
-        from mminspect.memory import drgn_blocks
-
         blocks = drgn_blocks(self.inner, bsize, sections, section_bits, page_shift)
         self.answers["memory_blocks"] = None if blocks is None else [b.as_dict() for b in blocks]
         return blocks

@@ -195,7 +195,9 @@ class TableEntries:
     """The descriptors of every table page a walk read. Uniform and empty
     tables, which the walker recognises anyway, are kept as one
     ``UNIFORM_DTYPE`` row each (a 1 TiB page-granular linear map is half a
-    million of them: 12 MiB instead of 2 GiB); the others in full."""
+    million of them: 12 MiB instead of 2 GiB); the others in full. The
+    contents of tables, not a record about them; the hot-remove snapshot
+    keeps them as an :class:`~mminspect.hotremove.entries.EntryStore`."""
 
     uniform: np.ndarray
     dense: Dict[int, np.ndarray]

@@ -273,3 +273,41 @@ class Chromium:
                   deviceScaleFactor=1, mobile=False)
         page.load_seconds = page.navigate(url)
         return page
+
+
+def main(argv=None) -> int:
+    """``python -m tests.browser.cdp PAGE.html [--screenshot OUT.png] [--runs N]``:
+    open a page from disk, print the load time (request to load event), the
+    time its script reports (``data-render-ms``) and any console error."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.browser.cdp")
+    ap.add_argument("page")
+    ap.add_argument("--screenshot")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument("--height", type=int, default=1000)
+    ap.add_argument("--eval", action="append", default=[], metavar="JS",
+                    help="run this in the page before the screenshot (e.g. mminspectMap.zoomAt(0x40000000))")
+    args = ap.parse_args(argv)
+    url = "file://" + os.path.abspath(args.page)
+    with Chromium(width=args.width, height=args.height) as browser:
+        for _ in range(args.runs):
+            page = browser.open(url)
+            render = page.evaluate("document.body.dataset.renderMs")
+            print(f"{args.page}: load {page.load_seconds * 1000:.0f} ms, script {render} ms, "
+                  f"{len(page.errors)} error(s)")
+            for e in page.errors:
+                print("  " + e)
+        for js in args.eval:
+            print(f"{js}: {page.evaluate(js)}")
+        if page.errors:
+            print("errors: " + "; ".join(page.errors))
+            return 1
+        if args.screenshot:
+            page.screenshot(args.screenshot, full_page=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

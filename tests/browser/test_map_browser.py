@@ -91,6 +91,14 @@ def test_print_stylesheet_and_text_alternatives(browser, tmp_path):
     assert page.evaluate("document.getElementById('map-title').textContent").startswith("Physical memory")
     assert page.evaluate("Array.from(document.querySelectorAll('#map-svg .mark')).every(m => m.querySelector('title'))")
     assert page.evaluate("document.querySelectorAll('#map-svg .row[role=button][aria-label]').length") > 0
+    # grey-scale: every origin has its own mark shape (the swatches share a centre and size, so the
+    # outlines differ exactly when the shapes do) and its own density pattern
+    shapes = json.loads(page.evaluate("JSON.stringify(Array.from(document.querySelectorAll('.legend-origin path.mark'))"
+                                      ".map(p => p.getAttribute('d')))"))
+    assert len(shapes) == 7 and len(set(shapes)) == 7, shapes
+    patterns = json.loads(page.evaluate("JSON.stringify(Array.from(document.querySelectorAll('pattern[id^=\"p-\"]'))"
+                                        ".slice(0, 7).map(p => p.innerHTML.replace(/fill=\"[^\"]*\"|stroke=\"[^\"]*\"/g, '')))"))
+    assert len(set(patterns)) == 7, patterns
     # no proposal: no overlay checkbox
     assert page.evaluate("document.getElementById('overlay-toggle-label').hidden") is True
     page.call("Emulation.setEmulatedMedia", media="print")

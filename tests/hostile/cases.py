@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import zlib
 from typing import Callable, Dict, List
@@ -134,6 +135,17 @@ def elf_cases(inputs) -> List[Case]:
     case("truncated-audit", truncate=size // 2, args=("audit",))
     case("truncated-classify", truncate=size - 4096, args=("classify",))
     case("phnum-huge-classify", [(56, "<H", 60000)], args=("classify",))
+    # The bundled sample is a bundle: its MMINSPECT note, damaged.
+    sample = inputs["sample.core"]
+    head = open(sample, "rb").read(1 << 16)
+    note = head.find(b'{"constant": ')
+    for name, find, put, cmd in (("bundle-note-not-json", b'{"constant": ', b'X"constant": ', "walk"),
+                                 ("bundle-schema-other", b'"mminspect.bundle/1"', b'"mminspect.bundle/7"', "walk"),
+                                 ("bundle-answer-text", b'"PG_reserved": 12', b'"PG_reserved":"1"', "classify"),
+                                 ("bundle-note-cut", b'"roots": [', b'"roots": \0', "walk")):
+        at = head.find(find, max(note, 0))
+        if at >= 0:
+            out.append(Case("elf", name, [cmd, "-c", "d.core"], patched(sample, "d.core", [(at, put)])))
     return out
 
 
@@ -285,6 +297,11 @@ def _special(kind: str, name: str) -> Callable[[str], None]:
             os.symlink("/dev/zero", p)
         elif kind == "null":
             os.symlink("/dev/null", p)
+        elif kind == "chardev":  # a real device node (/dev/null's numbers) where root may make one
+            try:
+                os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+            except (OSError, AttributeError):
+                os.symlink("/dev/null", p)
         elif kind == "link-to-fifo":
             os.mkfifo(p + ".fifo")
             os.symlink(os.path.basename(p) + ".fifo", p)
@@ -293,7 +310,7 @@ def _special(kind: str, name: str) -> Callable[[str], None]:
 
 def files_cases(inputs) -> List[Case]:
     out = []
-    for kind in ("fifo", "socket", "dir", "zero", "null", "link-to-fifo"):
+    for kind in ("fifo", "socket", "dir", "zero", "null", "link-to-fifo", "chardev"):
         out.append(Case("files", f"core-{kind}", ["walk", "-c", "x"], _special(kind, "x")))
         out.append(Case("files", f"vmlinux-{kind}", ["walk", "-c", "good.core", "-s", "x"],
                         both(copy(inputs, "good.core"), _special(kind, "x"))))
@@ -301,6 +318,11 @@ def files_cases(inputs) -> List[Case]:
                         _special(kind, "x")))
         out.append(Case("files", f"plugin-{kind}", ["simulate-remove", "--plugin", "x", "--list-policies"],
                         _special(kind, "x")))
+    for kind in ("fifo", "dir", "zero"):
+        out.append(Case("files", f"diff-{kind}", ["diff", "x", "sample.core"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
+        out.append(Case("files", f"identify-from-{kind}", ["identify", "-c", "sample.core", "--from", "x"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
     out.append(Case("files", "core-missing", ["walk", "-c", "nothing"], lambda d: None))
     out.append(Case("files", "core-under-a-file", ["walk", "-c", "good.core/x"], copy(inputs, "good.core")))
     return out
@@ -471,7 +493,7 @@ def output_cases(inputs) -> List[Case]:
                                 aliases))
         out.append(Case("output", f"{cmd}-vmlinux-alias", [cmd, "-c", "good.core", "-s", "v", "-o", "v", "--force"],
                         both(copy(inputs, "good.core"), lambda d: open(os.path.join(d, "v"), "w").write("elf"))))
-        for kind in ("fifo", "dir", "null", "socket"):
+        for kind in ("fifo", "dir", "null", "socket", "chardev"):
             out.append(Case("output", f"{cmd}-onto-{kind}-force", [cmd, "-c", "sample.core", "-o", "x", "--force"],
                             both(copy(inputs, "sample.core"), _special(kind, "x"))))
         out.append(Case("output", f"{cmd}-symlink-elsewhere-force",
@@ -481,6 +503,13 @@ def output_cases(inputs) -> List[Case]:
                         both(copy(inputs, "sample.core"), lambda d: open(os.path.join(d, "mine"), "w").write("x"))))
         out.append(Case("output", f"{cmd}-missing-dir", [cmd, "-c", "sample.core", "-o", "no/such/dir/x"],
                         copy(inputs, "sample.core")))
+    for label, path, force in (("same", "sample.core", ()), ("hardlink-force", "hard.core", ("--force",)),
+                               ("symlink-force", "link.core", ("--force",)), ("dotdot-force", "a/../sample.core",
+                                                                              ("--force",))):
+        out.append(Case("output", f"map-{label}", ["map", "-c", "sample.core", "-o", path, *force], aliases))
+    for kind in ("null", "dir", "fifo"):
+        out.append(Case("output", f"map-onto-{kind}-force", ["map", "-c", "sample.core", "-o", "x", "--force"],
+                        both(copy(inputs, "sample.core"), _special(kind, "x"))))
     out.append(Case("output", "capture-users-own-tmp", ["capture", "-c", "sample.core", "-o", "ev.core"],
                     both(copy(inputs, "sample.core"), lambda d: open(os.path.join(d, "ev.core.tmp"), "w").write("mine")),
                     expect=(0,), may_create=("ev.core",)))
@@ -492,9 +521,12 @@ def output_cases(inputs) -> List[Case]:
 
 def interrupt_cases(inputs) -> List[Case]:
     out = []
-    for cmd, name in (("capture", "ev.core"), ("snapshot", "s.npz")):
+    for cmd, name in (("capture", "ev.core"), ("snapshot", "s.npz"), ("map", "m.html")):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            for when in ("write", 0.02, 0.2, 0.6):
+            # Timed signals start after the forked child signalled it is about
+            # to call main(): a signal before mminspect installs its handlers
+            # (Python still starting) ends it by the default action.
+            for when in ("write", 0.15, 0.4, 0.8):
                 out.append(Case("interrupt", f"{cmd}-{sig.name}-{when}", [cmd, "-c", "sample.core", "-o", name],
                                 copy(inputs, "sample.core"), expect=(128 + sig, 0), may_create=(name,),
                                 interrupt=(sig, when)))
@@ -510,6 +542,11 @@ def tables_cases(inputs) -> List[Case]:
             out.append(Case("tables", f"walk-{fmt}-{kind}",
                             ["walk", "-c", "odd.core", "--format", fmt, "--range", f"{lo:x}-{hi:x}"],
                             copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
+    for fmt in ("table", "json"):
+        out.append(Case("tables", f"classify-{fmt}", ["classify", "-c", "odd.core", "--format", fmt],
+                        copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
+    out.append(Case("tables", "classify-summary", ["classify", "-c", "odd.core", "--summary"],
+                    copy(inputs, "odd.core"), expect=(1,), stdout_ok=True, words=("could not be seen",)))
     out.append(Case("tables", "walk-clean-ptdump", ["walk", "-c", "good.core", "--format", "ptdump"],
                     copy(inputs, "good.core"), expect=(0,), stdout_ok=True))
     return out

@@ -32,7 +32,7 @@ def test_identify_tables_and_reverse_map(real_prog):
     # Mapped pages: the VA we started from is among those identify lists.
     leaf = init.runs[init.runs["cls"] == CLS_LEAF]
     vas = []
-    for r in rng.sample(list(leaf), min(200, len(leaf))):
+    for r in rng.choices(list(leaf), k=400):  # with replacement: block-mapped kernels have few runs
         vas.append(int(r["va"]) + rng.randrange(int(r["size"]) >> k.regime.page_shift) * k.regime.page_size)
     pas = [follow_phys(prog["init_mm"].address_of_(), va).value_() for va in vas]
     from mminspect.classify import classifier_for

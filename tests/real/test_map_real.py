@@ -36,6 +36,21 @@ def browser():
 
 
 @functools.cache
+def _snapshot(kernel_id, scenario):
+    from tests.real.conftest import get_dump
+
+    d = get_dump(kernel_id, scenario)
+    return capture_snapshot(mminspect.open(prog=d.program()))
+
+
+def _embedded(path):
+    """The mminspect.map/1 data a page embeds."""
+    page = path.read_text()
+    start = page.index('id="mminspect-map-data">') + len('id="mminspect-map-data">')
+    return json.loads(page[start:page.index("</script>", start)])
+
+
+@functools.cache
 def _dumps(kernel_id, before, after):
     from tests.real.conftest import get_dump
 
@@ -73,8 +88,8 @@ def test_map_overlays_the_real_removal(browser, tmp_path, kernel_id, before, aft
     except mminspect.MMInspectError:
         pass
     want = expected_tables(classify_roots(k0, roots))
-    snap0 = capture_snapshot(k0)
-    snap1 = capture_snapshot(mminspect.open(prog=d1.program()))
+    snap0 = _snapshot(kernel_id, before)
+    snap1 = _snapshot(kernel_id, after)
     real_freed = set(diff_snapshots(snap0, snap1)["freed"])
     bsize = snap0.kernel["block_size"]
     result = simulate(snap0, Proposal.from_blocks(blocks, bsize), select_policy(snap0.era))
@@ -101,18 +116,49 @@ def test_boot_memory_removal_is_drawn_refused(browser, tmp_path, kernel_id):
     if isinstance(got, str):
         pytest.skip(got)
     d0, _ = got
-    out = tmp_path / "refused.json"
-    k0 = mminspect.open(prog=d0.program())
-    boot = next(b for b in capture_snapshot(k0).blocks if b.early and b.start)
-    p = run_map("-c", str(d0.vmcore), "-s", str(d0.vmlinux), "--block", str(boot.id), "--format", "json",
-                "-o", str(out))
-    assert "refused" in p.stdout
-    prop = json.loads(out.read_text())["proposal"]
-    assert not prop["simulated"]
-    assert any(r["rule"] == "boot-memory" and "offlining attempted" in r["message"] for r in prop["refusals"])
+    snap = _snapshot(kernel_id, "hotadd")
+    boot = next(b for b in snap.blocks if b.early and b.start)
     html = tmp_path / "refused.html"
-    run_map("-c", str(d0.vmcore), "-s", str(d0.vmlinux), "--block", str(boot.id), "-o", str(html))
+    p = run_map("-c", str(d0.vmcore), "-s", str(d0.vmlinux), "--block", str(boot.id), "-o", str(html))
+    assert "refused" in p.stdout
+    prop = _embedded(html)["proposal"]
+    assert not prop["simulated"]
+    result = simulate(snap, Proposal(boot.start, boot.start + boot.size), select_policy(snap.era))
+    want = [(r.rule, r.message) for r in result.refusals if r.fatal]
+    assert want and [(r["rule"], r["message"]) for r in prop["refusals"] if r["fatal"]] == want
     page = open_map(browser, html)
     assert page.evaluate("document.querySelectorAll('#map-svg .ov-refused').length") >= 1
-    assert "offlining attempted" in page.evaluate("document.getElementById('proposal-body').textContent")
+    assert want[0][1] in page.evaluate("document.getElementById('proposal-body').textContent")
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("kernel_id", [k for k in vmcores.kernel_ids()])
+def test_rows_name_each_blocks_zone_and_node(browser, tmp_path, kernel_id):
+    """Each memory block's row names its zone and NUMA node as the kernel's
+    memory_blocks xarray gives them (two nodes on the -numa kernel)."""
+    from tests.real.conftest import get_dump
+
+    d = get_dump(kernel_id, "boot")
+    if isinstance(d, str):
+        pytest.skip(d)
+    from drgn.helpers.linux.mm import for_each_memory_block
+
+    prog = d.program()
+    want = {}
+    for mem in for_each_memory_block(prog):
+        bid = mem.dev.id.value_()
+        want[f"memory{bid}"] = ((mem.zone.name.string_().decode() if mem.zone else None), mem.nid.value_())
+    out = tmp_path / "boot.html"
+    run_map("-c", str(d.vmcore), "-s", str(d.vmlinux), "-o", str(out))
+    page = open_map(browser, out)
+    labels = json.loads(page.evaluate("JSON.stringify(Array.from(document.querySelectorAll('#map-svg .row-label'))"
+                                      ".map(t => t.textContent))"))
+    got = {}
+    for text in labels:
+        words = text.split()
+        if words[0].startswith("memory") and "-" not in words[0]:
+            got[words[0]] = (words[1] if len(words) > 2 else None, int(words[-1][1:]))
+    assert got == want
+    if kernel_id.endswith("-numa"):
+        assert {n for _, n in want.values()} == {0, 1}
     assert page.errors == []

@@ -62,13 +62,20 @@ def _run(snap, proposal):
     return result, sim.state
 
 
+def _any_sim(snap) -> _Sim:
+    """A simulation context for its address helpers (the proposal is unused,
+    but must be a valid range since Proposal checks its bounds)."""
+    bsize = snap.kernel["block_size"]
+    return _Sim(snap, Proposal(0, bsize))
+
+
 def _linear(snap, pa: int) -> int:
-    return _Sim(snap, Proposal(0, 0)).phys_to_virt(pa)
+    return _any_sim(snap).phys_to_virt(pa)
 
 
 def _span(snap, t) -> int:
     """Bytes of VA one table of ``t``'s level covers."""
-    r = _Sim(snap, Proposal(0, 0)).regime
+    r = _any_sim(snap).regime
     return r.entries_per_table << r.shift(t.level)
 
 

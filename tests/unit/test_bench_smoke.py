@@ -86,6 +86,20 @@ def test_every_stage_ran_or_says_why(smoke):
         assert r1["checks"]["freed_tables"] >= 512
 
 
+def test_identify_and_diff_stages(smoke):
+    """identify finds every table page and maps every RAM page it is given;
+    diff of the kernel and its copy without the hot-added linear map frees
+    the hot-added range's PMD and PTE tables and unmaps exactly that range."""
+    meta, res, stdout, _ = smoke
+    for stage in ("walk-roots", "identify-10k", "walk-two", "diff"):
+        assert res[stage]["status"] == "ok", res[stage]
+    c = res["identify-10k"]["checks"]
+    assert c["addresses"] == 10_000 and c["tables_found"] == c["data_mapped_in_init_mm"] == 5000
+    d = res["diff"]["checks"]
+    assert d["ok"] and d["removed_bytes"] == meta["hotadd"][1] and d["allocated"] == 0
+    assert "identify-10k" in stdout and "walk-roots" in stdout
+
+
 def test_table_is_printed(smoke):
     _, _, stdout, _ = smoke
     assert "(a) read table pages" in stdout and "(b) walk init_mm" in stdout

@@ -145,6 +145,9 @@ class CountingCore:
         self.mapped_chunks += m is not None
         return m
 
+    def __getattr__(self, name):  # the scan's read-ahead and drop-behind hints
+        return getattr(self.core, name)
+
 
 @pytest.mark.parametrize("maps", [True, False])
 def test_scan_equal_with_and_without_the_core_file(server, maps):
@@ -209,3 +212,26 @@ def test_audit_forked_scan_equals_the_scan_in_process(server, monkeypatch):
     assert a.reachable_typed.tolist() == b.reachable_typed.tolist()
     assert a.unreachable_typed.tolist() == b.unreachable_typed.tolist() and len(a.unreachable_typed)
     assert (a.scanned_pages, a.unreadable_pages) == (b.scanned_pages, b.unreadable_pages)
+
+
+@pytest.mark.parametrize("drop", ["0", "1"])
+def test_scan_with_drop_behind_reads_the_same_and_leaves_the_file(server, monkeypatch, drop):
+    """Read-ahead and drop-behind are hints: the scan finds every typed page
+    with them on (drop=1) as off, asks for every chunk before reading it and
+    drops it after only when asked to, and the dump stays as it was."""
+    import hashlib
+
+    path, typed, _ = server
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setenv("MMINSPECT_DROP_BEHIND", drop)
+    k = mminspect.open(core=str(path))
+    core = k.target.core_file
+    asked, dropped = [], []
+    prefetch, release = core.prefetch, core.release
+    core.prefetch = lambda pa, n: (asked.append(n), prefetch(pa, n))
+    core.release = lambda pa, n: (dropped.append(n) if core.drop_behind else None, release(pa, n))
+    found = scan_typed(k)
+    assert core.drop_behind == (drop == "1")
+    assert sum(asked) >= found[2] * 64 - 4096 and (sum(dropped) == sum(asked)) == (drop == "1")
+    assert found[0].tolist() == typed.tolist()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before

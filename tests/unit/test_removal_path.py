@@ -157,3 +157,38 @@ def test_cli_exit_codes_and_json(tmp_path):
     assert bad.exit_code == 2 and "unaligned hotplug range" in bad.output
     again = Snapshot.load(str(path))
     assert again.era.leaf_split_notifier is True and again.blocks[0].altmap_free == MEMMAP_PAGES
+
+
+def test_6_1_refuses_to_remove_memmap_on_memory_memory_in_other_sizes():
+    """v5.15..v6.5 try_remove_memory(): memory added with its own memmap goes
+    one block at a time, else "Refuse to remove %#llx - %#llx,wrong granularity"
+    (after offlining, so the blocks offline first)."""
+    snap = _mom_snapshot(leaf_split=False)
+    snap.era.block_memmap, snap.era.altmap_per_block = "nr_vmemmap_pages", False
+    res = simulate(snap, Proposal(RAM, RAM + 2 * SZ_2M), Mainline616(snap.era))
+    msg = f"Refuse to remove {RAM:#x} - {RAM + 2 * SZ_2M:#x},wrong granularity"
+    assert [r.message for r in res.refusals if r.fatal] == [msg] and res.kernel_log == [msg]
+    assert [b.outcome for b in res.blocks] == ["offlined", "offlined"]
+    one = simulate(snap, Proposal(RAM, RAM + SZ_2M), Mainline616(snap.era))
+    assert one.simulated and not one.refusals
+
+
+@pytest.mark.parametrize("edit,why", [
+    (lambda h: h["kernel"].__setitem__("system_ram", [[1, "x"]]), "system_ram"),
+    (lambda h: h.__setitem__("isolation", {"12": {"pages": -1}}), "pages"),
+    (lambda h: h.__setitem__("isolation", {"x": {}}), "scan"),
+    (lambda h: h.__setitem__("isolation", {"12": {"pages": 1, "first_unmovable": [1]}}), "first_unmovable"),
+    (lambda h: h.__setitem__("isolation", {"12": {"pages": 1, "doubtful": {"a": [1, ["p"]]}}}), "doubtful"),
+])
+def test_a_hostile_snapshot_is_one_line(tmp_path, edit, why):
+    path = tmp_path / "mom.npz"
+    _mom_snapshot().save(str(path))
+    with np.load(str(path)) as z:
+        arrays = dict(z)
+    header = json.loads(bytes(arrays["header"]).decode())
+    edit(header)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    bad = tmp_path / "bad.npz"
+    np.savez_compressed(str(bad), **arrays)
+    with pytest.raises(MMInspectError, match=why):
+        Snapshot.load(str(bad))

@@ -19,7 +19,7 @@
   };
   var PATTERN_TEXT = {
     "memblock": "solid", "buddy-ctor": "dots", "buddy-no-ctor": "diagonal stripes", "slab": "cross-hatch",
-    "kernel-image": "solid black", "altmap": "horizontal stripes", "unknown": "vertical stripes"
+    "kernel-image": "black, white dots", "altmap": "horizontal stripes", "unknown": "vertical stripes"
   };
   var PAGE = D.memory.page_size, BLOCK = D.memory.block_size || 0;
 
@@ -76,7 +76,7 @@
     if (n >= 1024 && i < u.length - 1) { while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; } return n.toFixed(1) + " " + u[i]; }
     return n + " " + u[i];
   }
-  function num(n) { return n.toLocaleString("en-US"); }
+  function num(n) { return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ","); }
   function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]; }); }
   function el(name, attrs, parent) {
     var e = document.createElementNS(SVGNS, name);
@@ -114,8 +114,10 @@
           case "buddy-ctor": el("rect", { width: 4, height: 4, fill: c, opacity: 0.35 }, p); el("circle", { cx: 2, cy: 2, r: 1.3, fill: c }, p); break;
           case "buddy-no-ctor": el("rect", { width: 4, height: 4, fill: "#fff" }, p); el("path", { d: "M-1 1L1 -1M0 4L4 0M3 5L5 3", stroke: c, "stroke-width": 1.4 }, p); break;
           case "slab": el("path", { d: "M0 0L4 4M4 0L0 4", stroke: c, "stroke-width": 1 }, p); break;
-          case "altmap": el("path", { d: "M0 1H4M0 3H4", stroke: c, "stroke-width": 1 }, p); break;
-          case "unknown": el("path", { d: "M1 0V4M3 0V4", stroke: c, "stroke-width": 1 }, p); break;
+          case "kernel-image": el("rect", { width: 4, height: 4, fill: c }, p); el("rect", { x: 1.5, y: 1.5, width: 1, height: 1, fill: "#fff" }, p); break;
+          // light colours: dark lines on a tint, so that grey-scale keeps the orientation
+          case "altmap": el("rect", { width: 4, height: 4, fill: c, opacity: 0.5 }, p); el("path", { d: "M0 2H4", stroke: "#222", "stroke-width": 1.5 }, p); break;
+          case "unknown": el("rect", { width: 4, height: 4, fill: c, opacity: 0.5 }, p); el("path", { d: "M2 0V4", stroke: "#222", "stroke-width": 1.5 }, p); break;
           default: el("rect", { width: 4, height: 4, fill: c }, p);
         }
       });
@@ -127,11 +129,11 @@
   }
 
   // -- memory layout -----------------------------------------------------------------
+  var blockStarts = new Float64Array(blocks.map(function (b) { return b.start; }));
   function blockAt(pa) {
-    var k = lowerBound(blocks.map(function (b) { return b.start; }), pa + 1) - 1;
+    var k = lowerBound(blockStarts, pa + 1) - 1;
     return (k >= 0 && pa < blocks[k].start + blocks[k].size) ? blocks[k] : null;
   }
-  var blockStarts = new Float64Array(blocks.map(function (b) { return b.start; }));
   function blocksIn(lo, hi) {
     var out = [], k = Math.max(0, lowerBound(blockStarts, lo + 1) - 1);
     for (; k < blocks.length && blocks[k].start < hi; k++) if (blocks[k].start + blocks[k].size > lo) out.push(blocks[k]);
@@ -244,13 +246,24 @@
     var name = v.unit <= UNIT && v.unit < BLOCK ? hex(r.lo) : blockRangeText(r.blocks);
     label.textContent = name + (facts.zones.length ? " " + facts.zones.join("/") : "") +
       (facts.nodes[0] !== "node ?" ? " " + facts.nodes.map(function (n) { return n.replace("node ", "n"); }).join("/") : "");
+    // one segment per run of alike, adjacent blocks
+    var segs = [];
     r.blocks.forEach(function (b) {
-      var a = Math.max(b.start, r.lo), e = Math.min(b.start + b.size, r.hi);
+      var last = segs[segs.length - 1];
+      if (last && last.end === b.start && last.b.state === b.state && last.b.early === b.early &&
+          last.b.zone === b.zone && last.b.nid === b.nid) { last.end = b.start + b.size; last.lastId = b.id; }
+      else segs.push({ b: b, start: b.start, end: b.start + b.size, lastId: b.id });
+    });
+    segs.forEach(function (sg) {
+      var b = sg.b, a = Math.max(sg.start, r.lo), e = Math.min(sg.end, r.hi);
       var cls = b.state !== "online" ? "seg-offline" : (b.early ? "seg-boot" : "seg-hot");
       var x0 = xOf(r, a, v.unit), x1 = xOf(r, e, v.unit);
       titled(el("rect", { x: x0, y: y + 1, width: Math.max(0.5, x1 - x0), height: h - 2, "class": cls }, row),
-             "memory" + b.id + ": " + hex(b.start) + "-" + hex(b.start + b.size - 1) + ", " + (b.early ? "boot" : "hot-added") +
-             ", " + b.state + ", zone " + (b.zone || "?") + ", node " + (b.nid === null || b.nid === undefined ? "?" : b.nid));
+             "memory" + b.id + (sg.lastId !== b.id ? "-" + sg.lastId : "") + ": " + hex(sg.start) + "-" + hex(sg.end - 1) + ", " +
+             (b.early ? "boot" : "hot-added") + ", " + b.state + ", zone " + (b.zone || "?") + ", node " +
+             (b.nid === null || b.nid === undefined ? "?" : b.nid));
+    });
+    r.blocks.forEach(function (b) {
       if (b.altmap_pages) {
         var as = b.altmap_start * PAGE, ae = as + b.altmap_pages * PAGE;
         var xa = xOf(r, Math.max(as, r.lo), v.unit), xe = xOf(r, Math.min(ae, r.hi), v.unit);
@@ -370,9 +383,9 @@
         i = find(FREED.phys[k]); if (i < 0) continue; r = rows[i];
         var x = xOf(r, FREED.phys[k], v.unit) + pageW / 2, y = rowY[i] + ROW_H / 2;
         var routine = P.freed.routines[FREED.cls[k]];
-        el("path", { d: "M" + (x - rr) + " " + (y - rr) + "L" + (x + rr) + " " + (y + rr) + "M" + (x + rr) + " " + (y - rr) + "L" + (x - rr) + " " + (y + rr), "class": "ov-freed-halo" }, g);
-        titled(el("path", { d: "M" + (x - rr) + " " + (y - rr) + "L" + (x + rr) + " " + (y + rr) + "M" + (x + rr) + " " + (y - rr) + "L" + (x - rr) + " " + (y + rr),
-                            "class": "ov-freed", "data-phys": FREED.phys[k] }, g),
+        // a ring around the mark, which stays visible inside it
+        el("circle", { cx: x, cy: y, r: rr, "class": "ov-freed-halo" }, g);
+        titled(el("circle", { cx: x, cy: y, r: rr, "class": "ov-freed", "data-phys": FREED.phys[k] }, g),
                "freed by " + routine + ": table " + hex(FREED.phys[k]));
       }
       find = rowIndexFinder(rows);
@@ -411,10 +424,7 @@
 
   function zoomInto(r) {
     if (r.hole) return;
-    var lo = r.lo, hi = r.hi;
-    var unit = childUnit(r);
-    if (unit >= hi - lo && hi - lo <= UNIT) unit = Math.max(PAGE, PAGE * COLS);
-    stack.push({ lo: lo, hi: hi, unit: unit });
+    stack.push({ lo: r.lo, hi: r.hi, unit: childUnit(r) });
     draw();
     var first = wrap.querySelector(".row[tabindex]");
     if (first && document.activeElement && document.activeElement.classList && document.activeElement.classList.contains("row")) first.focus();
@@ -469,8 +479,8 @@
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect width="34" height="14" fill="url(#p-hot)" stroke="#999" stroke-width=".5"/></svg></td><td>hot-added memory</td></tr>' +
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect width="34" height="14" fill="url(#p-offline)" stroke="#999" stroke-width=".5"/></svg></td><td>offline block</td></tr>' +
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect x=".5" y=".5" width="33" height="13" fill="#fff" stroke="#bbb" stroke-dasharray="3 2"/></svg></td><td>hole (no memory block)</td></tr>';
-    if (P) html += '<tr><td><svg width="34" height="14" aria-hidden="true"><path d="M12 2L22 12M22 2L12 12" stroke="#000" stroke-width="1.6"/></svg></td><td>freed by the removal</td></tr>' +
-      '<tr><td><svg width="34" height="14" aria-hidden="true"><rect x="11" y="1" width="12" height="12" fill="none" stroke="#000" stroke-dasharray="2 1.5"/></svg></td><td>kept (reason on hover)</td></tr>' +
+    if (P) html += '<tr><td><svg width="34" height="14" aria-hidden="true"><circle cx="17" cy="7" r="5.5" fill="none" stroke="#000" stroke-width="1.6"/></svg></td><td>freed by the removal (ring)</td></tr>' +
+      '<tr><td><svg width="34" height="14" aria-hidden="true"><rect x="11" y="1" width="12" height="12" fill="none" stroke="#000" stroke-dasharray="2 1.5"/></svg></td><td>kept, dashed square (reason on hover)</td></tr>' +
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect width="34" height="14" fill="url(#p-refused)" stroke="#D55E00"/></svg></td><td>refused by the kernel</td></tr>' +
       '<tr><td><svg width="34" height="14" aria-hidden="true"><rect x=".5" y=".5" width="33" height="13" fill="none" stroke="#000" stroke-dasharray="5 3"/></svg></td><td>proposed range</td></tr>';
     html += "</tbody></table>";
@@ -489,8 +499,15 @@
     var h = "<p>Remove <strong>" + esc(P.text) + "</strong> with the rules of <em>" + esc(P.policy) + "</em>.</p>";
     P.refusals.forEach(function (f) {
       h += '<div class="refusal" data-rule="' + esc(f.rule) + '">' + (f.fatal ? "<strong>Refused</strong>" : "Note") +
-        " (" + esc(f.rule) + ", " + hex(f.start) + "-" + hex(f.end - 1) + "): <code>" + esc(f.message) + "</code></div>";
+        " (" + esc(f.rule) + (f.block !== null && f.block !== undefined ? ", memory" + f.block : "") + ", " + hex(f.start) + "-" + hex(f.end - 1) +
+        "): <code>" + esc(f.message) + "</code>" + (f.evidence ? "<br><small>" + esc(f.evidence) + "</small>" : "") + "</div>";
     });
+    if (P.kernel_log && P.kernel_log.length)
+      h += "<p>The kernel would print:</p><pre class=\"kernel-log\">" + P.kernel_log.map(esc).join("\n") + "</pre>";
+    if (P.unchecked && P.unchecked.length)
+      h += "<p>Not decided from this dump (never counted as passed): " + P.unchecked.map(function (u) {
+        var b = u.blocks.length ? " (memory" + u.blocks[0] + (u.blocks.length > 1 ? " and " + num(u.blocks.length - 1) + " more blocks" : "") + ")" : "";
+        return esc(u.rule + b + ": " + u.why); }).join("; ") + "</p>";
     if (!P.simulated) h += "<p>Not simulated: the kernel refuses this removal before any page table is touched.</p>";
     else {
       var lv = Object.keys(P.freed.levels).map(function (k) { return P.freed.levels[k] + " " + k; }).join(", ");
@@ -515,6 +532,11 @@
         if (P.findings.length > 200) h += "<tr><td colspan=\"4\">... " + num(P.findings.length - 200) + " more (mminspect simulate-remove --tables)</td></tr>";
         h += "</tbody></table>";
       }
+      if (P.memmap && P.memmap.length) {
+        h += "<p>Memmap (struct pages) of the removed sections: " + P.memmap.map(function (m) {
+          return num(m.sections) + " section(s) (the first in " + esc(m.first) + "): " + esc(m.goes); }).join("; ") +
+          (P.data_to_altmap ? "; " + size(P.data_to_altmap) + " handed back to an altmap" : "") + "</p>";
+      }
       if (P.warnings.length) h += "<p>" + num(P.warnings.length) + " WARN_ON(s) the replayed code would hit, first: " + esc(P.warnings[0].routine + ": " + P.warnings[0].detail) + "</p>";
     }
     document.getElementById("proposal-body").innerHTML = h;
@@ -524,7 +546,6 @@
 
   // -- VA overview ---------------------------------------------------------------------------------
   var GRAN_FILL = { "page": "#0072B2", "contiguous": "#56B4E9", "block": "#009E73", "repeated": "#999999" };
-  var GRAN_PAT = { "page": "", "contiguous": "", "block": "", "repeated": "" };
   function vaOverview() {
     var h = "";
     D.roots.forEach(function (root) {
@@ -584,6 +605,18 @@
   window.mminspectMap = {
     data: D, tables: T, freed: FREED,
     zoom: function (lo, hi) { var r = { lo: lo, hi: hi, hole: false, blocks: blocksIn(lo, hi) }; zoomInto(r); },
+    // zoom one level into the row holding physical address pa
+    zoomAt: function (pa) {
+      var v = currentView(), rows = makeRows(v.lo, v.hi, v.unit);
+      for (var i = 0; i < rows.length; i++) if (rows[i].lo <= pa && pa < rows[i].hi) { zoomInto(rows[i]); return true; }
+      return false;
+    },
+    // select the mark of the table page at pa (as a click does)
+    select: function (pa) {
+      var m = wrap.querySelector('.mark[data-phys="' + pa + '"]');
+      if (m) selectMark(m);
+      return !!m;
+    },
     reset: function () { stack.length = 1; draw(); }
   };
 })();
