@@ -118,14 +118,6 @@ class Layout:
         """Name the region a kernel VA lies in, as the kernel's ptdump markers do."""
         return next((reg.name for reg in _regions(self) if va in reg), "other")
 
-
-@functools.lru_cache(maxsize=16)
-def _regions(layout: Layout) -> Tuple[Region, ...]:
-    """:meth:`Layout.regions`, built once per layout (a frozen, hashable
-    record): the simulation asks :meth:`Layout.region_of` of every table it
-    frees, 33k times for a 64 GiB removal."""
-    return layout._build_regions()
-
     def ptdump_markers(self, vmemmap_first: Optional[int] = None) -> List[Tuple[int, str]]:
         """The TTBR1 address markers arch/arm64/mm/ptdump.c prints, ending
         with ``(2**64 - 1, "")``. ``vmemmap_first``: where the "vmemmap
@@ -138,6 +130,14 @@ def _regions(layout: Layout) -> Tuple[Region, ...]:
                 start = vmemmap_first if reg.name == "vmemmap" and vmemmap_first is not None else reg.start
                 out += [(start, reg.markers[0]), (reg.end, reg.markers[1])]
         return out + [(U64, "")]
+
+
+@functools.lru_cache(maxsize=16)
+def _regions(layout: Layout) -> Tuple[Region, ...]:
+    """:meth:`Layout.regions`, built once per layout (a frozen, hashable
+    record): the simulation asks :meth:`Layout.region_of` of every table it
+    frees, 33k times for a 64 GiB removal."""
+    return layout._build_regions()
 
 
 def va_bits_min(r: Regime, top_vmemmap: bool) -> int:
