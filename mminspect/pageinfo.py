@@ -28,7 +28,6 @@ from mminspect.walk import CLS_LEAF, walk
 
 __all__ = ("PageInfo", "max_pfn", "page_flag_names", "page_info", "struct_page_facts")
 
-_U64 = (1 << 64) - 1
 
 
 @dataclass
