@@ -21,18 +21,19 @@ One home for the rules that keep a user's files safe:
   or symbolic link.
 """
 
+import atexit
 import contextlib
 import os
 import signal
 import stat
 import secrets
 import threading
-from typing import IO, Iterable, Iterator, List, Optional, Tuple
+from typing import IO, Iterable, Iterator, List, Optional, Set, Tuple
 
 from mminspect.errors import MMInspectError
 
 __all__ = ("DEVICE_INPUTS", "Interrupted", "atomic_output", "check_input", "check_output", "same_file",
-           "signals_raise", "target_files")
+           "remove_partials", "signals_raise", "target_files")
 
 #: Character devices mminspect reads on purpose (``-k``: the running kernel).
 DEVICE_INPUTS = ("/proc/kcore", "/proc/vmcore")
@@ -61,9 +62,6 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        #: The output that was already complete at its name when the
-        #: signal was delivered (held back during the rename), or None.
-        self.written: Optional[str] = None
         super().__init__(signal.Signals(signum).name)
 
 
@@ -149,6 +147,25 @@ def check_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool = 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+#: Outputs this process has put in place, whole: an interrupt that comes
+#: after one is reported with it ("... after FILE was written in full").
+WRITTEN: List[str] = []
+#: Temporary files being written. :func:`remove_partials` removes what an
+#: interrupt left (one can land between a context manager's set-up and its
+#: block, where no ``finally`` runs).
+_PARTIAL: Set[str] = set()
+
+
+def remove_partials() -> None:
+    """Remove every temporary file an unfinished :func:`atomic_output` left
+    (the front end calls this on its way out; also at exit)."""
+    while _PARTIAL:
+        with contextlib.suppress(OSError):
+            os.unlink(_PARTIAL.pop())
+
+
+atexit.register(remove_partials)
+
 
 #: While above 0, the handlers of :func:`signals_raise` only note a signal
 #: (in ``_pending``) and :func:`_held_back` raises it at the end of the
@@ -224,23 +241,21 @@ def atomic_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool =
         try:
             with _held_back():
                 tmp, fd = _create_temporary(directory, os.path.basename(path))
+                _PARTIAL.add(tmp)
             with os.fdopen(fd, "wb") as f:
                 fd = None
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
             check_output(path, inputs, force)
-            try:
-                with _held_back():
-                    if force:
-                        os.replace(tmp, path)
-                    else:
-                        _link_no_clobber(tmp, path)
-                    tmp = None
-            except Interrupted as e:
-                if tmp is None:  # held back until the output was whole at its name: say so
-                    e.written = path
-                raise
+            with _held_back():
+                if force:
+                    os.replace(tmp, path)
+                else:
+                    _link_no_clobber(tmp, path)
+                _PARTIAL.discard(tmp)
+                tmp = None
+                WRITTEN.append(path)
             _fsync_dir(directory)
         except FileExistsError:
             raise MMInspectError(f"{path}: appeared while writing; choose another name or pass --force") from None
@@ -253,6 +268,7 @@ def atomic_output(path: str, inputs: Iterable[Optional[str]] = (), force: bool =
                 if tmp is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
+                    _PARTIAL.discard(tmp)
 
 
 def _create_temporary(directory: str, name: str) -> Tuple[str, int]:

@@ -11,7 +11,7 @@ import click
 
 from mminspect.bits import U64
 from mminspect.errors import MMInspectError
-from mminspect.files import Interrupted, signals_raise
+from mminspect.files import Interrupted, WRITTEN, remove_partials, signals_raise
 from mminspect.kernel import Kernel
 from mminspect.qmp import dimm_range, set_timeout
 from mminspect.report.walk import problems_line
@@ -34,10 +34,11 @@ def _interrupted(e: BaseException) -> None:
     seen = 0
     while e is not None and seen < 16:
         if isinstance(e, KeyboardInterrupt):
+            remove_partials()
+            sys.unraisablehook = lambda *_: None  # cleanup noise of half-closed files, on the way out
             signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            written = getattr(e, "written", None)
             click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}"
-                       + (f" after {written} was written in full" if written else ""), err=True)
+                       + (f" after {', '.join(WRITTEN)} was written in full" if WRITTEN else ""), err=True)
             sys.exit(128 + signum)
         e, seen = e.__cause__ or e.__context__, seen + 1
 
@@ -181,6 +182,7 @@ class _Main(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        WRITTEN.clear()  # outputs of this command only
         try:
             with signals_raise():
                 # What click.Command.main() does, less its own handling of
@@ -199,9 +201,7 @@ class _Main(click.Group):
         except click.ClickException as e:
             _fail(e.format_message())
         except (click.Abort, KeyboardInterrupt) as e:
-            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            click.echo(f"mminspect: interrupted by {signal.Signals(signum).name}", err=True)
-            sys.exit(128 + signum)
+            _interrupted(e if isinstance(e, KeyboardInterrupt) else KeyboardInterrupt())
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

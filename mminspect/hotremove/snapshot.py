@@ -13,6 +13,7 @@ hot-remove).
 """
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -93,9 +94,15 @@ class Snapshot:
             "isolation": {str(bid): scan.as_dict() for bid, scan in self._saved_scans().items()},
         }
         store = self.entries if isinstance(self.entries, EntryStore) else EntryStore.of(dict(self.entries))
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **store.arrays()}
         with atomic_output(path, inputs, force) as f:
-            np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                                **store.arrays())
+            # np.savez_compressed()'s format, with the zip closed on every
+            # path (savez leaves it to the garbage collector when
+            # interrupted, which then writes to a closed file)
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as z:
+                for name, arr in arrays.items():
+                    with z.open(name + ".npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
     def _saved_scans(self) -> Dict[int, IsolationScan]:
         """The scans a saved snapshot carries: those made, plus every online

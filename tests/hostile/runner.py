@@ -62,7 +62,7 @@ class Case:
     qmp: Optional[str] = None
     #: (signal, "write" or seconds): interrupt the run.
     interrupt: Optional[Tuple[int, object]] = None
-    timeout: float = 15.0
+    timeout: float = 30.0  # seconds: a case over it is a hang (cases take 0.1 to 3 s; the machine may be busy)
     env: Dict[str, str] = field(default_factory=dict)
 
     @property
