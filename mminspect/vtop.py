@@ -53,7 +53,7 @@ from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
 from mminspect.nonpresent import SwapEncoding, decode_nonpresent
 from mminspect.pageinfo import page_info
-from mminspect.target.base import TargetFault
+from mminspect.target.base import TargetFault, core_file_of, program_of
 from mminspect.target.elf import PT_LOAD, core_phdrs
 from mminspect.walk import Mapping
 
@@ -273,7 +273,7 @@ def _where(kernel: Kernel, memory, pa: int, size: int) -> Tuple[Optional[bool], 
     if memory is not None and memory.sections:
         ram = any(s.start <= pa < s.start + s.size for s in memory.sections)
     stored = None
-    core = getattr(kernel.target, "core_file", None)
+    core = core_file_of(kernel.target)
     if core is not None:
         seg = [sg for sg in core._segments if sg[0] <= pa < sg[1]]
         if ram is None:
@@ -318,7 +318,7 @@ def _cont_run(kernel: Kernel, rows: bytes, idx: int, level: int, va: int) -> Dic
 
 def _checks(kernel: Kernel, root: Root, va: int, pa: int) -> List[Check]:
     out: List[Check] = []
-    prog = getattr(kernel.target, "prog", None)
+    prog = program_of(kernel.target, debug_info=False)
     if prog is not None:
         out.append(_follow_phys(kernel, prog, root, va, pa))
     if root.ttbr1 and kernel.is_linear(va):
@@ -355,7 +355,7 @@ def _follow_phys(kernel: Kernel, prog, root: Root, va: int, pa: int) -> Check:
 
 
 def _pt_load(kernel: Kernel, va: int, pa: int) -> Check:
-    core = getattr(kernel.target, "core_file", None)
+    core = core_file_of(kernel.target)
     if core is None:
         return Check("PT_LOAD", None, None, "no ELF dump file at hand (live kernel, bundle or kdump format)")
     cache = kernel.__dict__.get("_pt_loads")

@@ -19,6 +19,7 @@ from mminspect.cli.base import (
 )
 from mminspect.errors import MMInspectError
 from mminspect.files import check_output, target_files
+from mminspect.findings import SEVERITIES
 from mminspect.hotremove import (
     Proposal,
     Snapshot,
@@ -29,7 +30,6 @@ from mminspect.hotremove import (
     simulate,
 )
 from mminspect.hotremove.policy import load_plugin_file
-from mminspect.hotremove.simulate import SEVERITIES
 from mminspect.report.simulate import simulate_json, simulate_text
 from mminspect.session import CodeSnippet, UsageError, _hex, _quote, register_drgn_code
 
@@ -88,7 +88,7 @@ def snapshot(core, symbols, live, qemu, output, force) -> None:
 @click.option("--force", is_flag=True, help="simulate even where the kernel would refuse the removal")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--tables", is_flag=True, help="list every freed and kept table page")
-@click.option("--fail-on", type=click.Choice(["info", "warning", "error", "critical"]), default="error",
+@click.option("--fail-on", type=click.Choice(list(SEVERITIES)), default="error",
               show_default=True, help="exit 1 if a finding of this severity or worse fires")
 @click.option("--list-policies", is_flag=True, help="list the registered policies and exit")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE",
