@@ -27,14 +27,24 @@ does.
 ...     commands.run(["walk", "--mm", "efi_mm"])
 """
 
-import contextlib
-import contextvars
 import copy
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mminspect.errors import MMInspectError
+from mminspect.session import (
+    Binding,
+    CodeSnippet,
+    UsageError,
+    _DRGN_CODE,
+    _frontend,
+    bound,
+    bound_kernel,
+    bound_target,
+    register_drgn_code,
+)
+
 
 __all__ = (
     "Binding",
@@ -54,8 +64,10 @@ __all__ = (
     "summary",
 )
 
+
 #: Parameters of :func:`mminspect.cli.target_options`: the session supplies the target.
 TARGET_PARAMS = ("core", "symbols", "live", "qemu", "timeout")
+
 
 #: Subcommands that cannot work in a front end, with the reason.
 UNSUPPORTED: Dict[str, Dict[str, str]] = {
@@ -65,66 +77,7 @@ UNSUPPORTED: Dict[str, Dict[str, str]] = {
     },
 }
 
-_U64 = (1 << 64) - 1
 
-
-class UsageError(MMInspectError):
-    """Bad arguments to a subcommand; the message says which and how to get help."""
-
-
-@dataclass
-class Binding:
-    """The target a front end's session supplies, for the command being run."""
-
-    target: Any
-    frontend: str
-    kernel: Any = None
-    extra: Dict[str, Any] = field(default_factory=dict)
-
-    def get_kernel(self):
-        if self.kernel is None:
-            from mminspect.kernel import Kernel
-
-            self.kernel = Kernel(self.target)
-        return self.kernel
-
-
-_BOUND: contextvars.ContextVar[Optional[Binding]] = contextvars.ContextVar("mminspect_bound", default=None)
-
-
-@contextlib.contextmanager
-def bound(target, frontend: str, kernel=None) -> Iterator[Binding]:
-    """
-    Make ``target`` (and optionally an already built
-    :class:`~mminspect.kernel.Kernel` over it) the target of every mminspect
-    subcommand run inside the block.
-    """
-    binding = Binding(target, frontend, kernel)
-    token = _BOUND.set(binding)
-    try:
-        yield binding
-    finally:
-        _BOUND.reset(token)
-
-
-def bound_target():
-    """The target bound by :func:`bound`, or None in the shell CLI."""
-    b = _BOUND.get()
-    return b.target if b is not None else None
-
-
-def bound_kernel():
-    """A :class:`~mminspect.kernel.Kernel` over the bound target, or None."""
-    b = _BOUND.get()
-    return b.get_kernel() if b is not None else None
-
-
-def _frontend() -> str:
-    b = _BOUND.get()
-    return b.frontend if b is not None else "cli"
-
-
-# -- the click definitions, seen from a session ---------------------------------
 
 
 def _group():
@@ -316,52 +269,6 @@ def invoke(inv: Invocation, frontend: Optional[str] = None) -> int:
     return 0
 
 
-# -- --drgn: the same through the API --------------------------------------------
-
-
-@dataclass
-class CodeSnippet:
-    """
-    Python for ``--drgn``: imports and a body, for drgn's
-    :class:`~drgn.commands.DrgnCodeBuilder` (``imports`` are ``(module,
-    names)`` with ``names`` empty for ``import module``).
-    """
-
-    imports: List[Tuple[str, Tuple[str, ...]]] = field(default_factory=list)
-    body: str = ""
-
-    def add_import(self, module: str, *names: str) -> None:
-        self.imports.append((module, names))
-
-    def append(self, code: str) -> None:
-        self.body += code
-
-    def text(self) -> str:
-        """Standalone text (what DrgnCodeBuilder prints, minus its sorting)."""
-        lines = []
-        for module, names in self.imports:
-            lines.append(f"from {module} import {', '.join(names)}" if names else f"import {module}")
-        return "\n".join(lines) + ("\n\n\n" if lines else "") + self.body
-
-
-_DRGN_CODE: Dict[str, Callable[[Dict[str, Any]], CodeSnippet]] = {}
-
-
-def register_drgn_code(name: str) -> Callable:
-    """
-    Decorator: register the ``--drgn`` code generator of subcommand ``name``.
-    It gets the parsed parameters (click names) and returns a
-    :class:`CodeSnippet` that, run in a drgn session (``prog`` defined), does
-    what the subcommand does through the API.
-    """
-
-    def deco(fn: Callable[[Dict[str, Any]], CodeSnippet]) -> Callable[[Dict[str, Any]], CodeSnippet]:
-        _DRGN_CODE[name] = fn
-        return fn
-
-    return deco
-
-
 def drgn_code(inv: Invocation) -> CodeSnippet:
     """The ``--drgn`` code of a parsed invocation.
 
@@ -370,213 +277,6 @@ def drgn_code(inv: Invocation) -> CodeSnippet:
     if fn is None:
         raise UsageError(f"mminspect {inv.name}: --drgn is not available for this subcommand")
     return fn(inv.params)
-
-
-def _root_args(params: Dict[str, Any]) -> str:
-    from mminspect.cli import parse_range
-
-    start, end = parse_range(params.get("range_"))
-    args = f"{params.get('mm', 'init_mm')!r}".replace("'", '"')
-    if start is not None:
-        args += f", start={start:#x}, end={end:#x}"
-    return args
-
-
-@register_drgn_code("walk")
-def _walk_code(params: Dict[str, Any]) -> CodeSnippet:
-    code = CodeSnippet()
-    code.add_import("mminspect.drgn_plugin", "walk_page_tables")
-    code.append(f"walk = walk_page_tables(prog, {_root_args(params)})\n")
-    fmt = params.get("fmt", "table")
-    if fmt == "ptdump":
-        code.add_import("mminspect.report.ptdump", "ptdump_lines")
-        code.append("for line in ptdump_lines(walk):\n    print(line)\n")
-        return code
-    if fmt == "json":
-        code.add_import("sys")
-        code.add_import("mminspect.report.walk", "walk_json")
-        code.append(f"walk_json(walk, sys.stdout, tables={bool(params.get('tables'))})\n")
-        return code
-    code.append(
-        "for mapping in walk.mappings():\n"
-        "    # mapping.va, .end, .size, .pa, .level_name, .kind, .attrs, .effective\n"
-        "    print(mapping)\n"
-    )
-    if params.get("tables"):
-        code.append(
-            "for table in walk.tables():\n"
-            "    # table.phys, .level_name, .va, .span, .valid, .entries, .parents\n"
-            "    print(table)\n"
-        )
-    code.append("for problem in walk.problems:\n    print(problem)\n")
-    return code
-
-
-@register_drgn_code("capture")
-def _capture_code(params: Dict[str, Any]) -> CodeSnippet:
-    code = CodeSnippet()
-    code.add_import("mminspect.capture", "capture")
-    code.add_import("mminspect.drgn_plugin", "mminspect_kernel")
-    roots = ", ".join(f'"{r}"' for r in params.get("roots") or ("init_mm", "efi_mm"))
-    code.append(
-        f"result = capture(mminspect_kernel(prog).target, {str(params['output'])!r}, "
-        f"roots=({roots},), force={bool(params.get('force'))})\n".replace("'", '"')
-    )
-    code.append("print(result)\n")
-    return code
-
-
-def _hex(n: int) -> str:
-    return f"{n:#x}"
-
-
-@register_drgn_code("snapshot")
-def _snapshot_code(params: Dict[str, Any]) -> CodeSnippet:
-    code = CodeSnippet()
-    code.add_import("mminspect.drgn_plugin", "snapshot_page_tables")
-    code.append("snap = snapshot_page_tables(prog)\n")
-    code.append(f"snap.save({_quote(params['output'])})\n")
-    code.append("print(len(snap.tables), 'table pages,', len(snap.blocks), 'memory blocks')\n")
-    return code
-
-
-def _quote(text: str) -> str:
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@register_drgn_code("simulate-remove")
-def _simulate_code(params: Dict[str, Any]) -> CodeSnippet:
-    code = CodeSnippet()
-    if params.get("list_policies"):
-        code.add_import("mminspect.hotremove", "available_policies")
-        code.append("for name, policy in sorted(available_policies().items()):\n"
-                    "    print(name, policy.summary)\n")
-        return code
-    code.add_import("mminspect.drgn_plugin", "simulate_remove_memory")
-    args = []
-    snap = params.get("snapshot_path")
-    if snap:
-        code.add_import("mminspect.hotremove", "Snapshot")
-        code.append(f"snap = Snapshot.load({_quote(snap)})\n")
-    elif params.get("blocks") or params.get("fmt") == "json":
-        code.add_import("mminspect.drgn_plugin", "snapshot_page_tables")
-        code.append("snap = snapshot_page_tables(prog)\n")
-        snap = True
-    if params.get("range_"):
-        from mminspect.cli import parse_range
-
-        start, end = parse_range(params["range_"])
-        args += [_hex(start), _hex(end - start)]
-    elif params.get("blocks"):
-        ids = sorted(set(params["blocks"]))
-        code.append('block_size = snap.kernel["block_size"]\n')
-        args += [f"{ids[0]} * block_size", f"{len(ids)} * block_size"]
-    else:
-        raise UsageError("give the memory to remove with --range START-END or --block N (one of them)")
-    if params.get("policy"):
-        args.append(f"policy={_quote(params['policy'])}")
-    opts = dict(p.partition("=")[::2] for p in params.get("policy_options") or ())
-    if opts:
-        args.append("options={" + ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in opts.items()) + "}")
-    if params.get("force"):
-        args.append("force=True")
-    if snap:
-        args.append("snapshot=snap")
-    code.append(f"result = simulate_remove_memory(prog, {', '.join(args)})\n")
-    if params.get("fmt") == "json":
-        code.add_import("sys")
-        code.add_import("mminspect.report.simulate", "simulate_json")
-        code.append("simulate_json(result, snap, sys.stdout)\n")
-        return code
-    code.append(
-        "print(result.policy)\n"
-        "for refusal in result.refusals:\n"
-        "    print(refusal)\n"
-        "for finding in result.findings:\n"
-        "    # finding.severity, .rule, .phys, .level, .origin, .ptlock, .routine, .sentence\n"
-        "    print(finding.severity, finding.rule, hex(finding.phys), finding.level, finding.sentence)\n"
-    )
-    return code
-
-
-@register_drgn_code("map")
-def _map_code(params: Dict[str, Any]) -> CodeSnippet:
-    code = CodeSnippet()
-    code.add_import("mminspect.drgn_plugin", "mminspect_kernel")
-    code.add_import("mminspect.classify", "resolve_roots")
-    code.add_import("mminspect.report.map", "build_map", *(("map_html",) if params.get("fmt") != "json" else ()))
-    roots = params.get("roots") or ("init_mm", "efi_mm")
-    code.append("k = mminspect_kernel(prog)\n")
-    code.append("roots = " + " + ".join(f"resolve_roots(k, {_quote(r)})" for r in roots) + "\n")
-    proposal = "None"
-    if params.get("range_") or params.get("blocks"):
-        code.add_import("mminspect.hotremove", "Proposal")
-        if params.get("range_"):
-            from mminspect.cli import parse_range
-
-            start, end = parse_range(params["range_"])
-            proposal = f"Proposal({_hex(start)}, {_hex(end)})"
-        else:
-            from mminspect.cli import _block_ids
-
-            code.add_import("mminspect.classify", "classifier_for")
-            code.append("block_size = classifier_for(k).memory.block_size\n")
-            proposal = f"Proposal.from_blocks({_block_ids(params['blocks'])!r}, block_size)"
-    code.append(f"data = build_map(k, roots, {proposal})\n")
-    output = params.get("output") or ("map.json" if params.get("fmt") == "json" else "map.html")
-    if params.get("fmt") == "json":
-        code.add_import("json")
-        code.append(f"with open({_quote(output)}, \"x\") as f:  # \"x\": never over an existing file\n"
-                    "    json.dump(data, f)\n")
-    else:
-        code.append(f"with open({_quote(output)}, \"x\") as f:  # \"x\": never over an existing file\n"
-                    "    map_html(data, f)\n")
-    return code
-
-
-@register_drgn_code("vtop")
-def _vtop_code(params: Dict[str, Any]) -> CodeSnippet:
-    code = CodeSnippet()
-    code.add_import("mminspect.drgn_plugin", "vtop")
-    mm = params.get("mm")
-    arg = f", {_quote(mm)}" if mm else ""
-    from mminspect.cli import _parse_va
-
-    for text in params.get("addresses") or ():
-        code.append(f"t = vtop(prog, {_parse_va(text):#x}{arg})\n")
-        code.append("# t.steps (level_name, table, index, entry, desc, kind), t.stop, t.reason, t.pa,\n"
-                    "# t.effective, t.cont, t.nonpresent, t.page, t.checks\n"
-                    "print(t)\nfor step in t.steps:\n    print(step)\n")
-    return code
-
-
-@register_drgn_code("identify")
-def _identify_code(params: Dict[str, Any]) -> CodeSnippet:
-    code = CodeSnippet()
-    code.add_import("mminspect.drgn_plugin", "identify_pages")
-    addrs = ", ".join(_quote(a) for a in params.get("addresses") or ())
-    code.add_import("mminspect.drgn_plugin", "mminspect_kernel")
-    code.add_import("mminspect.identify", "parse_address")
-    code.append("shift = mminspect_kernel(prog).regime.page_shift\n"
-                f"addrs = [parse_address(a, shift) for a in [{addrs}]]\n")
-    if params.get("from_file"):
-        code.append(f"with open({_quote(params['from_file'])}) as f:\n"
-                    "    addrs += [parse_address(w, shift) for line in f for w in line.split('#', 1)[0].split()]\n")
-    code.append(f"for ident in identify_pages(prog, addrs, mm={_quote(params.get('mm') or 'all')}):\n"
-                "    # ident.tables (page-table records), ident.mapped_at (root, va, level, attrs), ident.page\n"
-                "    print(hex(ident.phys), ident.is_page_table, ident.tables, ident.mapped_at, ident.page)\n")
-    return code
-
-
-@register_drgn_code("diff")
-def _diff_code(params: Dict[str, Any]) -> CodeSnippet:
-    code = CodeSnippet()
-    code.add_import("mminspect.drgn_plugin", "diff_page_tables")
-    code.append(f"d = diff_page_tables(prog, {_quote(params['state_a'])})\n"
-                "for line in d.explanation():\n    print(line)\n"
-                "print(len(d.freed), 'freed', len(d.allocated), 'allocated', len(d.moved), 'reused')\n"
-                "for root, ranges in d.mappings.items():\n    for r in ranges:\n        print(root, r)\n")
-    return code
 
 
 def debug_enabled() -> bool:

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mminspect.bits import U64
 from mminspect.errors import MMInspectError
 from mminspect.identify import all_roots
 from mminspect.kernel import Kernel
@@ -43,7 +44,6 @@ __all__ = ("JSON_SCHEMA", "Diff", "State", "check_same", "diff", "expect_simulat
            "state_of_kernel", "state_of_snapshot")
 
 JSON_SCHEMA = "mminspect.diff/1"
-_U64 = (1 << 64) - 1
 
 #: One table page of a state.
 TABLE_ROW = np.dtype([("phys", np.uint64), ("level", np.int8), ("va", np.uint64), ("typed", np.int8),
@@ -221,7 +221,7 @@ def _ranges(wa: Walk, wb: Walk) -> List[Dict[str, object]]:
     def ends(runs):
         e = runs["va"] + runs["size"]
         # a run to the top of the address space ends at 2**64, which wraps to 0
-        return np.where(e == 0, np.uint64(_U64), e)
+        return np.where(e == 0, np.uint64(U64), e)
 
     cuts = unique(np.concatenate((ra["va"], ends(ra), rb["va"], ends(rb))))
     if len(cuts) < 2:

@@ -28,17 +28,26 @@ off). The command is enabled only for Linux kernel programs.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, TYPE_CHECKING, Union
 
 from drgn import Object, Program
 from drgn.helpers.common.prog import takes_program_or_default
 
+from mminspect import commands
+from mminspect.diff import check_same, diff, state_of_kernel, state_of_snapshot
+from mminspect.errors import MMInspectError
+from mminspect.hotremove import Proposal, Snapshot, capture_snapshot, get_policy, select_policy, simulate
+from mminspect.identify import all_roots, identify
+from mminspect.kernel import Kernel
+from mminspect.report.ptdump import check_wx, ptdump_lines
+from mminspect.vtop import resolve_va_root, vtop as _vtop
+from mminspect.walk import walk
+
 if TYPE_CHECKING:
     from mminspect.diff import Diff
-    from mminspect.hotremove import Result, Snapshot
+    from mminspect.hotremove import Result
     from mminspect.identify import Identity
     from mminspect.vtop import Translation
-    from mminspect.kernel import Kernel
     from mminspect.walk import Mapping, TablePage, Walk
 
 __all__ = (
@@ -80,7 +89,6 @@ def mminspect_kernel(prog: Program) -> "Kernel":
     """
     k = prog.cache.get(_CACHE_KEY)
     if k is None:
-        from mminspect.kernel import Kernel
         from mminspect.target.drgn import DrgnTarget
 
         k = Kernel(DrgnTarget(prog, _describe(prog)))
@@ -146,8 +154,6 @@ def walk_page_tables(
         that needs debug info that is not loaded (efi_mm, pids)
     :raises TypeError: if *mm* is an Object of another type
     """
-    from mminspect.walk import walk
-
     k = mminspect_kernel(prog)
     return walk(k, _root(prog, k, mm, start, end))
 
@@ -208,8 +214,6 @@ def print_ptdump(prog: Program, mm: MMLike = "init_mm") -> None:
     :param mm: as for :func:`walk_page_tables()`
     :raises MMInspectError: as for :func:`walk_page_tables()`
     """
-    from mminspect.report.ptdump import ptdump_lines
-
     for line in ptdump_lines(walk_page_tables(prog, mm)):
         print(line)
 
@@ -225,8 +229,6 @@ def ptdump_check_wx(prog: Program) -> str:
 
     :raises MMInspectError: if the program is not an arm64 kernel
     """
-    from mminspect.report.ptdump import check_wx
-
     return check_wx(walk_page_tables(prog, "init_mm"))[2]
 
 
@@ -246,8 +248,6 @@ def snapshot_page_tables(prog: Program) -> "Snapshot":
     :return: :class:`mminspect.hotremove.Snapshot`
     :raises MMInspectError: if the program is not an arm64 kernel
     """
-    from mminspect.hotremove import capture_snapshot
-
     return capture_snapshot(mminspect_kernel(prog))
 
 
@@ -286,8 +286,6 @@ def simulate_remove_memory(
         ``kept``, ``refusals``, ``simulated``)
     :raises MMInspectError: for an unknown policy or a bad range
     """
-    from mminspect.hotremove import Proposal, get_policy, select_policy, simulate
-
     snap = snapshot if snapshot is not None else snapshot_page_tables(prog)
     pol = get_policy(policy, snap.era, options) if policy else select_policy(snap.era, options)
     return simulate(snap, Proposal(start, start + size), pol, force=force)
@@ -314,9 +312,6 @@ def vtop(prog: Program, addr: int, mm: Optional[MMLike] = None) -> "Translation"
     :return: :class:`mminspect.vtop.Translation`
     :raises MMInspectError: for an address outside every root
     """
-    from mminspect.vtop import resolve_va_root
-    from mminspect.vtop import vtop as _vtop
-
     k = mminspect_kernel(prog)
     root = _root(prog, k, mm, None, None) if mm is not None else resolve_va_root(k, int(addr) & ((1 << 64) - 1))
     return _vtop(k, int(addr) & ((1 << 64) - 1), root=root)
@@ -338,8 +333,6 @@ def identify_pages(prog: Program, addrs: Sequence[int], mm: str = "all") -> "lis
     :return: list of :class:`mminspect.identify.Identity`
     :raises MMInspectError: for an address outside RAM or past ``max_pfn``
     """
-    from mminspect.identify import all_roots, identify
-
     k = mminspect_kernel(prog)
     return identify(k, [int(a) for a in addrs], all_roots(k, mm))
 
@@ -357,8 +350,6 @@ def identify_page_table(prog: Program, phys: int) -> "list[Dict[str, Any]]":
     :param phys: ``phys_addr_t``
     :raises MMInspectError: for an address outside RAM or past ``max_pfn``
     """
-    from mminspect.identify import all_roots, identify
-
     k = mminspect_kernel(prog)
     return identify(k, [int(phys)], all_roots(k), page_facts=False)[0].tables
 
@@ -377,12 +368,8 @@ def diff_page_tables(prog: Program, before: Union[str, Program, "Snapshot"]) -> 
     :return: :class:`mminspect.diff.Diff`
     :raises MMInspectError: for states of different kernels, regimes or boots
     """
-    from mminspect.diff import check_same, diff, state_of_kernel, state_of_snapshot
-
     k = mminspect_kernel(prog)
     if isinstance(before, str):
-        from mminspect.hotremove import Snapshot
-
         before = Snapshot.load(before)
     if isinstance(before, Program):
         src = mminspect_kernel(before)
@@ -399,9 +386,6 @@ def diff_page_tables(prog: Program, before: Union[str, Program, "Snapshot"]) -> 
 
 def _run_command(prog: Program, args: Sequence[str]) -> Optional[int]:
     from drgn.commands import CommandArgumentError, CommandError, DrgnCodeBuilder
-
-    from mminspect import commands
-    from mminspect.errors import MMInspectError
 
     try:
         inv = commands.parse(args, "drgn")

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mminspect.bits import U64
 from mminspect.classify import classifier_for, classify_walk, resolve_roots, task_roots, tramp_root
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
@@ -31,7 +32,6 @@ from mminspect.walk import CLS_LEAF, Mapping, Walk, walk
 __all__ = ("JSON_SCHEMA", "Identity", "ReverseMap", "all_roots", "check_addresses", "identify", "parse_address")
 
 JSON_SCHEMA = "mminspect.identify/1"
-_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def _parents_of_many(w: Walk, phys: Sequence[int]) -> Dict[int, List[Dict[str, o
     out = {}
     for p, a, b in zip(phys, lo, hi):
         e = srt[a:b]
-        out[p] = [{"phys": None if x == _U64 else x, "index": i}
+        out[p] = [{"phys": None if x == U64 else x, "index": i}
                   for x, i in zip(w.edge_parent[e].tolist(), w.edge_index[e].tolist())]
     return out
 
@@ -263,7 +263,7 @@ def identify(kernel: Kernel, pas: Sequence[int], roots: Optional[Sequence[Root]]
         if m.repeat:
             va, size = m.va, m.size
         else:
-            va = (m.va + (page_base - m.pa)) & _U64 if page_base >= m.pa else m.va
+            va = (m.va + (page_base - m.pa)) & U64 if page_base >= m.pa else m.va
             size = min(1 << shift, m.size)
         kind = "repeated" if m.repeat else text[0]
         out[a].mapped_at.append(MappedAt(rm.roots[cols["root"][n]], va, size, m.level_name, kind, text[1], m.repeat))

@@ -20,6 +20,7 @@ import numpy as np
 from mminspect.classify import Audit, classifier_for, resolve_roots
 from mminspect.errors import MMInspectError
 from mminspect.memory import node_stat
+from mminspect.target.base import program_of
 from mminspect.walk import walk
 
 __all__ = ("is_live", "settle_audit")
@@ -32,7 +33,7 @@ RCU_STEP_S = 1.0
 def is_live(kernel) -> bool:
     """Is the target a running kernel (drgn's /proc/kcore or QEMU-over-QMP
     program, not a dump)?"""
-    prog = getattr(kernel.target, "prog", None)
+    prog = program_of(kernel.target, debug_info=False)
     if prog is None:
         return False
     import drgn

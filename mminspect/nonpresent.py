@@ -36,6 +36,7 @@ the PTE marker and, in v6.0..v6.4, ``SWP_SWAPIN_ERROR`` (6.1's swap.h).
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+from mminspect.target.base import symbol_size
 
 __all__ = ("SwapEncoding", "decode_nonpresent")
 
@@ -87,7 +88,7 @@ class SwapEncoding:
                        uffd_wp_bit=None)
             ev.append(f"OSRELEASE {ver[0]}.{ver[1]} < 6.10: swap type in bits 3-7, offset 8-57, "
                       "PTE_PROT_NONE bit 58, PMD_PRESENT_INVALID bit 59 (570ef363509b); macros only")
-        size = getattr(t, "symbol_size", lambda name: None)("swap_info")
+        size = symbol_size(t, "swap_info")
         if size:
             max_swapfiles = size // 8
             ev.append(f"MAX_SWAPFILES = {max_swapfiles} (DWARF: sizeof(swap_info) / 8)")

@@ -23,12 +23,11 @@ import numpy as np
 
 from mminspect.classify import classifier_for
 from mminspect.errors import MMInspectError
-from mminspect.target.base import TargetFault
+from mminspect.target.base import TargetFault, core_file_of, program_of
 from mminspect.walk import CLS_LEAF, walk
 
 __all__ = ("PageInfo", "max_pfn", "page_flag_names", "page_info", "struct_page_facts")
 
-_U64 = (1 << 64) - 1
 
 
 @dataclass
@@ -85,7 +84,7 @@ def page_flag_names(kernel) -> Dict[int, str]:
     if "flags" in cache:
         return cache["flags"]
     out: Dict[int, str] = {}
-    prog = getattr(kernel.target, "prog", None)
+    prog = program_of(kernel.target, debug_info=False)
     if prog is not None and kernel.target.has_debug_info:
         try:
             enum = prog.type("enum pageflags")
@@ -148,7 +147,7 @@ def _zones(kernel) -> List[Tuple[int, int, str, int]]:
     if "zones" in cache:
         return cache["zones"]
     out: List[Tuple[int, int, str, int]] = []
-    prog = getattr(kernel.target, "prog", None)
+    prog = program_of(kernel.target, debug_info=False)
     if prog is not None and kernel.target.has_debug_info:
         try:
             from drgn.helpers.linux.mm import for_each_online_pgdat  # type: ignore[attr-defined]
@@ -206,7 +205,7 @@ def struct_page_facts(kernel, pages, pfns: np.ndarray) -> np.ndarray:
     maps it to (10,000 scattered pages in tens of milliseconds); otherwise,
     and for any page that way cannot give, through ``pages.facts()``."""
     pfns = np.unique(np.asarray(pfns, dtype=np.uint64))
-    core = getattr(kernel.target, "core_file", None)
+    core = core_file_of(kernel.target)
     vm = _vmemmap_map(kernel) if core is not None and len(pfns) else None
     if vm is None or not len(vm[0]):
         return pages.facts(pfns)

@@ -29,12 +29,12 @@ refuses in one line that names the field and its value:
 
 from typing import Dict, Optional
 
+from mminspect.bits import U64
 from mminspect.errors import MMInspectError
 
 __all__ = ("PAGE_SIZES", "SECTION_SIZE_BITS_BY_GRANULE", "SECTION_SIZE_BITS_RANGE", "VA_BITS_BY_GRANULE",
            "check_page_size", "check_vmcoreinfo")
 
-_U64 = (1 << 64) - 1
 PAGE_SIZES = (4096, 16384, 65536)
 #: arch/arm64/Kconfig: the VA sizes each granule offers (ARM64_VA_BITS_*).
 VA_BITS_BY_GRANULE = {4096: (39, 48, 52), 16384: (36, 47, 48, 52), 65536: (42, 48, 52)}
@@ -123,12 +123,12 @@ def check_vmcoreinfo(info: Dict[str, str], name: str) -> None:
         if swapper % page_size:
             raise _bad(name, "SYMBOL(swapper_pg_dir)", hex(swapper), f"is not aligned to PAGESIZE={page_size}"
                        " (the kernel image page-aligns it)")
-        if swapper < (-(1 << va_bits)) & _U64:
+        if swapper < (-(1 << va_bits)) & U64:
             raise _bad(name, "SYMBOL(swapper_pg_dir)", hex(swapper), f"is not a kernel address "
                        f"(VA_BITS={va_bits})")
-        if kv is not None and ((swapper - kv) & _U64) >= 1 << (pa_bits or 52):
+        if kv is not None and ((swapper - kv) & U64) >= 1 << (pa_bits or 52):
             raise _bad(name, "NUMBER(kimage_voffset)", hex(kv), f"puts swapper_pg_dir at physical "
-                       f"{(swapper - kv) & _U64:#x}, beyond {pa_bits or 52} physical address bits")
+                       f"{(swapper - kv) & U64:#x}, beyond {pa_bits or 52} physical address bits")
     _check_vmemmap(info, name, page_size, page_shift, va_bits, vabits)
 
 
@@ -145,7 +145,7 @@ def _check_vmemmap(info: Dict[str, str], name: str, page_size: int, page_shift: 
     if not start < end:
         raise _bad(name, "NUMBER(VMEMMAP_START)", hex(start), f"is not below VMEMMAP_END={end:#x}")
     # VA_BITS_MIN: 48 for 52-bit builds (47 on 16K with the v6.9+ layout).
-    top = end == (-(1 << 30)) & _U64
+    top = end == (-(1 << 30)) & U64
     va_min = (47 if page_size == 16384 and top else 48) if va_bits > 48 else va_bits
     linear = (1 << va_bits) - (1 << (va_min - 1))  # _PAGE_END(VA_BITS_MIN) - PAGE_OFFSET
     size = end - start

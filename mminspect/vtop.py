@@ -47,19 +47,19 @@ from mminspect.arch.arm64 import (
     TABLE_UXN,
     decode_prot,
 )
+from mminspect.bits import U64
 from mminspect.classify import classifier_for
 from mminspect.errors import MMInspectError
 from mminspect.kernel import Kernel, Root
 from mminspect.nonpresent import SwapEncoding, decode_nonpresent
 from mminspect.pageinfo import page_info
-from mminspect.target.base import TargetFault
+from mminspect.target.base import TargetFault, core_file_of, program_of
 from mminspect.target.elf import PT_LOAD, core_phdrs
 from mminspect.walk import Mapping
 
 __all__ = ("JSON_SCHEMA", "Check", "Step", "Translation", "resolve_va_root", "vtop")
 
 JSON_SCHEMA = "mminspect.vtop/1"
-_U64 = (1 << 64) - 1
 
 STOPS = ("page", "block", "contiguous", "none", "invalid", "reserved", "outside-ram", "missing", "loop")
 
@@ -174,7 +174,7 @@ def vtop(kernel: Kernel, va: int, mm: Optional[str] = None, root: Optional[Root]
     root = root or resolve_va_root(kernel, va, mm)
     if va < root.start or (root.end and va >= root.end):
         raise MMInspectError(f"{va:#x} is outside {root.name} "
-                             f"({root.start:#x}-{(root.end - 1) & _U64:#x}): not a canonical address there")
+                             f"({root.start:#x}-{(root.end - 1) & U64:#x}): not a canonical address there")
     region = kernel.layout.region_of(va) if root.ttbr1 else ("EFI runtime" if root.name == "efi_mm" else "user")
     steps: List[Step] = []
     table, entries, level = root.phys, root.entries, r.top_level
@@ -183,7 +183,7 @@ def vtop(kernel: Kernel, va: int, mm: Optional[str] = None, root: Optional[Root]
     memory = _memory(kernel)
     while True:
         shift = r.shift(level)
-        idx = (((va - root.va_base) & _U64) >> shift) & (entries - 1)
+        idx = (((va - root.va_base) & U64) >> shift) & (entries - 1)
         entry_pa = table + idx * 8
         ram, stored = _where(kernel, memory, table, entries * 8)
         rows = None
@@ -243,7 +243,7 @@ def vtop(kernel: Kernel, va: int, mm: Optional[str] = None, root: Optional[Root]
         steps.append(Step(level, name, table, idx, entry_pa, desc, kind, None, attrs))
         base = r.desc_to_phys(desc)
         pa = base + (va & (span - 1))
-        m = Mapping(va & ~(span - 1) & _U64, span, base, level, name, desc & ~r.oa_mask, inherit)
+        m = Mapping(va & ~(span - 1) & U64, span, base, level, name, desc & ~r.oa_mask, inherit)
         t = Translation(va, root, region, steps, kind, "", pa=pa, leaf=m, tag=tag)
         if desc & PTE_CONT:
             t.cont = _cont_run(kernel, rows, idx, level, va)
@@ -273,7 +273,7 @@ def _where(kernel: Kernel, memory, pa: int, size: int) -> Tuple[Optional[bool], 
     if memory is not None and memory.sections:
         ram = any(s.start <= pa < s.start + s.size for s in memory.sections)
     stored = None
-    core = getattr(kernel.target, "core_file", None)
+    core = core_file_of(kernel.target)
     if core is not None:
         seg = [sg for sg in core._segments if sg[0] <= pa < sg[1]]
         if ram is None:
@@ -311,14 +311,14 @@ def _cont_run(kernel: Kernel, rows: bytes, idx: int, level: int, va: int) -> Dic
             bad.append(f"entry {first + i} has other attributes ({d & ~r.oa_mask:#x})")
     if base % (n * span):
         bad.append(f"the run's output address {base:#x} is not aligned to {n * span:#x}")
-    va0 = (va & ~(n * span - 1)) & _U64
+    va0 = (va & ~(n * span - 1)) & U64
     return {"entries": n, "first_index": first, "va": va0, "size": n * span, "pa": base,
             "consistent": not bad, "problems": bad}
 
 
 def _checks(kernel: Kernel, root: Root, va: int, pa: int) -> List[Check]:
     out: List[Check] = []
-    prog = getattr(kernel.target, "prog", None)
+    prog = program_of(kernel.target, debug_info=False)
     if prog is not None:
         out.append(_follow_phys(kernel, prog, root, va, pa))
     if root.ttbr1 and kernel.is_linear(va):
@@ -355,7 +355,7 @@ def _follow_phys(kernel: Kernel, prog, root: Root, va: int, pa: int) -> Check:
 
 
 def _pt_load(kernel: Kernel, va: int, pa: int) -> Check:
-    core = getattr(kernel.target, "core_file", None)
+    core = core_file_of(kernel.target)
     if core is None:
         return Check("PT_LOAD", None, None, "no ELF dump file at hand (live kernel, bundle or kdump format)")
     cache = kernel.__dict__.get("_pt_loads")

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from mminspect.arch.arm64 import PTE_CONT, Regime
+from mminspect.bits import U64
 
 __all__ = (
     "Event",
@@ -35,7 +36,6 @@ __all__ = (
     "unmap_hotplug_range",
 )
 
-_U64 = (1 << 64) - 1
 
 
 def pgtable_range_aligned(start: int, end: int, floor: int, ceiling: int, mask: int) -> bool:
@@ -47,7 +47,7 @@ def pgtable_range_aligned(start: int, end: int, floor: int, ceiling: int, mask: 
         ceiling &= mask
         if not ceiling:
             return False
-    if ((end - 1) & _U64) > ((ceiling - 1) & _U64):
+    if ((end - 1) & U64) > ((ceiling - 1) & U64):
         return False
     return True
 
@@ -73,7 +73,10 @@ class Event:
 
 @dataclass
 class TableState:
-    """Captured table pages (phys -> entries) with copy-on-write updates."""
+    """The simulation's working copy of the captured tables' contents
+    (phys -> entries), with copy-on-write updates: not a record about tables
+    (:class:`~mminspect.hotremove.snapshot_file.TableFacts`) but their
+    descriptors as a removal changes them."""
 
     regime: Regime
     root_phys: int
@@ -147,8 +150,8 @@ def _none(count: int) -> np.ndarray:
 
 def _addr_end(addr: int, end: int, span: int) -> int:
     # p?d_addr_end(): the next boundary, or end if it comes first.
-    boundary = ((addr + span) & ~(span - 1)) & _U64
-    return boundary if (boundary - 1) & _U64 < (end - 1) & _U64 else end
+    boundary = ((addr + span) & ~(span - 1)) & U64
+    return boundary if (boundary - 1) & U64 < (end - 1) & U64 else end
 
 
 def _entries(st: TableState, phys: int, level: int, addr: int, end: int, routine: str):
@@ -187,7 +190,7 @@ def _pte_slice(st: TableState, phys: int, addr: int, end: int, routine: str):
         return None
     shift = st.regime.shift(3)
     i0 = (addr >> shift) & (len(t) - 1)
-    count = (((end - addr) & _U64) + (1 << shift) - 1) >> shift
+    count = (((end - addr) & U64) + (1 << shift) - 1) >> shift
     return i0, t[i0 : i0 + count]
 
 
@@ -196,7 +199,7 @@ def _clear_ptes(st, phys, addr, end, free_mapped, routine) -> None:
     # cleared (after WARN_ON(!pte_present)); with free_mapped its page goes.
     r = st.regime
     span = 1 << r.shift(2)  # of a whole PTE table
-    if not free_mapped and not addr & (span - 1) and ((end - addr) & _U64) == span and st.all_valid(phys):
+    if not free_mapped and not addr & (span - 1) and ((end - addr) & U64) == span and st.all_valid(phys):
         st.clear(phys, r.entries_per_table)  # the whole table, every entry valid: all cleared
         return
     got = _pte_slice(st, phys, addr, end, routine)
@@ -266,7 +269,7 @@ def _free_empty(st, phys, level, addr, end, floor, ceiling, parent, routine) -> 
         return
     if parent is None:
         return  # the root (or a level folded into it) is never freed
-    mask = ~((1 << r.shift(level - 1)) - 1) & _U64
+    mask = ~((1 << r.shift(level - 1)) - 1) & U64
     if not pgtable_range_aligned(start, end, floor, ceiling, mask):
         if not st.live(phys):
             st.events.append(Event("keep_table", routine, phys, level, start, 0, parent,

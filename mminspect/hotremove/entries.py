@@ -26,7 +26,10 @@ MAX_READ = 1 << 20
 
 
 class EntryStore(Mapping):
-    """phys -> entries (``uint64`` array); uniform tables are generated."""
+    """phys -> entries (``uint64`` array); uniform tables are generated.
+    The snapshot's form of a walk's kept descriptors
+    (:class:`~mminspect.walk.model.TableEntries`): a read-only mapping that
+    saves to and loads from the snapshot file."""
 
     def __init__(self, dense: Dict[int, np.ndarray], uniform_phys: np.ndarray,
                  uniform_first: np.ndarray, uniform_step: np.ndarray, uniform_len: np.ndarray) -> None:

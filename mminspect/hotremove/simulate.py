@@ -25,29 +25,18 @@ ptlock, and the sentence a reviewer would write.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from mminspect.arch.arm64 import Regime
+from mminspect.bits import U64
+from mminspect.findings import Finding, SEVERITIES, worst
 from mminspect.hotremove.altmap import MemmapHome, granularity_check, memmap_homes
 from mminspect.hotremove.engine import Event, TableState
 from mminspect.hotremove.offline import BlockOutcome, eject
 from mminspect.hotremove.policy import Policy
 from mminspect.hotremove.proposal import Proposal, Refusal, check_proposal
+from mminspect.kernel.addr import LinearMap, Vmemmap
 
 __all__ = ("Finding", "Result", "SEVERITIES", "Unchecked", "simulate")
 
-SEVERITIES = ("info", "warning", "error", "critical")
-_U64 = (1 << 64) - 1
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str
-    rule: str
-    phys: int
-    level: str
-    origin: str
-    ptlock: str
-    routine: str
-    sentence: str
-    messages: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -91,9 +80,7 @@ class Result:
         return self.delta_nr_pagetable - self.delta_typed_pages
 
     def worst(self) -> Optional[str]:
-        if not self.findings:
-            return None
-        return max((f.severity for f in self.findings), key=SEVERITIES.index)
+        return worst(f.severity for f in self.findings)
 
 
 class _Sim:
@@ -108,8 +95,11 @@ class _Sim:
         self.section_size = k["section_size"]
         self.struct_page_size = k["struct_page_size"]
         self.phys_offset = k["phys_offset"]
-        from mminspect.arch.arm64 import Regime
-
+        #: __va() and pfn_to_page() as the kernel computes them (mminspect.kernel.addr)
+        self.linear_map = LinearMap(self.layout["page_offset"], self.layout["page_end"], self.phys_offset,
+                                    k.get("kimage_voffset", 0))
+        self.vmemmap = Vmemmap(self.layout["vmemmap_start"], self.phys_offset, self.page_shift,
+                               self.struct_page_size)
         reg = k["regime"]
         self.regime = Regime(self.page_shift, reg["va_bits"], reg["vabits_actual"], reg["pa_bits"])
         self.state = TableState(self.regime, snapshot.root_phys, snapshot.entries)
@@ -134,17 +124,16 @@ class _Sim:
     def altmap_of(self, vmemmap_va: int):
         """The block whose altmap receives the memmap page at ``vmemmap_va``
         (vmemmap_free() with that block's altmap), or None."""
-        pfn = ((vmemmap_va - self.layout["vmemmap_start"]) & _U64) // self.struct_page_size
+        pfn = ((vmemmap_va - self.layout["vmemmap_start"]) & U64) // self.struct_page_size
         pa = (pfn << self.page_shift) + self.phys_offset
         b = self.by_block.get(pa // self.block_size)
         return b if b is not None and b.altmap_pages else None
 
     def pfn_to_page(self, pfn: int) -> int:
-        base = self.phys_offset >> self.page_shift
-        return (self.layout["vmemmap_start"] + (pfn - base) * self.struct_page_size) & _U64
+        return self.vmemmap.pfn_to_page(pfn)
 
     def phys_to_virt(self, pa: int) -> int:
-        return ((pa - self.phys_offset) | self.layout["page_offset"]) & _U64
+        return self.linear_map.phys_to_virt(pa)
 
 
 def simulate(snapshot, proposal: Proposal, policy: Policy, force: bool = False) -> Result:
@@ -206,8 +195,8 @@ def _judge(snapshot, sim: _Sim, policy: Policy, result: Result) -> None:
         dtor = policy.dtor_on_free(ev.routine, t)
 
         def add(severity, rule, sentence, *messages):
-            result.findings.append(Finding(severity, rule, t.phys, t.level_name, t.origin, t.ptlock,
-                                           ev.routine, sentence, tuple(messages)))
+            result.findings.append(Finding(severity, rule, t.phys, t.level_name, sentence, origin=t.origin,
+                                           ptlock=t.ptlock, routine=ev.routine, messages=tuple(messages)))
 
         if dtor:
             result.delta_nr_pagetable -= 1

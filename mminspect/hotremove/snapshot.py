@@ -19,13 +19,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mminspect.classify import ORIGINS, PTLOCKS, P_HELD, classifier_for, classify_walk
 from mminspect.errors import MMInspectError
 from mminspect.files import atomic_output
 from mminspect.hotremove.entries import EntryStore, read_entries
 from mminspect.hotremove.era import detect_era
 from mminspect.hotremove.isolation import IsolationScan, scan_blocks
 from mminspect.hotremove.policy import Era
-from mminspect.hotremove.snapshot_file import COMPATIBLE, SCHEMA, TableFacts, read_snapshot_file
+from mminspect.hotremove.snapshot_file import SCHEMA, TableFacts, read_snapshot_file
 from mminspect.kernel import Kernel
 from mminspect.memory import Block, MemoryMap, read_memblock
 from mminspect.sparse import Section
@@ -168,8 +169,6 @@ class LazyTables(Mapping):
         self.edge_index = w.edge_index[eorder]
         self.efi = efi
         try:
-            from mminspect.classify import classifier_for
-
             self.classifier = classifier_for(kernel)
         except (ImportError, MMInspectError):
             self.classifier = None
@@ -207,8 +206,6 @@ class LazyTables(Mapping):
         hi = np.searchsorted(self.edge_child, want, side="right")
         cls = None
         if self.classifier is not None:
-            from mminspect.classify import classify_walk
-
             cls = classify_walk(self.kernel, w, self.classifier, select=idx)
         parents_p, parents_i = self.edge_parent.tolist(), self.edge_index.tolist()
         region_of = self.kernel.layout.region_of
@@ -227,7 +224,6 @@ class LazyTables(Mapping):
     def _classified(t: TableFacts, cls, i: int) -> None:
         # The classifier's columns, without building its full record (whose
         # evidence text :meth:`evidence` adds when a snapshot is saved).
-        from mminspect.classify import ORIGINS, P_HELD, PTLOCKS
 
         f = cls.facts[i]
         c = cls.classifier

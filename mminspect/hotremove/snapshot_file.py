@@ -47,7 +47,9 @@ COMPATIBLE = ("mminspect.snapshot/1", SCHEMA)
 
 @dataclass
 class TableFacts:
-    """One table page as the simulation sees it."""
+    """One table page as the simulation sees it: of a classified table
+    (:class:`~mminspect.classify.model.TableClass`, what it is and why) only
+    the facts a removal needs, in the form the snapshot file saves."""
 
     phys: int
     level: int

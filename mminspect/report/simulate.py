@@ -10,7 +10,8 @@ import json
 from collections import Counter
 from typing import IO, Any, Dict
 
-from mminspect.hotremove.simulate import SEVERITIES, Result
+from mminspect.findings import SEVERITIES
+from mminspect.hotremove.simulate import Result
 
 __all__ = ("JSON_SCHEMA", "simulate_dict", "simulate_json", "simulate_text")
 
@@ -179,7 +180,7 @@ def simulate_dict(result: Result, snapshot) -> Dict[str, Any]:
         "delta_nr_pagetable": result.delta_nr_pagetable,
         "delta_typed_pages": result.delta_typed_pages,
         "drift": result.drift,
-        "findings": [f.__dict__ | {"messages": list(f.messages)} for f in result.findings],
+        "findings": [f.removal_dict() for f in result.findings],
     }
 
 

@@ -35,7 +35,9 @@ AUTO = "auto"
 
 @dataclass(frozen=True, slots=True)
 class TableRecord:
-    """One page-table (or slab pgd) in the synthetic memory."""
+    """One page-table (or slab pgd) in the synthetic memory: the generator's
+    ground truth, kept apart from the descriptors it wrote (a walked
+    :class:`~mminspect.walk.model.TablePage` is what a reader finds in them)."""
 
     pa: int                 #: PA of entry 0 (not page aligned for slab pgds)
     level: int              #: hardware level, -1..3

@@ -12,7 +12,6 @@ one clear line instead of a traceback.
 """
 
 import logging
-import os
 from typing import Dict, Optional, Sequence, Tuple
 
 import drgn

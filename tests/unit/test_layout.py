@@ -18,27 +18,9 @@ PACKAGE = "mminspect"
 #: imported inside a function, so that the library's import path stays free of it.
 OPTIONAL = {"click", "tabulate", "gdb", "drgn"}
 
-#: Front-end and removal-path modules other engineers edit this session; their
-#: lazy imports go once their work has landed (issue 13, second phase). This
-#: set only shrinks.
-PENDING = {
-    "mminspect.cli",
-    "mminspect.commands",
-    "mminspect.diff",
-    "mminspect.drgn_plugin",
-    "mminspect.era",
-    "mminspect.hotremove.era",
-    "mminspect.hotremove.isolation",
-    "mminspect.hotremove.policy",
-    "mminspect.hotremove.simulate",
-    "mminspect.hotremove.snapshot",
-    "mminspect.hotremove.snapshot_file",
-    "mminspect.identify",
-    "mminspect.pageinfo",
-    "mminspect.report.map.model",
-    "mminspect.target.drgn",
-    "mminspect.vtop",
-}
+#: Modules allowed a lazy import of the package's own modules for another
+#: reason than an optional front end: none.
+PENDING: set = set()
 
 
 def _modules() -> Dict[str, pathlib.Path]:
@@ -174,7 +156,3 @@ def test_no_function_level_imports_of_own_modules():
            if mod not in PENDING and not _pulls_optional(target)]
     assert bad == []
 
-
-@pytest.mark.parametrize("mod", sorted(PENDING))
-def test_pending_modules_exist(mod):
-    assert mod in MODULES

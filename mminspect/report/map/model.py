@@ -34,11 +34,11 @@ import numpy as np
 
 from mminspect.arch.arm64 import PTE_CONT
 from mminspect.classify import (
+    Classification,
     K_EFI,
     K_USER,
     ORIGINS,
     PTLOCKS,
-    Classification,
     classifier_for,
     classify_walk,
     root_kind,
