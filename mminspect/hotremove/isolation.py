@@ -49,17 +49,23 @@ class IsolationScan:
     unmovable: Dict[str, int] = field(default_factory=dict)
     #: Pages that pass isolation but may not migrate: kind -> (count, first pfns).
     doubtful: Dict[str, Tuple[int, List[int]]] = field(default_factory=dict)
+    #: The first PFN of the first scan chunk with struct pages missing from
+    #: the dump (None: none missing): an unmovable page found after it may
+    #: not be the one the kernel stops at.
+    unreadable_from: Optional[int] = None
 
     def as_dict(self) -> Dict[str, object]:
         return {"pages": self.pages, "unreadable": self.unreadable,
                 "first_unmovable": list(self.first_unmovable) if self.first_unmovable else None,
-                "unmovable": self.unmovable, "doubtful": {k: [n, p] for k, (n, p) in self.doubtful.items()}}
+                "unmovable": self.unmovable, "doubtful": {k: [n, p] for k, (n, p) in self.doubtful.items()},
+                "unreadable_from": self.unreadable_from}
 
     @classmethod
     def from_dict(cls, d: Dict[str, object]) -> "IsolationScan":
         first = d.get("first_unmovable")
         return cls(d["pages"], d.get("unreadable", 0), tuple(first) if first else None,
-                   dict(d.get("unmovable", {})), {k: (v[0], list(v[1])) for k, v in d.get("doubtful", {}).items()})
+                   dict(d.get("unmovable", {})), {k: (v[0], list(v[1])) for k, v in d.get("doubtful", {}).items()},
+                   d.get("unreadable_from"))
 
 
 #: include/linux/mm.h GUP_PIN_COUNTING_BIAS (1U << 10).
@@ -167,6 +173,8 @@ def scan_blocks(kernel, requests: Sequence[Tuple[int, int, bool]]) -> Optional[L
         first = next(starts)  # the chunk's first PFN (chunks come in order)
         k = order[int(np.searchsorted(los, np.uint64(first), side="right")) - 1]
         outs[k].unreadable += bad
+        if bad and outs[k].unreadable_from is None:
+            outs[k].unreadable_from = first
         if len(facts):
             _classify(facts, requests[k][2], bits, outs[k])
     return outs

@@ -63,9 +63,17 @@ def _isolation(sim, block, lo_pfn: int, hi_pfn: int) -> Tuple[Check, List[str]]:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(scan.unmovable.items()))
         # set_migratetype_isolate(): dump_page(unmovable, "unmovable page"),
         # whose first line ends "pfn:%#lx".
+        if scan.unreadable_from is not None and scan.unreadable_from <= pfn:
+            # Some struct page before it is not in the dump (a capture holds
+            # only the pages mminspect read): the refusal is certain, which
+            # page the kernel dumps is not.
+            where = (f"the first unmovable page the dump holds is pfn {pfn:#x} ({kind}; in all {counts}); "
+                     f"struct pages from pfn {scan.unreadable_from:#x} on are missing from the dump, so the "
+                     "kernel may stop at an earlier one")
+        else:
+            where = f"has_unmovable_pages() stops at pfn {pfn:#x} ({kind}; in all {counts})"
         return Check("unmovable-page", "refuse", "page dumped because: unmovable page",
-                     f"has_unmovable_pages() stops at pfn {pfn:#x} ({kind}; in all {counts}) in zone "
-                     f"{block.zone or 'unknown'}: start_isolate_page_range() fails, -EBUSY"), warnings
+                     f"{where} in zone {block.zone or 'unknown'}: start_isolate_page_range() fails, -EBUSY"), warnings
     if scan.unreadable:
         held = (f"none of the range's {scan.pages} struct pages is in the dump" if scan.unreadable >= scan.pages
                 else f"{scan.unreadable} of the range's {scan.pages} struct pages are not in the dump; "
