@@ -17,7 +17,7 @@ Bit positions (arch/arm64/include/asm/pgtable-hwdef.h and pgtable-prot.h):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 

@@ -29,9 +29,7 @@ from .encode import (
     PROT_NORMAL_NC,
     PTE_AF,
     PTE_NG,
-    TABLE_KERNEL,
     TABLE_KERNEL_NOEXEC,
-    TableProt,
 )
 from .regime import SZ_4K, SZ_64K, U64, Regime
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .builder import AUTO, Builder, BuiltKernel, LeafKind
-from .encode import PAGE_KERNEL, PAGE_KERNEL_ROX, TABLE_KERNEL, TABLE_KERNEL_NOEXEC
+from .encode import PAGE_KERNEL, PAGE_KERNEL_ROX, TABLE_KERNEL_NOEXEC
 from .regime import SZ_4K, SZ_64K, U64, Regime
 from .vmcore import VmcoreFile, write_vmcore
 
