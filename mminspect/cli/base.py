@@ -55,9 +55,14 @@ def _errors(fn: Callable) -> Callable:
         except MMInspectError as e:
             _interrupted(e)
             _fail(str(e))
-        except BrokenPipeError:
-            sys.stderr.close()
-            sys.exit(1)
+        except BrokenPipeError:  # `mminspect walk | head`: the reader left
+            # Exit as a process killed by SIGPIPE is seen by its shell (141),
+            # not 1, which says part of the tree could not be seen.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            sys.exit(128 + signal.SIGPIPE)
         except KeyboardInterrupt as e:  # SIGINT, and SIGTERM/SIGHUP as Interrupted
             _interrupted(e)
         except MemoryError:

@@ -118,3 +118,20 @@ def test_reading_leaves_the_dump_untouched(sample):
     for fmt in ("table", "json", "ptdump"):
         assert _run("walk", "-c", str(sample), "--format", fmt).exit_code == 0
     assert _digest(sample) == before
+
+
+def test_reader_leaving_early_is_sigpipe_not_a_problem_status():
+    """`mminspect walk | head -1`: the reader closes the pipe; mminspect ends
+    quietly with 128 + SIGPIPE (what a shell shows for a process SIGPIPE
+    killed), not 1, which says part of the tree could not be seen."""
+    import signal
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "from mminspect.cli import main; main()", "walk", "--tables"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert "Traceback" not in err and "error" not in err
